@@ -1,0 +1,117 @@
+//! Priority routing per graph: requests whose priority header holds a "high"
+//! value go to the fast tier, all others to the cheap tier; the other tier is
+//! the fallback. Within a tier, the least-loaded backend comes first.
+#![cfg_attr(not(test), no_std)]
+
+use switchyard_sdk::prelude::*;
+
+/// The router's state: its config and each backend's tier.
+pub struct PriorityRouter {
+    header: String,
+    high_values: Vec<String>,
+    high_tier: String,
+    tier_label: String,
+    /// `true` for backends in the fast tier, by backend id.
+    is_fast: Vec<bool>,
+    /// Rotates the start among equally loaded backends.
+    turn: usize,
+}
+
+impl Router for PriorityRouter {
+    fn init(_route: &str, config: &Config) -> Result<Self, String> {
+        let header = config.get_or("header", "x-priority");
+        if header.is_empty() {
+            return Err("config key `header` must not be empty".into());
+        }
+        let mut high_values: Vec<String> = config.list("high").map(String::from).collect();
+        if high_values.is_empty() {
+            high_values.push("high".into());
+        }
+        Ok(PriorityRouter {
+            header: header.into(),
+            high_values,
+            high_tier: config.get_or("high_tier", "fast").into(),
+            tier_label: config.get_or("tier_label", "tier").into(),
+            is_fast: Vec::new(),
+            turn: 0,
+        })
+    }
+
+    fn interest(&self) -> Vec<Attribute> {
+        vec![Attribute::Header(self.header.clone())]
+    }
+
+    fn set_backends(&mut self, backends: &[BackendInfo]) {
+        self.is_fast = backends
+            .iter()
+            .map(|b| b.label(&self.tier_label) == Some(self.high_tier.as_str()))
+            .collect();
+    }
+
+    fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
+        let high = request
+            .attribute(0)
+            .is_some_and(|v| self.high_values.iter().any(|h| h.eq_ignore_ascii_case(v)));
+        self.turn = self.turn.wrapping_add(1);
+        let n = backends.len().max(1);
+        let mut usable: Vec<&BackendLoad> = (0..backends.len())
+            .map(|i| &backends[(i + self.turn) % n])
+            .filter(|b| b.is_usable())
+            .collect();
+        // Preferred tier first, then least in flight, then lowest latency.
+        usable.sort_by_key(|b| {
+            let fast = self.is_fast.get(b.id as usize).copied().unwrap_or(false);
+            (fast != high, b.in_flight, b.ewma_latency_us)
+        });
+        Decision::forward(usable.iter().map(|b| b.id).collect())
+    }
+}
+
+export_router!(PriorityRouter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> PriorityRouter {
+        let mut r = PriorityRouter::init("chat", &Config::default()).unwrap();
+        r.set_backends(&[
+            BackendInfo::new(0, "cheap-1", &[("tier", "cheap")]),
+            BackendInfo::new(1, "fast-1", &[("tier", "fast")]),
+            BackendInfo::new(2, "cheap-2", &[("tier", "cheap")]),
+        ]);
+        r
+    }
+
+    fn loads() -> Vec<BackendLoad> {
+        (0..3).map(BackendLoad::idle).collect()
+    }
+
+    #[test]
+    fn high_priority_prefers_the_fast_tier() {
+        let d = router().route(&Request::new(&[Some("high")]), &loads());
+        assert_eq!(d.candidates().unwrap()[0], 1);
+        assert_eq!(d.candidates().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn other_requests_prefer_the_cheap_tier_and_fall_back_to_fast() {
+        let mut loads = loads();
+        loads[0].in_flight = 5;
+        let d = router().route(&Request::new(&[None]), &loads);
+        assert_eq!(d.candidates().unwrap(), [2, 0, 1]);
+    }
+
+    #[test]
+    fn unusable_backends_are_skipped() {
+        let mut loads = loads();
+        loads[1].health = Health::Unhealthy;
+        let d = router().route(&Request::new(&[Some("HIGH")]), &loads);
+        assert!(!d.candidates().unwrap().contains(&1));
+    }
+
+    #[test]
+    fn empty_header_name_is_refused() {
+        assert!(PriorityRouter::init("chat", &Config::from_pairs(&[("header", "")])).is_err());
+    }
+}
