@@ -1,1 +1,132 @@
-fn main() {}
+//! The `switchyard` command: run the proxy, check a config, or start the demo.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use switchyard::config::Config;
+use switchyard::{Switchyard, demo};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A programmable reverse proxy for LLM and agent traffic")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and load every plugin it references, then exit.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start the proxy on a demo config with mock model backends on loopback.
+    Demo {
+        /// Directory holding the built plugins.
+        #[arg(long, default_value = "target/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let proxy = Switchyard::start(&config)?;
+            wait_for_signal()?;
+            tracing::info!("shutting down; draining in-flight requests");
+            proxy.shutdown();
+            Ok(())
+        }
+        Command::Check { config: path } => {
+            let config = Config::load(&path)?;
+            let runtime = switchyard::plugin::PluginRuntime::new(Some(config.cache_dir()))?;
+            let table = switchyard::route::RouteTable::build(&config, &runtime, &mut Default::default())
+                .with_context(|| format!("{}", path.display()))?;
+            println!(
+                "{}: ok ({} routes, {} pools, {} plugins loaded)",
+                path.display(),
+                table.routes.len(),
+                table.pools.len(),
+                table.routes.iter().filter(|r| r.router.is_some()).count()
+            );
+            Ok(())
+        }
+        Command::Demo { plugin_dir, listen, admin } => {
+            let plugin_dir = std::fs::canonicalize(&plugin_dir).with_context(|| {
+                format!("plugin directory {} not found; build the plugins with ./scripts/build-plugins.sh", plugin_dir.display())
+            })?;
+            let backends = demo::demo_backends()?;
+            let text = demo::demo_config(&listen, &admin, &plugin_dir.to_string_lossy(), &backends);
+            let path = std::env::temp_dir().join(format!("switchyard-demo-{}.toml", std::process::id()));
+            std::fs::write(&path, &text)?;
+            let config = Config::load(&path)?;
+            let proxy = Switchyard::start(&config)?;
+            let a = proxy.addr();
+            println!("\nSwitchyard demo: proxy on http://{a}, admin on http://{admin}, config {}\n", path.display());
+            println!("  # high priority goes to the fast tier, the rest to the cheap tier (see x-switchyard-backend):");
+            println!("  curl -si http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"messages\":[]}}'");
+            println!("  curl -si http://{a}/graphs/research/v1/chat/completions -d '{{\"messages\":[]}}'");
+            println!("  # streaming, token by token:");
+            println!("  curl -sN http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"stream\": true}}'");
+            println!("  # tools graph, round robin:");
+            println!("  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{header.x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done");
+            println!("  # live state and metrics:");
+            println!("  curl -s http://{admin}/status; curl -s http://{admin}/metrics\n");
+            println!("Ctrl-C stops it.");
+            wait_for_signal()?;
+            proxy.shutdown();
+            drop(backends);
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
+    }
+}
+
+/// Blocks until Ctrl-C or SIGTERM.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
+}

@@ -1,5 +1,8 @@
 //! Round robin: each request goes to the next usable backend in turn; the
 //! ones after it are the fallbacks.
+//!
+//! Each worker thread runs its own instance and rotates on its own, starting
+//! at a random backend, so over many requests the spread is even.
 #![cfg_attr(not(test), no_std)]
 
 use switchyard_sdk::prelude::*;
@@ -11,7 +14,9 @@ pub struct RoundRobin {
 
 impl Router for RoundRobin {
     fn init(_route: &str, _config: &Config) -> Result<Self, String> {
-        Ok(RoundRobin { next: 0 })
+        Ok(RoundRobin {
+            next: host::random() as usize,
+        })
     }
 
     fn route(&mut self, _request: &Request, backends: &[BackendLoad]) -> Decision {
@@ -36,7 +41,7 @@ mod tests {
 
     #[test]
     fn rotates_and_skips_unusable_backends() {
-        let mut r = RoundRobin::init("chat", &Config::default()).unwrap();
+        let mut r = RoundRobin { next: 0 };
         let mut loads: Vec<BackendLoad> = (0..3).map(BackendLoad::idle).collect();
         let req = Request::new(&[]);
         let firsts: Vec<u32> = (0..4)

@@ -1,0 +1,150 @@
+//! Backend pools, their live state, and the built-in router.
+
+mod state;
+
+pub use state::{
+    BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport,
+};
+
+use crate::config::{PoolConfig, scalar_text};
+use http::HeaderValue;
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// One backend of a pool, with the values the data path needs precomputed.
+pub struct Backend {
+    /// Index in the pool; what plugins call the backend's id.
+    pub id: u32,
+    pub name: String,
+    pub address: String,
+    pub weight: u32,
+    pub labels: Vec<(String, String)>,
+    pub state: Arc<BackendState>,
+    /// `x-switchyard-backend` value, built once.
+    pub name_header: HeaderValue,
+    /// `host` value sent upstream, built once.
+    pub host_header: HeaderValue,
+    /// Key of this backend's connections in the per-thread upstream pool.
+    pub connection_key: usize,
+}
+
+/// A named set of backends.
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<Backend>,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Builds a pool from config. `next_key` hands out connection-pool keys;
+    /// `state_for` supplies each backend's live state (kept across reloads).
+    pub fn new(
+        name: &str,
+        config: &PoolConfig,
+        next_key: &mut usize,
+        mut state_for: impl FnMut(&str) -> Arc<BackendState>,
+    ) -> Result<Pool, String> {
+        let backends = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name_header = HeaderValue::from_str(&b.name)
+                    .map_err(|_| format!("backend name {:?} is not a valid header value", b.name))?;
+                let host_header = HeaderValue::from_str(&b.address)
+                    .map_err(|_| format!("backend address {:?} is not a valid host", b.address))?;
+                *next_key += 1;
+                Ok(Backend {
+                    id: i as u32,
+                    name: b.name.clone(),
+                    address: b.address.clone(),
+                    weight: b.weight,
+                    labels: b
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), scalar_text(v)))
+                        .collect(),
+                    state: state_for(&format!("{name}/{}", b.name)),
+                    name_header,
+                    host_header,
+                    connection_key: *next_key - 1,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Pool {
+            name: name.to_string(),
+            backends,
+        })
+    }
+}
+
+thread_local! {
+    /// Where the built-in router starts scanning, so ties rotate.
+    static TURN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The built-in router: usable backends ordered by fewest requests in flight,
+/// then lowest latency; ties rotate. Used when a route has no plugin, and when
+/// a plugin fails under the `fail-open` policy.
+pub fn least_outstanding(pool: &Pool, out: &mut Vec<u32>) {
+    out.clear();
+    let n = pool.backends.len();
+    if n == 0 {
+        return;
+    }
+    let start = TURN.with(|t| {
+        let v = t.get();
+        t.set(v.wrapping_add(1));
+        v % n
+    });
+    out.extend(
+        (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&i| pool.backends[i].state.is_usable())
+            .map(|i| i as u32),
+    );
+    out.sort_by_key(|&i| pool.backends[i as usize].state.load_rank());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+
+    fn pool(n: usize) -> Pool {
+        let config = PoolConfig {
+            backends: (0..n)
+                .map(|i| BackendConfig {
+                    name: format!("b{i}"),
+                    address: format!("127.0.0.1:{}", 9000 + i),
+                    weight: 1,
+                    labels: Default::default(),
+                })
+                .collect(),
+        };
+        Pool::new("p", &config, &mut 0, |_| Arc::default()).unwrap()
+    }
+
+    #[test]
+    fn least_outstanding_prefers_idle_and_skips_unusable() {
+        let p = pool(3);
+        let _busy = p.backends[0].state.start_request();
+        p.backends[2].state.set_health(Health::Unhealthy, 0);
+        let mut out = Vec::new();
+        least_outstanding(&p, &mut out);
+        assert_eq!(out, [1, 0]);
+    }
+
+    #[test]
+    fn ties_rotate() {
+        let p = pool(2);
+        let mut out = Vec::new();
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..4 {
+            least_outstanding(&p, &mut out);
+            firsts.insert(out[0]);
+        }
+        assert_eq!(firsts.len(), 2);
+    }
+}

@@ -1,0 +1,341 @@
+//! Live state of one backend, shared by all worker threads.
+//!
+//! Everything is an atomic: least-outstanding routing needs the global
+//! in-flight count, not one thread's view. Moving averages use plain
+//! load/store; a lost update under a race shifts an average by one sample.
+
+use crate::clock;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Seconds covered by the rolling error window.
+const WINDOW_SECS: u64 = 10;
+/// `u64::MAX` marks a quota the upstream never reported.
+const UNKNOWN: u64 = u64::MAX;
+
+/// Health as the host tracks it; mirrors the WIT `health` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy = 0,
+    Degraded = 1,
+    Unhealthy = 2,
+}
+
+/// Circuit-breaker state; mirrors the WIT `breaker-state` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Breaker {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+/// How one request to a backend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response arrived and its body ended cleanly; the status is recorded.
+    Response(u16),
+    ConnectError,
+    Timeout,
+    /// The connection broke mid-exchange.
+    Reset,
+}
+
+/// One second of the rolling error window.
+#[derive(Default)]
+struct Bucket {
+    second: AtomicU64,
+    total: AtomicU32,
+    errors: AtomicU32,
+}
+
+/// Live, shared state of one backend.
+pub struct BackendState {
+    in_flight: AtomicU32,
+    ewma_latency_us: AtomicU32,
+    ewma_ttfb_us: AtomicU32,
+    window: [Bucket; WINDOW_SECS as usize],
+    /// Error rate over the window in per mille, refreshed on every outcome.
+    error_rate: AtomicU16,
+    health: AtomicU8,
+    breaker: AtomicU8,
+    load_score: AtomicU16,
+    remaining_requests: AtomicU64,
+    remaining_tokens: AtomicU64,
+    /// Clock milliseconds at which the reported quota resets; 0 = unknown.
+    quota_reset_at_ms: AtomicU64,
+}
+
+/// A snapshot of a backend's state, as routers and the admin API see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LoadSnapshot {
+    pub in_flight: u32,
+    pub ewma_latency_us: u32,
+    pub ewma_ttfb_us: u32,
+    pub error_rate: u16,
+    pub health: Health,
+    pub breaker: Breaker,
+    pub load_score: u16,
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub quota_reset_ms: u32,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        BackendState {
+            in_flight: AtomicU32::new(0),
+            ewma_latency_us: AtomicU32::new(0),
+            ewma_ttfb_us: AtomicU32::new(0),
+            window: Default::default(),
+            error_rate: AtomicU16::new(0),
+            health: AtomicU8::new(Health::Healthy as u8),
+            breaker: AtomicU8::new(Breaker::Closed as u8),
+            load_score: AtomicU16::new(0),
+            remaining_requests: AtomicU64::new(UNKNOWN),
+            remaining_tokens: AtomicU64::new(UNKNOWN),
+            quota_reset_at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+// === impl BackendState ===
+
+impl BackendState {
+    /// Requests in flight to this backend across all threads.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Sort key of the built-in router: in flight, then latency.
+    pub fn load_rank(&self) -> (u32, u32) {
+        (self.in_flight.load(Relaxed), self.ewma_latency_us.load(Relaxed))
+    }
+
+    /// Counts a request as started; the guard ends it when dropped.
+    pub fn start_request(self: &std::sync::Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Relaxed) {
+            0 => Health::Healthy,
+            1 => Health::Degraded,
+            _ => Health::Unhealthy,
+        }
+    }
+
+    pub fn set_health(&self, health: Health, load_score: u16) {
+        self.health.store(health as u8, Relaxed);
+        self.load_score.store(load_score.min(1000), Relaxed);
+    }
+
+    pub fn breaker(&self) -> Breaker {
+        match self.breaker.load(Relaxed) {
+            0 => Breaker::Closed,
+            1 => Breaker::Open,
+            _ => Breaker::HalfOpen,
+        }
+    }
+
+    pub fn set_breaker(&self, breaker: Breaker) {
+        self.breaker.store(breaker as u8, Relaxed);
+    }
+
+    /// Whether the host may send traffic here at all.
+    pub fn is_usable(&self) -> bool {
+        self.health() != Health::Unhealthy && self.breaker() != Breaker::Open
+    }
+
+    /// Records the time to the response headers.
+    pub fn record_ttfb(&self, micros: u32) {
+        update_ewma(&self.ewma_ttfb_us, micros);
+    }
+
+    /// Records how a request ended and how long it took in all.
+    pub fn record_outcome(&self, outcome: Outcome, micros: u32) {
+        update_ewma(&self.ewma_latency_us, micros);
+        let failed = match outcome {
+            Outcome::Response(status) => status >= 500,
+            Outcome::ConnectError | Outcome::Timeout | Outcome::Reset => true,
+        };
+        let now = clock::millis() / 1000;
+        let bucket = &self.window[(now % WINDOW_SECS) as usize];
+        let seen = bucket.second.load(Relaxed);
+        if seen != now && bucket.second.compare_exchange(seen, now, Relaxed, Relaxed).is_ok() {
+            bucket.total.store(0, Relaxed);
+            bucket.errors.store(0, Relaxed);
+        }
+        bucket.total.fetch_add(1, Relaxed);
+        if failed {
+            bucket.errors.fetch_add(1, Relaxed);
+        }
+        let (mut total, mut errors) = (0u64, 0u64);
+        for b in &self.window {
+            if now.saturating_sub(b.second.load(Relaxed)) < WINDOW_SECS {
+                total += u64::from(b.total.load(Relaxed));
+                errors += u64::from(b.errors.load(Relaxed));
+            }
+        }
+        let rate = (errors * 1000).checked_div(total).unwrap_or(0);
+        self.error_rate.store(rate.min(1000) as u16, Relaxed);
+    }
+
+    /// Records rate-limit facts reported by the upstream.
+    pub fn record_quota(&self, quota: &QuotaReport) {
+        if let Some(r) = quota.remaining_requests {
+            self.remaining_requests.store(r, Relaxed);
+        }
+        if let Some(t) = quota.remaining_tokens {
+            self.remaining_tokens.store(t, Relaxed);
+        }
+        if let Some(ms) = quota.reset_ms {
+            self.quota_reset_at_ms.store(clock::millis() + ms, Relaxed);
+        }
+    }
+
+    /// The state as one consistent-enough snapshot.
+    pub fn snapshot(&self) -> LoadSnapshot {
+        let known = |v: u64| (v != UNKNOWN).then_some(v);
+        let reset_at = self.quota_reset_at_ms.load(Relaxed);
+        let quota_reset_ms = if reset_at == 0 {
+            0
+        } else {
+            reset_at.saturating_sub(clock::millis()).min(u64::from(u32::MAX)) as u32
+        };
+        LoadSnapshot {
+            in_flight: self.in_flight.load(Relaxed),
+            ewma_latency_us: self.ewma_latency_us.load(Relaxed),
+            ewma_ttfb_us: self.ewma_ttfb_us.load(Relaxed),
+            error_rate: self.error_rate.load(Relaxed),
+            health: self.health(),
+            breaker: self.breaker(),
+            load_score: self.load_score.load(Relaxed),
+            remaining_requests: known(self.remaining_requests.load(Relaxed)),
+            remaining_tokens: known(self.remaining_tokens.load(Relaxed)),
+            quota_reset_ms,
+        }
+    }
+}
+
+/// Moving average with weight 1/5 for the new sample.
+fn update_ewma(cell: &AtomicU32, sample: u32) {
+    let old = cell.load(Relaxed);
+    let new = if old == 0 {
+        sample.max(1)
+    } else {
+        ((u64::from(old) * 4 + u64::from(sample)) / 5).max(1) as u32
+    };
+    cell.store(new, Relaxed);
+}
+
+/// Ends an in-flight request when dropped, whatever path the request took.
+pub struct InFlightGuard(std::sync::Arc<BackendState>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Rate-limit facts from one upstream response.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaReport {
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// Milliseconds until the quota resets (the later of the reported resets).
+    pub reset_ms: Option<u64>,
+}
+
+impl QuotaReport {
+    /// Reads `x-ratelimit-remaining-*`, `x-ratelimit-reset-*` and
+    /// `retry-after` in one pass over the headers.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<QuotaReport> {
+        let mut report = QuotaReport::default();
+        let mut found = false;
+        for (name, value) in headers {
+            let name = name.as_str();
+            let Ok(value) = value.to_str() else { continue };
+            let value = value.trim();
+            match name {
+                "x-ratelimit-remaining-requests" => {
+                    report.remaining_requests = value.parse().ok();
+                }
+                "x-ratelimit-remaining-tokens" => report.remaining_tokens = value.parse().ok(),
+                "x-ratelimit-reset-requests" | "x-ratelimit-reset-tokens" | "retry-after" => {
+                    let ms = if name == "retry-after" {
+                        value.parse::<u64>().ok().map(|s| s * 1000)
+                    } else {
+                        crate::config::parse_duration(value)
+                            .ok()
+                            .map(|d| d.as_millis() as u64)
+                    };
+                    if let Some(ms) = ms {
+                        report.reset_ms = Some(report.reset_ms.map_or(ms, |r| r.max(ms)));
+                    }
+                }
+                _ => continue,
+            }
+            found = true;
+        }
+        found.then_some(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn in_flight_follows_guards() {
+        let s = Arc::new(BackendState::default());
+        let a = s.start_request();
+        let b = s.start_request();
+        assert_eq!(s.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn error_rate_counts_failures_in_the_window() {
+        let s = BackendState::default();
+        for _ in 0..3 {
+            s.record_outcome(Outcome::Response(200), 1000);
+        }
+        s.record_outcome(Outcome::Response(503), 1000);
+        assert_eq!(s.snapshot().error_rate, 250);
+        s.record_outcome(Outcome::ConnectError, 0);
+        assert_eq!(s.snapshot().error_rate, 400);
+    }
+
+    #[test]
+    fn ewma_moves_toward_samples() {
+        let s = BackendState::default();
+        s.record_outcome(Outcome::Response(200), 1000);
+        assert_eq!(s.snapshot().ewma_latency_us, 1000);
+        s.record_outcome(Outcome::Response(200), 6000);
+        assert_eq!(s.snapshot().ewma_latency_us, 2000);
+    }
+
+    #[test]
+    fn quota_headers_are_parsed() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-remaining-tokens", "1500".parse().unwrap());
+        h.insert("x-ratelimit-remaining-requests", "7".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "6m0s".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "20ms".parse().unwrap());
+        let q = QuotaReport::from_headers(&h).unwrap();
+        assert_eq!(q.remaining_tokens, Some(1500));
+        assert_eq!(q.remaining_requests, Some(7));
+        assert_eq!(q.reset_ms, Some(360_000));
+        let s = BackendState::default();
+        s.record_quota(&q);
+        let snap = s.snapshot();
+        assert_eq!(snap.remaining_tokens, Some(1500));
+        assert!(snap.quota_reset_ms > 359_000 && snap.quota_reset_ms <= 360_000);
+        assert_eq!(QuotaReport::from_headers(&http::HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! The process's monotonic clock, shared by live state and plugins.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the process clock started.
+pub fn millis() -> u64 {
+    start().elapsed().as_millis() as u64
+}
+
+/// Nanoseconds since the process clock started.
+pub fn nanos() -> u64 {
+    start().elapsed().as_nanos() as u64
+}

@@ -1,0 +1,457 @@
+//! The proxy's config file: TOML, parsed and validated as a whole.
+//!
+//! Every error names the file and, where it can, the line, so a broken config
+//! is fixed at a glance and never half-applied.
+
+mod duration;
+
+pub use duration::parse_duration;
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A config file that failed to load, with its location.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub plugins: PluginSettings,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+    /// Directory relative paths in the file resolve against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// The proxy listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the proxy listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads, each with its own listener and runtime; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Tag every proxied response with `x-switchyard-backend`.
+    #[serde(default = "yes")]
+    pub backend_header: bool,
+    /// Longest a client may take to send request headers (slow-loris guard).
+    #[serde(default = "default_header_read", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(default = "default_drain", with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            workers: 0,
+            backend_header: true,
+            header_read_timeout: default_header_read(),
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+/// The admin listener: `/metrics`, `/status`, `/healthz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+/// Where plugins come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Directory holding `.wasm` plugins; relative to the config file.
+    #[serde(default = "default_plugin_dir")]
+    pub dir: PathBuf,
+    /// Directory for compiled plugins; default `<dir>/.cache`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            dir: default_plugin_dir(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// A named pool of backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    /// `host:port`, plain HTTP.
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Free-form labels (`tier`, `region`, `cost`) that plugins read.
+    #[serde(default)]
+    pub labels: BTreeMap<String, toml::Value>,
+}
+
+/// A route: which requests it takes, which pool serves them, and the router
+/// that picks the backend. In agent terms, one route is one graph.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    pub pool: Spanned<String>,
+    /// Remove the matched `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Send the client's `host` upstream instead of the backend's address.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// The routing plugin; without one, the built-in least-outstanding router.
+    #[serde(default)]
+    pub router: Option<RouterConfig>,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// Candidates tried when connecting fails, the first included.
+    #[serde(default = "default_attempts")]
+    pub max_connect_attempts: u32,
+}
+
+/// What a request must carry to take a route; all given parts must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    pub path_prefix: Option<String>,
+    /// Host without port, case-insensitive.
+    pub host: Option<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A route's router plugin binding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// File name in the plugin directory.
+    pub plugin: Spanned<String>,
+    /// Table passed to the plugin's `init`, flattened to key/value strings.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+    /// Longest one plugin call may run before it is stopped.
+    #[serde(default = "default_deadline", with = "duration")]
+    pub deadline: Duration,
+    /// Memory limit of one plugin instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+}
+
+/// What happens when a plugin traps, runs past its deadline, or answers
+/// nonsense.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The built-in least-outstanding router decides.
+    #[default]
+    FailOpen,
+    /// The request is answered 503.
+    FailClosed,
+}
+
+/// Per-route timeouts. Zero disables one. Defaults allow 10-minute agent runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    #[serde(default = "default_connect", with = "duration")]
+    pub connect: Duration,
+    /// From sending the request to the response headers.
+    #[serde(default = "default_long", with = "duration")]
+    pub first_byte: Duration,
+    /// Longest gap between two response body chunks.
+    #[serde(default = "default_long", with = "duration")]
+    pub idle: Duration,
+    /// Whole exchange, headers and body.
+    #[serde(default, with = "duration")]
+    pub total: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect: default_connect(),
+            first_byte: default_long(),
+            idle: default_long(),
+            total: Duration::ZERO,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_plugin_dir() -> PathBuf {
+    "plugins".into()
+}
+fn default_header_read() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_deadline() -> Duration {
+    Duration::from_millis(1)
+}
+fn default_memory_mb() -> u32 {
+    16
+}
+fn default_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_long() -> Duration {
+    Duration::from_secs(600)
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.into(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| ".".into());
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parses and validates config `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let err = |line: Option<usize>, message: String| ConfigError {
+            file: file.into(),
+            line,
+            message,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            err(line, e.message().to_string())
+        })?;
+        config.base_dir = base_dir;
+        config
+            .validate(text)
+            .map_err(|(offset, message)| err(offset.map(|o| line_of(text, o)), message))?;
+        Ok(config)
+    }
+
+    /// Semantic checks the TOML grammar cannot express; errors carry a byte
+    /// offset into `text` where one is known.
+    fn validate(&self, text: &str) -> Result<(), (Option<usize>, String)> {
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                let at = text.find(&self.server.listen);
+                (at, format!("server.listen {:?}: {e}", self.server.listen))
+            })?;
+        if let Some(admin) = &self.admin {
+            admin.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+                let at = text.find(&admin.listen);
+                (at, format!("admin.listen {:?}: {e}", admin.listen))
+            })?;
+        }
+        for (name, pool) in &self.pools {
+            let at = text.find(&format!("pools.{name}"));
+            if pool.backends.is_empty() {
+                return Err((at, format!("pool `{name}` has no backends")));
+            }
+            let mut seen = HashSet::new();
+            for b in &pool.backends {
+                if !seen.insert(&b.name) {
+                    return Err((at, format!("pool `{name}` has two backends named `{}`", b.name)));
+                }
+                if !is_host_port(&b.address) {
+                    let at = text.find(&b.address).or(at);
+                    return Err((
+                        at,
+                        format!(
+                            "backend `{}` of pool `{name}`: address {:?} is not host:port",
+                            b.name, b.address
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for route in &self.routes {
+            let at = Some(route.span().start);
+            let r = route.get_ref();
+            if !names.insert(&r.name) {
+                return Err((at, format!("two routes are named `{}`", r.name)));
+            }
+            if !self.pools.contains_key(r.pool.get_ref()) {
+                return Err((
+                    Some(r.pool.span().start),
+                    format!(
+                        "route `{}` names pool `{}`, which is not defined",
+                        r.name,
+                        r.pool.get_ref()
+                    ),
+                ));
+            }
+            if r.strip_prefix && r.matches.path_prefix.is_none() {
+                return Err((at, format!("route `{}`: strip_prefix needs match.path_prefix", r.name)));
+            }
+            if let Some(p) = &r.matches.path_prefix
+                && !p.starts_with('/')
+            {
+                return Err((at, format!("route `{}`: path_prefix must start with `/`", r.name)));
+            }
+            for (h, v) in &r.matches.headers {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return Err((at, format!("route `{}`: invalid header match `{h}`", r.name)));
+                }
+            }
+            if let Some(router) = &r.router {
+                let name = router.plugin.get_ref();
+                if name.contains('/') || name.contains('\\') || !name.ends_with(".wasm") {
+                    return Err((
+                        Some(router.plugin.span().start),
+                        format!("route `{}`: plugin {name:?} must be a `.wasm` file name in the plugin directory", r.name),
+                    ));
+                }
+                if router.deadline.is_zero() || router.memory_mb == 0 {
+                    return Err((at, format!("route `{}`: router deadline and memory_mb must be above zero", r.name)));
+                }
+            }
+            if r.max_connect_attempts == 0 {
+                return Err((at, format!("route `{}`: max_connect_attempts must be at least 1", r.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plugin directory, resolved against the config file's directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.plugins.dir)
+    }
+
+    /// The compiled-plugin cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        match &self.plugins.cache_dir {
+            Some(dir) => self.base_dir.join(dir),
+            None => self.plugin_dir().join(".cache"),
+        }
+    }
+
+    /// Number of worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Flattens a plugin config table to the key/value strings the plugin
+/// interface carries: nested keys joined with `.`, arrays with `,`.
+pub fn flatten_table(table: &toml::Table) -> Vec<(String, String)> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), scalar_text(other))),
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in table {
+        walk(k, v, &mut out);
+    }
+    out
+}
+
+/// Text of a TOML value as a plugin sees it: strings bare, arrays comma-joined.
+pub fn scalar_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(scalar_text)
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+fn is_host_port(address: &str) -> bool {
+    match address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests;

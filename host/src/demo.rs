@@ -1,0 +1,314 @@
+//! Mock backends on loopback, and the demo config that routes to them.
+//!
+//! A mock speaks enough of the OpenAI chat API to stand in for a model
+//! provider (JSON and SSE streaming completions with `usage`, rate-limit
+//! headers), plus a few endpoints tests use: echo, status codes, slow SSE,
+//! and a raw protocol upgrade that echoes bytes.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How a mock backend behaves.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Name reported in every response (`x-mock-backend` and JSON bodies).
+    pub name: String,
+    /// Delay before the response headers.
+    pub latency: Duration,
+    /// Gap between streamed chunks.
+    pub chunk_interval: Duration,
+}
+
+impl MockOptions {
+    pub fn new(name: &str) -> MockOptions {
+        MockOptions {
+            name: name.into(),
+            latency: Duration::ZERO,
+            chunk_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A running mock backend; stops when dropped.
+pub struct MockBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    requests: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+}
+
+impl MockBackend {
+    /// Starts a mock on an ephemeral loopback port, on a thread of its own.
+    pub fn start(options: MockOptions) -> std::io::Result<MockBackend> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = watch::channel(false);
+        let counter = requests.clone();
+        let name = options.name.clone();
+        let options = Arc::new(options);
+        std::thread::Builder::new().name(format!("mock-{name}")).spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let _ = stream.set_nodelay(true);
+                            let (options, counter) = (options.clone(), counter.clone());
+                            tokio::spawn(async move {
+                                let service = service_fn(move |req| {
+                                    counter.fetch_add(1, Relaxed);
+                                    handle(options.clone(), counter.load(Relaxed), req)
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades()
+                                    .await;
+                            });
+                        }
+                        _ = stopped.changed() => break,
+                    }
+                }
+            });
+        })?;
+        Ok(MockBackend {
+            addr,
+            name,
+            requests,
+            stop,
+        })
+    }
+
+    /// Requests this backend has received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+}
+
+impl Drop for MockBackend {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+type MockBody = BoxBody<Bytes, Infallible>;
+
+fn full(text: impl Into<Bytes>) -> MockBody {
+    Full::new(text.into()).boxed()
+}
+
+async fn handle(options: Arc<MockOptions>, count: u64, mut req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    if !options.latency.is_zero() {
+        tokio::time::sleep(options.latency).await;
+    }
+    let path = req.uri().path().to_string();
+    let mut resp = if path == "/upgrade" {
+        upgrade_echo(&mut req)
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut r = Response::new(full(format!("{} says {}\n", options.name, status.as_u16())));
+        *r.status_mut() = status;
+        r
+    } else if path == "/sse" {
+        let n = query_number(&req, "n").unwrap_or(5);
+        sse(&options, (0..n).map(|i| format!("data: {{\"event\":{i}}}\n\n")).collect())
+    } else if path.ends_with("/chat/completions") {
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).replace(' ', "");
+        chat(&options, &parts.headers, text.contains("\"stream\":true"))
+    } else {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
+        let body = json!({
+            "backend": options.name, "method": req.method().as_str(), "path": path,
+            "query": req.uri().query(), "headers": headers,
+        });
+        let mut r = Response::new(full(format!("{body}\n")));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&options.name) {
+        h.insert("x-mock-backend", v);
+    }
+    h.insert("x-ratelimit-remaining-requests", HeaderValue::from(10_000u64.saturating_sub(count)));
+    h.insert("x-ratelimit-remaining-tokens", HeaderValue::from(1_000_000u64.saturating_sub(count * 30)));
+    h.insert("x-ratelimit-reset-requests", HeaderValue::from_static("1s"));
+    Ok(resp)
+}
+
+fn query_number(req: &Request<Incoming>, key: &str) -> Option<usize> {
+    req.uri().query()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key)?.1.parse().ok()
+}
+
+/// An OpenAI-style chat completion, whole or streamed with `usage` in the
+/// final chunk.
+fn chat(options: &MockOptions, headers: &http::HeaderMap, stream: bool) -> Response<MockBody> {
+    let model = format!("mock-{}", options.name);
+    let priority = headers.get("x-priority").and_then(|v| v.to_str().ok()).unwrap_or("normal");
+    let words = ["Routed", " by", " Switchyard", " to ", &options.name, &format!(" (priority {priority})")];
+    if stream {
+        let mut events: Vec<String> = words
+            .iter()
+            .map(|w| {
+                let chunk = json!({"object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]});
+                format!("data: {chunk}\n\n")
+            })
+            .collect();
+        let last = json!({"object": "chat.completion.chunk", "model": model, "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": words.len(), "total_tokens": 12 + words.len()}});
+        events.push(format!("data: {last}\n\n"));
+        events.push("data: [DONE]\n\n".into());
+        return sse(options, events);
+    }
+    let body = json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": words.len(), "total_tokens": 12 + words.len()},
+    });
+    let mut r = Response::new(full(format!("{body}\n")));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A server-sent-event stream, one event per `chunk_interval`.
+fn sse(options: &MockOptions, events: Vec<String>) -> Response<MockBody> {
+    let interval = options.chunk_interval;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        for (i, event) in events.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_stream(rx);
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Adapts a channel receiver into the stream `StreamBody` wants.
+fn futures_stream<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
+    struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for Rx<T> {
+        type Item = T;
+        fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    Rx(rx)
+}
+
+/// Answers an upgrade request with 101 and echoes every byte back.
+fn upgrade_echo(req: &mut Request<Incoming>) -> Response<MockBody> {
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+    r
+}
+
+/// Backends of the demo: two fast and two cheap model endpoints, two tools.
+pub fn demo_backends() -> std::io::Result<Vec<MockBackend>> {
+    [("fast-1", 20), ("fast-2", 20), ("cheap-1", 60), ("cheap-2", 60), ("tool-1", 5), ("tool-2", 5)]
+        .into_iter()
+        .map(|(name, ms)| {
+            let mut o = MockOptions::new(name);
+            o.latency = Duration::from_millis(ms);
+            o.chunk_interval = Duration::from_millis(150);
+            MockBackend::start(o)
+        })
+        .collect()
+}
+
+/// The demo config: per-graph routes over the mock backends.
+pub fn demo_config(listen: &str, admin: &str, plugin_dir: &str, backends: &[MockBackend]) -> String {
+    let addr = |name: &str| backends.iter().find(|b| b.name == name).map(|b| b.addr.to_string()).unwrap_or_default();
+    format!(
+        r#"# Generated by `switchyard demo`.
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[plugins]
+dir = "{plugin_dir}"
+
+[pools.models]
+backends = [
+  {{ name = "fast-1",  address = "{f1}", labels = {{ tier = "fast", cost = 10 }} }},
+  {{ name = "fast-2",  address = "{f2}", labels = {{ tier = "fast", cost = 10 }} }},
+  {{ name = "cheap-1", address = "{c1}", labels = {{ tier = "cheap", cost = 1 }} }},
+  {{ name = "cheap-2", address = "{c2}", labels = {{ tier = "cheap", cost = 1 }} }},
+]
+
+[pools.tools]
+backends = [
+  {{ name = "tool-1", address = "{t1}" }},
+  {{ name = "tool-2", address = "{t2}" }},
+]
+
+# The research graph: priority decides the tier.
+[[routes]]
+name = "research"
+match = {{ path_prefix = "/graphs/research" }}
+strip_prefix = true
+pool = "models"
+router = {{ plugin = "priority-router.wasm", config = {{ header = "x-priority", high = ["high", "urgent"] }} }}
+
+# The tools graph: plain round robin.
+[[routes]]
+name = "tools"
+match = {{ path_prefix = "/graphs/tools" }}
+strip_prefix = true
+pool = "tools"
+router = {{ plugin = "round-robin.wasm" }}
+
+# Everything else: also by priority, the x-graph header selecting nothing special.
+[[routes]]
+name = "default"
+pool = "models"
+router = {{ plugin = "priority-router.wasm" }}
+"#,
+        f1 = addr("fast-1"),
+        f2 = addr("fast-2"),
+        c1 = addr("cheap-1"),
+        c2 = addr("cheap-2"),
+        t1 = addr("tool-1"),
+        t2 = addr("tool-2"),
+    )
+}

@@ -1,0 +1,19 @@
+//! Switchyard: a reverse proxy for LLM and agent traffic whose routing,
+//! health and breaker policies are sandboxed WebAssembly components.
+//!
+//! The data path, stage by stage: [`config`] is parsed and validated,
+//! [`route`] matches a request to a route, [`plugin`] runs the route's router
+//! component, [`balance`] holds each backend's live state, [`proxy`] forwards
+//! and streams, [`admin`] exposes metrics and status.
+
+pub mod admin;
+pub mod balance;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod plugin;
+pub mod proxy;
+pub mod route;
+mod run;
+
+pub use run::{StartError, Switchyard};

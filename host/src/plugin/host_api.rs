@@ -1,0 +1,108 @@
+//! The host side of `switchyard:policy/host`: what a plugin may call.
+
+use super::generated::{Host, wit};
+use std::collections::HashMap;
+use std::sync::Arc;
+use wasmtime::StoreLimits;
+
+/// Log lines one instance may write per second; the rest are counted, not
+/// written, so a chatty plugin cannot flood the log.
+const LOG_LINES_PER_SECOND: u32 = 50;
+
+/// Per-instance state the host keeps for a plugin.
+pub struct HostState {
+    pub(crate) limits: StoreLimits,
+    plugin: Arc<str>,
+    route: Arc<str>,
+    rng: u64,
+    counters: HashMap<String, metrics::Counter>,
+    gauges: HashMap<String, metrics::Gauge>,
+    log_second: u64,
+    log_lines: u32,
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<str>, route: Arc<str>, limits: StoreLimits) -> Self {
+        HostState {
+            limits,
+            plugin,
+            route,
+            rng: seed(),
+            counters: HashMap::new(),
+            gauges: HashMap::new(),
+            log_second: 0,
+            log_lines: 0,
+        }
+    }
+}
+
+/// A per-instance seed from the clock and the address of a stack value.
+fn seed() -> u64 {
+    let local = 0u8;
+    let mixed = crate::clock::nanos() ^ (&local as *const u8 as u64).rotate_left(32);
+    mixed | 1
+}
+
+impl wit::Host for HostState {}
+
+impl Host for HostState {
+    fn log(&mut self, level: wit::Level, message: String) {
+        let second = crate::clock::millis() / 1000;
+        if second != self.log_second {
+            if self.log_lines > LOG_LINES_PER_SECOND {
+                tracing::warn!(plugin = %self.plugin, route = %self.route,
+                    "plugin log rate limit: {} lines dropped", self.log_lines - LOG_LINES_PER_SECOND);
+            }
+            self.log_second = second;
+            self.log_lines = 0;
+        }
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_SECOND {
+            return;
+        }
+        let (plugin, route) = (&*self.plugin, &*self.route);
+        match level {
+            wit::Level::Trace => tracing::trace!(plugin, route, "{message}"),
+            wit::Level::Debug => tracing::debug!(plugin, route, "{message}"),
+            wit::Level::Info => tracing::info!(plugin, route, "{message}"),
+            wit::Level::Warn => tracing::warn!(plugin, route, "{message}"),
+            wit::Level::Error => tracing::error!(plugin, route, "{message}"),
+        }
+    }
+
+    fn now(&mut self) -> u64 {
+        crate::clock::nanos()
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn counter_add(&mut self, name: String, value: u64) {
+        let (plugin, route) = (self.plugin.clone(), self.route.clone());
+        self.counters
+            .entry(name)
+            .or_insert_with_key(|name| {
+                metrics::counter!("switchyard_plugin_counter_total",
+                    "plugin" => plugin.to_string(), "route" => route.to_string(), "name" => name.clone())
+            })
+            .increment(value);
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) {
+        let (plugin, route) = (self.plugin.clone(), self.route.clone());
+        self.gauges
+            .entry(name)
+            .or_insert_with_key(|name| {
+                metrics::gauge!("switchyard_plugin_gauge",
+                    "plugin" => plugin.to_string(), "route" => route.to_string(), "name" => name.clone())
+            })
+            .set(value);
+    }
+}

@@ -1,0 +1,269 @@
+//! The plugin runtime: one wasmtime engine, components compiled once and
+//! cached on disk by content hash, checked against the interface version this
+//! host speaks, and run with a deadline and a memory limit per call.
+
+mod cache;
+mod generated;
+mod host_api;
+mod router;
+
+pub use generated::wit;
+pub use host_api::HostState;
+pub use router::{CallFailure, Interest, RouterInstance, RouterPlugin, RouterSpec};
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+/// The interface version this host speaks.
+pub const INTERFACE_VERSION: &str = "0.1.0";
+/// The WIT package plugins are built against.
+pub const INTERFACE_PACKAGE: &str = "switchyard:policy";
+/// How often the epoch advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// A plugin that could not be loaded; each names the file and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{file}: is a core WebAssembly module, not a component; build it for wasm32-wasip2 with the Switchyard SDK"
+    )]
+    CoreModule { file: PathBuf },
+    #[error("{file}: not a valid WebAssembly component: {reason}")]
+    Invalid { file: PathBuf, reason: String },
+    #[error(
+        "{file}: built for {INTERFACE_PACKAGE}@{found}, but this host speaks {INTERFACE_PACKAGE}@{INTERFACE_VERSION} (`{export}`)"
+    )]
+    Version {
+        file: PathBuf,
+        found: String,
+        export: String,
+    },
+    #[error("{file}: does not export `{wanted}`; it exports: {found}")]
+    WrongWorld {
+        file: PathBuf,
+        wanted: String,
+        found: String,
+    },
+    #[error(
+        "{file}: imports `{import}`, but plugins get no WASI capabilities; build the plugin `no_std` with the Switchyard SDK"
+    )]
+    WasiImport { file: PathBuf, import: String },
+    #[error("{file}: imports `{import}`, which this host does not provide")]
+    UnknownImport { file: PathBuf, import: String },
+    #[error("{file}: cannot instantiate: {reason}")]
+    Instantiate { file: PathBuf, reason: String },
+    #[error("{file}: init for route `{route}` failed: {message}")]
+    Init {
+        file: PathBuf,
+        route: String,
+        message: String,
+    },
+}
+
+/// A component compiled for this engine, with its identity.
+pub struct LoadedComponent {
+    pub file: PathBuf,
+    /// Hex SHA-256 of the `.wasm` bytes.
+    pub hash: String,
+    pub loaded_at: std::time::SystemTime,
+    /// Whether it came from the on-disk cache rather than a fresh compile.
+    pub from_cache: bool,
+    pub component: Component,
+}
+
+/// The engine, the linker with the host's imports, and the compile cache.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    /// Components by content hash, so routes sharing a plugin compile once.
+    loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+}
+
+// === impl PluginRuntime ===
+
+impl PluginRuntime {
+    /// Creates the engine and starts its epoch ticker. `cache_dir` holds
+    /// compiled components; `None` compiles every time.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginRuntime>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        generated::add_to_linker(&mut linker)?;
+        spawn_epoch_ticker(&engine);
+        Ok(Arc::new(PluginRuntime {
+            engine,
+            linker,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Converts a call deadline into epoch ticks, rounding up, plus one tick
+    /// because the current tick may be about to end.
+    pub fn deadline_ticks(deadline: Duration) -> u64 {
+        deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
+    }
+
+    /// Reads and compiles `file` (or takes it from the cache), and checks it
+    /// exports `wanted` (an interface of this package) at this host's version.
+    pub fn load(&self, file: &Path, wanted: &str) -> Result<Arc<LoadedComponent>, PluginError> {
+        let bytes = std::fs::read(file).map_err(|source| PluginError::Read {
+            file: file.into(),
+            source,
+        })?;
+        let hash = hex(&Sha256::digest(&bytes));
+        let known = self.loaded_lock().get(&hash).cloned();
+        let loaded = match known {
+            Some(l) => l,
+            None => {
+                let (component, from_cache) = self.compile(file, &bytes, &hash)?;
+                let loaded = Arc::new(LoadedComponent {
+                    file: file.into(),
+                    hash: hash.clone(),
+                    loaded_at: std::time::SystemTime::now(),
+                    from_cache,
+                    component,
+                });
+                self.loaded_lock().insert(hash, loaded.clone());
+                loaded
+            }
+        };
+        self.check_interface(file, &loaded.component, wanted)?;
+        Ok(loaded)
+    }
+
+    fn loaded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compile(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<(Component, bool), PluginError> {
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+            return Err(PluginError::CoreModule { file: file.into() });
+        }
+        if let Some(dir) = &self.cache_dir
+            && let Some(component) = cache::load(&self.engine, dir, hash)
+        {
+            return Ok((component, true));
+        }
+        let started = Instant::now();
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+                file: file.into(),
+                reason: format!("{e:#}"),
+            })?;
+        tracing::debug!(file = %file.display(), elapsed = ?started.elapsed(), "compiled plugin");
+        if let Some(dir) = &self.cache_dir
+            && let Err(e) = cache::store(dir, hash, &component)
+        {
+            tracing::warn!(dir = %dir.display(), "cannot cache compiled plugin: {e}");
+        }
+        Ok((component, false))
+    }
+
+    /// Checks the component's exports and imports against this host's
+    /// interface, so a mismatch is reported with both versions instead of a
+    /// link error.
+    fn check_interface(
+        &self,
+        file: &Path,
+        component: &Component,
+        wanted: &str,
+    ) -> Result<(), PluginError> {
+        let ty = component.component_type();
+        let wanted_full = format!("{INTERFACE_PACKAGE}/{wanted}@{INTERFACE_VERSION}");
+        let exports: Vec<&str> = ty.exports(&self.engine).map(|(n, _)| n).collect();
+        if !exports.contains(&wanted_full.as_str()) {
+            let unversioned = format!("{INTERFACE_PACKAGE}/{wanted}@");
+            if let Some(other) = exports.iter().find(|e| e.starts_with(&unversioned)) {
+                return Err(PluginError::Version {
+                    file: file.into(),
+                    found: other[unversioned.len()..].to_string(),
+                    export: other.to_string(),
+                });
+            }
+            return Err(PluginError::WrongWorld {
+                file: file.into(),
+                wanted: wanted_full,
+                found: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            });
+        }
+        let host_import = format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}");
+        let types_import = format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}");
+        for (import, _) in ty.imports(&self.engine) {
+            if import == host_import || import == types_import {
+                continue;
+            }
+            if import.starts_with("wasi:") {
+                return Err(PluginError::WasiImport {
+                    file: file.into(),
+                    import: import.into(),
+                });
+            }
+            if let Some(version) = import
+                .strip_prefix(INTERFACE_PACKAGE)
+                .and_then(|rest| rest.split_once('@'))
+                .map(|(_, v)| v)
+            {
+                return Err(PluginError::Version {
+                    file: file.into(),
+                    found: version.into(),
+                    export: import.into(),
+                });
+            }
+            return Err(PluginError::UnknownImport {
+                file: file.into(),
+                import: import.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Advances the engine's epoch every tick so running calls meet their
+/// deadline; stops when the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("switchyard-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the plugin epoch ticker, deadlines will not fire: {e}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,265 @@
+//! Router plugins: a loaded component bound to one route's config, and the
+//! per-thread instances that make decisions.
+
+use super::generated::{RouterPlugin as Bindings, RouterPluginPre, wit};
+use super::{HostState, LoadedComponent, PluginError, PluginRuntime};
+use crate::config::FailurePolicy;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+/// Consecutive failed calls after which a plugin is quarantined.
+const QUARANTINE_AFTER: u32 = 5;
+/// How long a quarantined plugin is bypassed before it is tried again.
+const QUARANTINE_FOR: Duration = Duration::from_secs(10);
+
+/// What a route asks of its router plugin.
+#[derive(Debug, Clone)]
+pub struct RouterSpec {
+    pub file: PathBuf,
+    pub route: String,
+    /// The config table, flattened for `init`.
+    pub config: Vec<(String, String)>,
+    pub on_failure: FailurePolicy,
+    pub deadline: Duration,
+    pub memory_mb: u32,
+    /// The pool's static backend facts, for `set-backends`.
+    pub backends: Vec<wit::BackendInfo>,
+}
+
+/// A request attribute the plugin declared it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    Header(http::HeaderName),
+    Path,
+    Query,
+    Cookie(String),
+    Host,
+}
+
+/// Why a plugin call produced no usable decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    /// The plugin trapped (panic, out of memory, bad instruction).
+    Trap(String),
+    /// The plugin ran past its deadline.
+    Deadline,
+    /// The decision named a backend the pool does not have, or a bad status.
+    Invalid(String),
+    /// The plugin failed repeatedly and is bypassed for a while.
+    Quarantined,
+    /// A fresh instance could not be created.
+    Instantiate(String),
+}
+
+impl CallFailure {
+    /// Short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Trap(_) => "trap",
+            CallFailure::Deadline => "deadline",
+            CallFailure::Invalid(_) => "invalid",
+            CallFailure::Quarantined => "quarantined",
+            CallFailure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// A router component bound to one route: compiled, linked, initialised once
+/// to validate it, and ready to be instantiated on each worker thread.
+pub struct RouterPlugin {
+    /// Unique per load; worker threads key their instances by it.
+    pub id: u64,
+    pub component: Arc<LoadedComponent>,
+    pub spec: RouterSpec,
+    /// Attributes to extract for each request, in the plugin's order.
+    pub interest: Vec<Interest>,
+    pre: RouterPluginPre<HostState>,
+    deadline_ticks: u64,
+    name: Arc<str>,
+    route: Arc<str>,
+    consecutive_failures: AtomicU32,
+    quarantined_until_ms: AtomicU64,
+    calls: metrics::Counter,
+}
+
+// === impl RouterPlugin ===
+
+impl RouterPlugin {
+    /// Loads `spec.file`, checks its interface, and runs `init` and
+    /// `set-backends` once, so a plugin that cannot start is refused here,
+    /// not on the first request.
+    pub fn load(runtime: &PluginRuntime, spec: RouterSpec) -> Result<Arc<RouterPlugin>, PluginError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let component = runtime.load(&spec.file, "router")?;
+        let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
+            file: spec.file.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component.component)
+            .map_err(instantiate_err)?;
+        let pre = RouterPluginPre::new(pre).map_err(instantiate_err)?;
+        let name: Arc<str> = spec
+            .file
+            .file_name()
+            .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into());
+        let route: Arc<str> = spec.route.as_str().into();
+        let calls = metrics::counter!("switchyard_plugin_calls_total",
+            "plugin" => name.to_string(), "route" => route.to_string(), "version" => component.hash[..12].to_string());
+        let mut plugin = RouterPlugin {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            component,
+            interest: Vec::new(),
+            pre,
+            deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
+            spec,
+            name,
+            route,
+            consecutive_failures: AtomicU32::new(0),
+            quarantined_until_ms: AtomicU64::new(0),
+            calls,
+        };
+        let (_, interest) = plugin.start_instance()?;
+        plugin.interest = interest;
+        Ok(Arc::new(plugin))
+    }
+
+    /// Plugin file name, as shown in logs and metrics.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates an instance for one worker thread.
+    pub fn instantiate(&self) -> Result<RouterInstance, PluginError> {
+        self.start_instance().map(|(instance, _)| instance)
+    }
+
+    fn start_instance(&self) -> Result<(RouterInstance, Vec<Interest>), PluginError> {
+        let file = &self.spec.file;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.spec.memory_mb as usize * 1024 * 1024)
+            .instances(4)
+            .tables(4)
+            .memories(2)
+            .build();
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(self.name.clone(), self.route.clone(), limits),
+        );
+        store.limiter(|s| &mut s.limits);
+        // Start-up gets a generous deadline: init may build tables.
+        store.set_epoch_deadline(self.deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Instantiate {
+                file: file.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let init_err = |message: String| PluginError::Init {
+            file: file.clone(),
+            route: self.spec.route.clone(),
+            message,
+        };
+        let router = bindings.switchyard_policy_router();
+        let attributes = router
+            .call_init(&mut store, &self.spec.route, &self.spec.config)
+            .map_err(|e| init_err(format!("trapped: {e:#}")))?
+            .map_err(init_err)?;
+        router
+            .call_set_backends(&mut store, &self.spec.backends)
+            .map_err(|e| init_err(format!("set-backends trapped: {e:#}")))?;
+        let interest = attributes
+            .into_iter()
+            .map(|a| match a {
+                wit::Attribute::Header(h) => http::HeaderName::from_bytes(h.as_bytes())
+                    .map(Interest::Header)
+                    .map_err(|_| init_err(format!("asks for header {h:?}, which is not a valid header name"))),
+                wit::Attribute::Path => Ok(Interest::Path),
+                wit::Attribute::Query => Ok(Interest::Query),
+                wit::Attribute::Cookie(c) => Ok(Interest::Cookie(c)),
+                wit::Attribute::Host => Ok(Interest::Host),
+            })
+            .collect::<Result<_, _>>()?;
+        let instance = RouterInstance {
+            store,
+            bindings,
+            plugin_id: self.id,
+            deadline_ticks: self.deadline_ticks,
+        };
+        Ok((instance, interest))
+    }
+
+    /// Whether the plugin is bypassed after repeated failures.
+    pub fn is_quarantined(&self) -> bool {
+        let until = self.quarantined_until_ms.load(Relaxed);
+        until != 0 && crate::clock::millis() < until
+    }
+
+    /// Records a successful call.
+    pub fn record_success(&self) {
+        self.calls.increment(1);
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// Records a failed call: logs it, counts it, and quarantines the plugin
+    /// once failures repeat.
+    pub fn record_failure(&self, failure: &CallFailure) {
+        self.calls.increment(1);
+        metrics::counter!("switchyard_plugin_failures_total",
+            "plugin" => self.name.to_string(), "route" => self.route.to_string(), "kind" => failure.kind())
+        .increment(1);
+        let policy = match self.spec.on_failure {
+            FailurePolicy::FailOpen => "fail-open: built-in router decides",
+            FailurePolicy::FailClosed => "fail-closed: answering 503",
+        };
+        tracing::warn!(plugin = %self.name, route = %self.route, "plugin call failed ({failure:?}); {policy}");
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if failures >= QUARANTINE_AFTER {
+            self.consecutive_failures.store(0, Relaxed);
+            self.quarantined_until_ms
+                .store(crate::clock::millis() + QUARANTINE_FOR.as_millis() as u64, Relaxed);
+            metrics::counter!("switchyard_plugin_quarantines_total",
+                "plugin" => self.name.to_string(), "route" => self.route.to_string())
+            .increment(1);
+            tracing::error!(plugin = %self.name, route = %self.route,
+                "plugin quarantined for {QUARANTINE_FOR:?} after {failures} failed calls in a row");
+        }
+    }
+}
+
+/// One live instance of a router plugin, owned by one worker thread.
+pub struct RouterInstance {
+    store: Store<HostState>,
+    bindings: Bindings,
+    /// The [`RouterPlugin::id`] this instance was made from.
+    pub plugin_id: u64,
+    deadline_ticks: u64,
+}
+
+// === impl RouterInstance ===
+
+impl RouterInstance {
+    /// Asks the plugin for a decision within its deadline. After an `Err`
+    /// the instance must be dropped: a trapped component cannot be reused.
+    pub fn route(
+        &mut self,
+        request: &wit::Request,
+        backends: &[wit::BackendLoad],
+    ) -> Result<wit::Decision, CallFailure> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.bindings
+            .switchyard_policy_router()
+            .call_route(&mut self.store, request, backends)
+            .map_err(|e| match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => CallFailure::Deadline,
+                _ => CallFailure::Trap(format!("{e:#}")),
+            })
+    }
+}

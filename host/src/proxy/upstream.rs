@@ -1,0 +1,155 @@
+//! Per-thread pool of upstream HTTP/1.1 connections.
+//!
+//! Each worker thread keeps its own idle `SendRequest` handles per backend,
+//! so taking and returning a connection is a `Vec` push/pop with no lock. A
+//! handle goes back to the pool when its response body has ended.
+
+use crate::balance::Backend;
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Body of a request sent upstream: the client's body, or none.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type Sender = http1::SendRequest<UpstreamBody>;
+
+/// Idle connections kept per backend and thread.
+const MAX_IDLE_PER_BACKEND: usize = 128;
+/// Idle connections older than this are closed rather than reused; upstream
+/// servers commonly drop idle keep-alive connections after 60 s or more.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
+
+/// Why a request could not be sent or answered.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made; the request was not sent and is returned
+    /// so the next candidate can take it.
+    Connect(Box<Request<UpstreamBody>>, String),
+    /// No response headers within the first-byte timeout.
+    Timeout,
+    /// The connection failed after the request was (partly) sent.
+    Failed(hyper::Error),
+}
+
+struct IdleConnection {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One thread's upstream connections, by backend connection key.
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: RefCell<HashMap<usize, Vec<IdleConnection>>>,
+}
+
+/// A connection lent to one exchange; [`Lease::release`] returns it.
+pub struct Lease {
+    pool: Rc<UpstreamPool>,
+    key: usize,
+    sender: Sender,
+}
+
+impl Lease {
+    /// Returns the connection to the pool once its response has ended.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.borrow_mut();
+        let list = idle.entry(self.key).or_default();
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(IdleConnection {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+// === impl UpstreamPool ===
+
+impl UpstreamPool {
+    /// Sends `req` to `backend` over an idle connection, or a new one, and
+    /// waits for the response headers up to `first_byte`.
+    pub async fn send(
+        self: &Rc<Self>,
+        backend: &Backend,
+        mut req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+        first_byte: Duration,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let key = backend.connection_key;
+        while let Some(mut conn) = self.take_idle(key) {
+            if conn.since.elapsed() > MAX_IDLE_AGE || conn.sender.ready().await.is_err() {
+                continue;
+            }
+            match with_timeout(first_byte, conn.sender.try_send_request(req)).await {
+                None => return Err(SendError::Timeout),
+                Some(Ok(resp)) => return Ok((resp, self.lease(key, conn.sender))),
+                Some(Err(mut e)) => match e.take_message() {
+                    // Closed under our feet before anything was written: try
+                    // the next connection with the request intact.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+        let mut sender = match connect(&backend.address, connect_timeout).await {
+            Ok(sender) => sender,
+            Err(reason) => return Err(SendError::Connect(Box::new(req), reason)),
+        };
+        match with_timeout(first_byte, sender.send_request(req)).await {
+            None => Err(SendError::Timeout),
+            Some(Ok(resp)) => Ok((resp, self.lease(key, sender))),
+            Some(Err(e)) => Err(SendError::Failed(e)),
+        }
+    }
+
+    fn take_idle(&self, key: usize) -> Option<IdleConnection> {
+        self.idle.borrow_mut().get_mut(&key)?.pop()
+    }
+
+    fn lease(self: &Rc<Self>, key: usize, sender: Sender) -> Lease {
+        Lease {
+            pool: self.clone(),
+            key,
+            sender,
+        }
+    }
+}
+
+async fn with_timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    if limit.is_zero() {
+        return Some(fut.await);
+    }
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
+/// Opens a connection and starts its HTTP/1.1 driver on this thread.
+async fn connect(address: &str, limit: Duration) -> Result<Sender, String> {
+    let stream = match with_timeout(limit, TcpStream::connect(address)).await {
+        None => return Err(format!("connect to {address} timed out after {limit:?}")),
+        Some(Err(e)) => return Err(format!("connect to {address}: {e}")),
+        Some(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {address}: {e}"))?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}

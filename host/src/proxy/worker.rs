@@ -1,0 +1,296 @@
+//! One worker thread's context: its view of the route table, its upstream
+//! connections, and its router plugin instances. Nothing here is shared
+//! with other threads, so the request path takes no locks.
+
+use super::Shared;
+use super::upstream::UpstreamPool;
+use crate::balance::{Pool, least_outstanding};
+use crate::config::FailurePolicy;
+use crate::plugin::{CallFailure, Interest, RouterInstance, RouterPlugin, wit};
+use crate::route::{Route, RouteTable, request_host};
+use http::{HeaderName, HeaderValue, Method, Request};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// What a route decided for one request.
+pub enum Choice {
+    /// Backend ids to try in order, and headers to add upstream.
+    Forward {
+        candidates: Vec<u32>,
+        add_headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// Answer directly.
+    Reply { status: u16, body: String },
+}
+
+/// A worker thread's private state.
+pub struct Worker {
+    shared: Arc<Shared>,
+    table: RefCell<Rc<Arc<RouteTable>>>,
+    pub upstream: Rc<UpstreamPool>,
+    /// Router instances by [`RouterPlugin::id`].
+    instances: RefCell<HashMap<u64, RouterInstance>>,
+    /// Reused buffer of backend loads handed to plugins.
+    loads: RefCell<Vec<wit::BackendLoad>>,
+}
+
+// === impl Worker ===
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>) -> Worker {
+        let table = Rc::new(shared.table.load_full());
+        let worker = Worker {
+            shared,
+            table: RefCell::new(table),
+            upstream: Rc::default(),
+            instances: RefCell::default(),
+            loads: RefCell::default(),
+        };
+        worker.warm();
+        worker
+    }
+
+    /// The current route table. A reload swaps the shared table; the worker
+    /// notices here, drops instances of plugins that are gone, and requests
+    /// already running keep the table they started with.
+    pub fn table(&self) -> Rc<Arc<RouteTable>> {
+        let current = self.shared.table.load();
+        let mut cached = self.table.borrow_mut();
+        if !Arc::ptr_eq(&cached, &current) {
+            *cached = Rc::new(arc_swap::Guard::into_inner(current));
+            drop(cached);
+            self.warm();
+            return self.table.borrow().clone();
+        }
+        cached.clone()
+    }
+
+    /// Creates instances for the table's plugins so the first request does
+    /// not pay for it, and drops instances of plugins no longer in use.
+    fn warm(&self) {
+        let table = self.table.borrow().clone();
+        let mut instances = self.instances.borrow_mut();
+        instances.retain(|id, _| table.routes.iter().any(|r| r.router.as_ref().is_some_and(|p| p.id == *id)));
+        for plugin in table.routes.iter().filter_map(|r| r.router.as_ref()) {
+            if !instances.contains_key(&plugin.id) {
+                match plugin.instantiate() {
+                    Ok(instance) => {
+                        instances.insert(plugin.id, instance);
+                    }
+                    Err(e) => tracing::warn!("cannot instantiate plugin: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Decides where a request goes: the route's plugin, or the built-in
+    /// router when there is none or the plugin fails under `fail-open`.
+    pub fn decide<B>(&self, route: &Route, req: &Request<B>, client: IpAddr) -> Choice {
+        let Some(plugin) = &route.router else {
+            return builtin(&route.pool);
+        };
+        if plugin.is_quarantined() {
+            return on_failure(plugin, &route.pool);
+        }
+        let facts = wit::Request {
+            method: method(req.method()),
+            client_ip: ip(client),
+            attributes: plugin.interest.iter().map(|i| attribute(i, req)).collect(),
+        };
+        let mut loads = self.loads.borrow_mut();
+        loads.clear();
+        loads.extend(route.pool.backends.iter().map(|b| load(b.id, &b.state.snapshot())));
+        let mut instances = self.instances.borrow_mut();
+        let instance = match instances.entry(plugin.id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match plugin.instantiate() {
+                Ok(instance) => e.insert(instance),
+                Err(err) => {
+                    plugin.record_failure(&CallFailure::Instantiate(err.to_string()));
+                    return on_failure(plugin, &route.pool);
+                }
+            },
+        };
+        let failure = match instance.route(&facts, &loads) {
+            Ok(decision) => match check(decision, route.pool.backends.len()) {
+                Ok(choice) => {
+                    plugin.record_success();
+                    return choice;
+                }
+                Err(failure) => failure,
+            },
+            Err(failure) => {
+                // A trapped instance cannot be called again; the next request
+                // gets a fresh one.
+                instances.remove(&plugin.id);
+                failure
+            }
+        };
+        plugin.record_failure(&failure);
+        on_failure(plugin, &route.pool)
+    }
+}
+
+fn builtin(pool: &Pool) -> Choice {
+    let mut candidates = Vec::with_capacity(pool.backends.len());
+    least_outstanding(pool, &mut candidates);
+    Choice::Forward {
+        candidates,
+        add_headers: Vec::new(),
+    }
+}
+
+fn on_failure(plugin: &RouterPlugin, pool: &Pool) -> Choice {
+    match plugin.spec.on_failure {
+        FailurePolicy::FailOpen => builtin(pool),
+        FailurePolicy::FailClosed => Choice::Reply {
+            status: 503,
+            body: format!("routing plugin {} failed; the route is fail-closed\n", plugin.name()),
+        },
+    }
+}
+
+/// Turns a plugin's decision into a choice, refusing ids outside the pool,
+/// bad statuses and malformed headers.
+fn check(decision: wit::Decision, pool_size: usize) -> Result<Choice, CallFailure> {
+    match decision {
+        wit::Decision::Forward(f) => {
+            if let Some(bad) = f.candidates.iter().find(|&&id| id as usize >= pool_size) {
+                return Err(CallFailure::Invalid(format!(
+                    "candidate {bad} is not a backend id (pool has {pool_size})"
+                )));
+            }
+            let add_headers = f
+                .add_headers
+                .into_iter()
+                .map(|h| {
+                    match (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+                        (Ok(n), Ok(v)) => Ok((n, v)),
+                        _ => Err(CallFailure::Invalid(format!("invalid header {:?}", h.name))),
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Choice::Forward {
+                candidates: f.candidates,
+                add_headers,
+            })
+        }
+        wit::Decision::Reject(r) if (200..=599).contains(&r.status) => Ok(Choice::Reply {
+            status: r.status,
+            body: r.body,
+        }),
+        wit::Decision::Reject(r) => Err(CallFailure::Invalid(format!("reject status {}", r.status))),
+    }
+}
+
+fn load(id: u32, s: &crate::balance::LoadSnapshot) -> wit::BackendLoad {
+    use crate::balance::{Breaker, Health};
+    wit::BackendLoad {
+        id,
+        in_flight: s.in_flight,
+        ewma_latency_us: s.ewma_latency_us,
+        ewma_ttfb_us: s.ewma_ttfb_us,
+        error_rate: s.error_rate,
+        health: match s.health {
+            Health::Healthy => wit::Health::Healthy,
+            Health::Degraded => wit::Health::Degraded,
+            Health::Unhealthy => wit::Health::Unhealthy,
+        },
+        breaker: match s.breaker {
+            Breaker::Closed => wit::BreakerState::Closed,
+            Breaker::Open => wit::BreakerState::Open,
+            Breaker::HalfOpen => wit::BreakerState::HalfOpen,
+        },
+        load_score: s.load_score,
+        remaining_requests: s.remaining_requests,
+        remaining_tokens: s.remaining_tokens,
+        quota_reset_ms: s.quota_reset_ms,
+    }
+}
+
+fn method(m: &Method) -> wit::Method {
+    match *m {
+        Method::GET => wit::Method::Get,
+        Method::HEAD => wit::Method::Head,
+        Method::POST => wit::Method::Post,
+        Method::PUT => wit::Method::Put,
+        Method::DELETE => wit::Method::Delete,
+        Method::PATCH => wit::Method::Patch,
+        Method::OPTIONS => wit::Method::Options,
+        Method::CONNECT => wit::Method::Connect,
+        Method::TRACE => wit::Method::Trace,
+        _ => wit::Method::Other,
+    }
+}
+
+fn ip(addr: IpAddr) -> wit::IpAddress {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => wit::IpAddress::V4(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            wit::IpAddress::V6(((bits >> 64) as u64, bits as u64))
+        }
+    }
+}
+
+fn attribute<B>(interest: &Interest, req: &Request<B>) -> Option<String> {
+    match interest {
+        Interest::Header(name) => req.headers().get(name)?.to_str().ok().map(String::from),
+        Interest::Path => Some(req.uri().path().to_string()),
+        Interest::Query => req.uri().query().map(String::from),
+        Interest::Host => request_host(req).map(String::from),
+        Interest::Cookie(name) => req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_extracted() {
+        let req = Request::builder()
+            .uri("/graphs/a?x=1")
+            .header("host", "api.local:80")
+            .header("x-priority", "high")
+            .header("cookie", "a=1; thread=t-42")
+            .body(())
+            .unwrap();
+        let get = |i: Interest| attribute(&i, &req);
+        assert_eq!(get(Interest::Header(HeaderName::from_static("x-priority"))).as_deref(), Some("high"));
+        assert_eq!(get(Interest::Header(HeaderName::from_static("x-none"))), None);
+        assert_eq!(get(Interest::Path).as_deref(), Some("/graphs/a"));
+        assert_eq!(get(Interest::Query).as_deref(), Some("x=1"));
+        assert_eq!(get(Interest::Host).as_deref(), Some("api.local"));
+        assert_eq!(get(Interest::Cookie("thread".into())).as_deref(), Some("t-42"));
+    }
+
+    #[test]
+    fn decisions_outside_the_pool_are_refused() {
+        let bad = wit::Decision::Forward(wit::Forward {
+            candidates: vec![0, 7],
+            add_headers: vec![],
+        });
+        assert!(matches!(check(bad, 2), Err(CallFailure::Invalid(_))));
+        let odd = wit::Decision::Reject(wit::Reject { status: 42, body: String::new() });
+        assert!(matches!(check(odd, 2), Err(CallFailure::Invalid(_))));
+    }
+
+    #[test]
+    fn addresses_become_numbers() {
+        assert_eq!(ip("10.0.0.1".parse().unwrap()), wit::IpAddress::V4(0x0a00_0001));
+        assert_eq!(ip("::ffff:10.0.0.1".parse().unwrap()), wit::IpAddress::V4(0x0a00_0001));
+        assert_eq!(ip("::1".parse().unwrap()), wit::IpAddress::V6((0, 1)));
+    }
+}

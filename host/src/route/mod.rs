@@ -1,0 +1,275 @@
+//! Routes: which requests a route takes, and the table of all routes built
+//! from a config with their pools and router plugins loaded.
+
+use crate::balance::{BackendState, Pool};
+use crate::config::{Config, RouteConfig, TimeoutConfig, flatten_table};
+use crate::plugin::{PluginError, PluginRuntime, RouterPlugin, RouterSpec, wit};
+use http::{HeaderName, HeaderValue, Request};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A config that passed validation but could not be put into service.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("route `{route}`: {source}")]
+    Plugin {
+        route: String,
+        #[source]
+        source: PluginError,
+    },
+    #[error("pool `{pool}`: {message}")]
+    Pool { pool: String, message: String },
+}
+
+/// What a request must carry to take a route.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    path_prefix: Option<String>,
+    host: Option<String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+// === impl Matcher ===
+
+impl Matcher {
+    fn new(route: &RouteConfig) -> Matcher {
+        Matcher {
+            path_prefix: route
+                .matches
+                .path_prefix
+                .as_ref()
+                .map(|p| p.trim_end_matches('/').to_string()),
+            host: route.matches.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            headers: route
+                .matches
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `req` satisfies every part of the match.
+    pub fn matches<B>(&self, req: &Request<B>) -> bool {
+        if let Some(prefix) = &self.path_prefix
+            && !path_has_prefix(req.uri().path(), prefix)
+        {
+            return false;
+        }
+        if let Some(host) = &self.host
+            && !request_host(req).is_some_and(|h| h.eq_ignore_ascii_case(host))
+        {
+            return false;
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| req.headers().get(name) == Some(value))
+    }
+}
+
+/// `prefix` matches whole path segments: `/a/b` takes `/a/b` and `/a/b/c`,
+/// not `/a/bc`. An empty prefix (from `/`) takes every path.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The request's host without port, from the URI (h2, absolute form) or the
+/// `host` header.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(h) = req.uri().host() {
+        return Some(h);
+    }
+    let raw = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    Some(match raw.find(']') {
+        Some(end) if raw.starts_with('[') => &raw[..=end],
+        _ => raw.split(':').next().unwrap_or(raw),
+    })
+}
+
+/// Pre-registered request counters of one route, by backend and status class,
+/// so the data path never builds label sets.
+pub struct RouteMetrics {
+    /// `[backend][class]`, class 0 = 1xx ... 4 = 5xx.
+    by_backend: Vec<[metrics::Counter; 5]>,
+    /// Requests answered without a backend (no candidate, reject, errors).
+    pub local_replies: metrics::Counter,
+}
+
+impl RouteMetrics {
+    fn new(route: &str, pool: &Pool) -> RouteMetrics {
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        RouteMetrics {
+            by_backend: pool
+                .backends
+                .iter()
+                .map(|b| {
+                    classes.map(|class| {
+                        metrics::counter!("switchyard_requests_total",
+                            "route" => route.to_string(), "backend" => b.name.clone(), "class" => class)
+                    })
+                })
+                .collect(),
+            local_replies: metrics::counter!("switchyard_local_replies_total", "route" => route.to_string()),
+        }
+    }
+
+    /// Counts one response from `backend` with `status`.
+    pub fn count(&self, backend: u32, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(row) = self.by_backend.get(backend as usize) {
+            row[class].increment(1);
+        }
+    }
+}
+
+/// One route, ready to serve.
+pub struct Route {
+    pub name: String,
+    pub matcher: Matcher,
+    pub pool: Arc<Pool>,
+    /// `None`: the built-in least-outstanding router decides.
+    pub router: Option<Arc<RouterPlugin>>,
+    /// Prefix removed before forwarding, if `strip_prefix` is set.
+    pub strip_prefix: Option<String>,
+    pub preserve_host: bool,
+    pub timeouts: TimeoutConfig,
+    pub max_connect_attempts: u32,
+    pub metrics: RouteMetrics,
+}
+
+/// Everything a request needs: routes in match order, their pools and
+/// plugins. Built whole from a config, replaced whole on reload.
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+    pub pools: Vec<Arc<Pool>>,
+    /// Tag responses with `x-switchyard-backend`.
+    pub backend_header: bool,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// Builds the table: pools with their live state (taken from `states`
+    /// where a backend already exists, so counts survive reloads), and every
+    /// route's plugin loaded and initialised.
+    pub fn build(
+        config: &Config,
+        runtime: &PluginRuntime,
+        states: &mut HashMap<String, Arc<BackendState>>,
+    ) -> Result<RouteTable, BuildError> {
+        let mut next_key = 0;
+        let mut pools = HashMap::new();
+        for (name, pool) in &config.pools {
+            let pool = Pool::new(name, pool, &mut next_key, |key| {
+                states.entry(key.to_string()).or_default().clone()
+            })
+            .map_err(|message| BuildError::Pool {
+                pool: name.clone(),
+                message,
+            })?;
+            pools.insert(name.clone(), Arc::new(pool));
+        }
+        let mut routes = Vec::new();
+        for route in &config.routes {
+            let r = route.get_ref();
+            let Some(pool) = pools.get(r.pool.get_ref()).cloned() else {
+                continue; // validation guarantees the pool exists
+            };
+            let router = match &r.router {
+                None => None,
+                Some(router) => {
+                    let spec = RouterSpec {
+                        file: config.plugin_dir().join(router.plugin.get_ref()),
+                        route: r.name.clone(),
+                        config: flatten_table(&router.config),
+                        on_failure: router.on_failure,
+                        deadline: router.deadline,
+                        memory_mb: router.memory_mb,
+                        backends: backend_infos(&pool),
+                    };
+                    let plugin = RouterPlugin::load(runtime, spec).map_err(|source| {
+                        BuildError::Plugin {
+                            route: r.name.clone(),
+                            source,
+                        }
+                    })?;
+                    tracing::info!(route = %r.name, plugin = %plugin.name(),
+                        version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
+                    Some(plugin)
+                }
+            };
+            routes.push(Route {
+                name: r.name.clone(),
+                matcher: Matcher::new(r),
+                metrics: RouteMetrics::new(&r.name, &pool),
+                pool,
+                router,
+                strip_prefix: r
+                    .strip_prefix
+                    .then(|| r.matches.path_prefix.clone())
+                    .flatten()
+                    .map(|p| p.trim_end_matches('/').to_string()),
+                preserve_host: r.preserve_host,
+                timeouts: r.timeouts.clone(),
+                max_connect_attempts: r.max_connect_attempts,
+            });
+        }
+        Ok(RouteTable {
+            routes,
+            pools: pools.into_values().collect(),
+            backend_header: config.server.backend_header,
+        })
+    }
+
+    /// The first route `req` matches.
+    pub fn find<B>(&self, req: &Request<B>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(req))
+    }
+}
+
+/// A pool's static facts in the plugin interface's shape.
+pub fn backend_infos(pool: &Pool) -> Vec<wit::BackendInfo> {
+    pool.backends
+        .iter()
+        .map(|b| wit::BackendInfo {
+            id: b.id,
+            name: b.name.clone(),
+            address: b.address.clone(),
+            weight: b.weight,
+            labels: b.labels.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(path_has_prefix("/graphs/research", "/graphs/research"));
+        assert!(path_has_prefix("/graphs/research/v1/chat", "/graphs/research"));
+        assert!(!path_has_prefix("/graphs/researchers", "/graphs/research"));
+        assert!(path_has_prefix("/anything", ""));
+    }
+
+    #[test]
+    fn host_is_read_without_port() {
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "API.example.com:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req), Some("API.example.com"));
+        let req = Request::builder().uri("http://[::1]:80/x").body(()).unwrap();
+        assert_eq!(request_host(&req), Some("[::1]"));
+    }
+}
