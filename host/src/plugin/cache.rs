@@ -39,7 +39,10 @@ pub fn load(engine: &Engine, dir: &Path, hash: &str) -> Option<Component> {
 pub fn store(dir: &Path, hash: &str, component: &Component) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = entry(component.engine(), dir, hash);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and call: loads may race on the same entry.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
     std::fs::write(&tmp, component.serialize()?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(())

@@ -1,0 +1,69 @@
+//! Misbehaving plugins: the proxy keeps serving under `fail-open`, answers
+//! 503 under `fail-closed`, within the deadline, and recovers.
+
+use std::time::{Duration, Instant};
+use switchyard_tests::*;
+
+fn config(backends: &[MockBackend]) -> String {
+    let entries: Vec<_> = backends.iter().map(|b| backend_entry(b, "")).collect();
+    let mut text = format!("[pools.p]\nbackends = [{}]\n", entries.join(", "));
+    for fixture in ["trap", "spin", "hog", "bad-id"] {
+        for policy in ["fail-open", "fail-closed"] {
+            text.push_str(&format!(
+                "\n[[routes]]\nname = \"{fixture}-{policy}\"\nmatch = {{ path_prefix = \"/{fixture}/{policy}\" }}\n\
+                 pool = \"p\"\nrouter = {{ plugin = \"fixture-{fixture}.wasm\", on_failure = \"{policy}\" }}\n"
+            ));
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_plugins_fall_back_or_fail_closed() {
+    let backends = [mock("b0"), mock("b1")];
+    let proxy = TestProxy::start(&config(&backends));
+    let trap = [("x-trap", "1")];
+    for fixture in ["trap", "spin", "hog", "bad-id"] {
+        let headers: &[(&str, &str)] = if fixture == "trap" { &trap } else { &[] };
+        for round in 0..3 {
+            let started = Instant::now();
+            let open = get(&proxy.url(&format!("/{fixture}/fail-open/x")), headers).await;
+            assert_eq!(open.status, 200, "{fixture} fail-open round {round}: {}", open.text());
+            assert!(["b0", "b1"].contains(&open.backend()), "{fixture}: {}", open.backend());
+            let closed = get(&proxy.url(&format!("/{fixture}/fail-closed/x")), headers).await;
+            assert_eq!(closed.status, 503, "{fixture} fail-closed round {round}: {}", closed.text());
+            assert!(closed.text().contains("fail-closed"), "{}", closed.text());
+            // Deadline 1 ms and a 16 MiB memory cap: generous bound for a debug build.
+            assert!(started.elapsed() < Duration::from_secs(2), "{fixture} took {:?}", started.elapsed());
+        }
+    }
+    // The proxy still serves, and a plugin that trapped serves again from a
+    // fresh instance.
+    for _ in 0..4 {
+        let r = get(&proxy.url("/trap/fail-closed/x"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.backend(), "b0");
+        assert_eq!(r.json()["headers"]["x-decided-by"], "fixture-trap");
+    }
+}
+
+/// A plugin that keeps failing is quarantined: the failure policy applies
+/// without calling it, and the admin status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_quarantine_the_plugin() {
+    let backends = [mock("b0"), mock("b1")];
+    let proxy = TestProxy::start(&config(&backends));
+    for _ in 0..6 {
+        let r = get(&proxy.url("/trap/fail-closed/x"), &[("x-trap", "1")]).await;
+        assert_eq!(r.status, 503);
+    }
+    let status = proxy.status().await;
+    let route = status["routes"]
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["name"] == "trap-fail-closed"))
+        .unwrap_or_else(|| panic!("route missing: {status}"));
+    assert_eq!(route["router"]["quarantined"], true, "{route}");
+    // Quarantined: even a request the plugin would serve gets the policy.
+    let r = get(&proxy.url("/trap/fail-closed/x"), &[]).await;
+    assert_eq!(r.status, 503);
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: one binary, real sockets on 127.0.0.1, compiled plugins.
+
+mod failures;
+mod loading;
+mod proxying;
+mod routing;
+mod streaming;

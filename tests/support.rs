@@ -1,0 +1,189 @@
+//! Helpers for the end-to-end tests: compiled plugins, a proxy started from
+//! config text, mock backends, and a plain hyper client.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use switchyard::Switchyard;
+use switchyard::config::Config;
+pub use switchyard::demo::{MockBackend, MockOptions};
+
+/// Directory of the compiled plugins (`scripts/build-plugins.sh`), or
+/// `SWITCHYARD_PLUGIN_DIR`.
+pub fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("SWITCHYARD_PLUGIN_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("priority-router.wasm").exists(),
+        "compiled plugins not found in {}; run ./scripts/build-plugins.sh (or ./scripts/test.sh)",
+        dir.display()
+    );
+    dir
+}
+
+/// A proxy started from config text, in a temporary directory of its own
+/// whose `plugins/` holds copies of the compiled plugins.
+pub struct TestProxy {
+    pub proxy: Option<Switchyard>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    /// Starts a proxy on an ephemeral port with `config` (a TOML body
+    /// without `[server]` and `[plugins]`, which are added).
+    pub fn start(config: &str) -> TestProxy {
+        TestProxy::try_start(config).unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+    }
+
+    /// Like [`TestProxy::start`], returning the start-up error.
+    pub fn try_start(config: &str) -> Result<TestProxy, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+        for entry in std::fs::read_dir(plugin_dir()).map_err(|e| e.to_string())? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                let target = plugins.join(path.file_name().unwrap_or_default());
+                std::fs::copy(&path, target).map_err(|e| e.to_string())?;
+            }
+        }
+        let path = dir.path().join("switchyard.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [plugins]\ndir = \"plugins\"\ncache_dir = \"{}\"\n\n{config}",
+            shared_cache().display()
+        );
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let config = Config::load(&path).map_err(|e| e.to_string())?;
+        let proxy = Switchyard::start(&config).map_err(|e| e.to_string())?;
+        Ok(TestProxy {
+            proxy: Some(proxy),
+            dir,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.proxy().addr()
+    }
+
+    pub fn proxy(&self) -> &Switchyard {
+        self.proxy.as_ref().unwrap_or_else(|| unreachable!("proxy is set until drop"))
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    /// The admin `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        let admin = self.proxy().admin_addr.unwrap_or_else(|| unreachable!("tests enable admin"));
+        let resp = get(&format!("http://{admin}/status"), &[]).await;
+        serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("status is not JSON: {e}"))
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.shutdown();
+        }
+    }
+}
+
+/// Compiled plugins are cached across tests of one run.
+fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache")
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The backend that served it, from `x-switchyard-backend`.
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-switchyard-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as JSON (the mock echo endpoint).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `url` with `headers`.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send("GET", url, headers, Bytes::new()).await
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).unwrap_or_else(|e| panic!("bad request: {e}"));
+    let resp = client()
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: body failed: {e}"))
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Starts a mock backend named `name` with no added latency.
+pub fn mock(name: &str) -> MockBackend {
+    mock_with(MockOptions::new(name))
+}
+
+/// Starts a mock backend with `options`.
+pub fn mock_with(options: MockOptions) -> MockBackend {
+    MockBackend::start(options).unwrap_or_else(|e| panic!("mock backend did not start: {e}"))
+}
+
+/// A TOML inline table entry for a backend: `{ name, address, labels }`.
+pub fn backend_entry(b: &MockBackend, labels: &str) -> String {
+    format!(
+        "{{ name = \"{}\", address = \"{}\", labels = {{ {labels} }} }}",
+        b.name, b.addr
+    )
+}
+
+/// An address nothing listens on.
+pub fn dead_address() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("addr: {e}"))
+}
