@@ -74,7 +74,9 @@ impl TestProxy {
     }
 
     pub fn proxy(&self) -> &Switchyard {
-        self.proxy.as_ref().unwrap_or_else(|| unreachable!("proxy is set until drop"))
+        self.proxy
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("proxy is set until drop"))
     }
 
     /// `http://ADDR` + `path`.
@@ -84,7 +86,10 @@ impl TestProxy {
 
     /// The admin `/status` document.
     pub async fn status(&self) -> serde_json::Value {
-        let admin = self.proxy().admin_addr.unwrap_or_else(|| unreachable!("tests enable admin"));
+        let admin = self
+            .proxy()
+            .admin_addr
+            .unwrap_or_else(|| unreachable!("tests enable admin"));
         let resp = get(&format!("http://{admin}/status"), &[]).await;
         serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("status is not JSON: {e}"))
     }
@@ -122,7 +127,10 @@ impl Reply {
     /// The body as JSON (the mock echo endpoint).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -146,7 +154,9 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(body)).unwrap_or_else(|e| panic!("bad request: {e}"));
+    let req = req
+        .body(Full::new(body))
+        .unwrap_or_else(|e| panic!("bad request: {e}"));
     let resp = client()
         .request(req)
         .await

@@ -59,34 +59,41 @@ impl MockBackend {
         let counter = requests.clone();
         let name = options.name.clone();
         let options = Arc::new(options);
-        std::thread::Builder::new().name(format!("mock-{name}")).spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                loop {
-                    tokio::select! {
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let _ = stream.set_nodelay(true);
-                            let (options, counter) = (options.clone(), counter.clone());
-                            tokio::spawn(async move {
-                                let service = service_fn(move |req| {
-                                    counter.fetch_add(1, Relaxed);
-                                    handle(options.clone(), counter.load(Relaxed), req)
+        std::thread::Builder::new()
+            .name(format!("mock-{name}"))
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => {
+                                let Ok((stream, _)) = accepted else { continue };
+                                let _ = stream.set_nodelay(true);
+                                let (options, counter) = (options.clone(), counter.clone());
+                                tokio::spawn(async move {
+                                    let service = service_fn(move |req| {
+                                        counter.fetch_add(1, Relaxed);
+                                        handle(options.clone(), counter.load(Relaxed), req)
+                                    });
+                                    let _ = hyper::server::conn::http1::Builder::new()
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .with_upgrades()
+                                        .await;
                                 });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .with_upgrades()
-                                    .await;
-                            });
+                            }
+                            _ = stopped.changed() => break,
                         }
-                        _ = stopped.changed() => break,
                     }
-                }
-            });
-        })?;
+                });
+            })?;
         Ok(MockBackend {
             addr,
             name,
@@ -113,7 +120,11 @@ fn full(text: impl Into<Bytes>) -> MockBody {
     Full::new(text.into()).boxed()
 }
 
-async fn handle(options: Arc<MockOptions>, count: u64, mut req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+async fn handle(
+    options: Arc<MockOptions>,
+    count: u64,
+    mut req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
     }
@@ -121,16 +132,29 @@ async fn handle(options: Arc<MockOptions>, count: u64, mut req: Request<Incoming
     let mut resp = if path == "/upgrade" {
         upgrade_echo(&mut req)
     } else if let Some(code) = path.strip_prefix("/status/") {
-        let status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        let status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
         let mut r = Response::new(full(format!("{} says {}\n", options.name, status.as_u16())));
         *r.status_mut() = status;
         r
     } else if path == "/sse" {
         let n = query_number(&req, "n").unwrap_or(5);
-        sse(&options, (0..n).map(|i| format!("data: {{\"event\":{i}}}\n\n")).collect())
+        sse(
+            &options,
+            (0..n)
+                .map(|i| format!("data: {{\"event\":{i}}}\n\n"))
+                .collect(),
+        )
     } else if path.ends_with("/chat/completions") {
         let (parts, body) = req.into_parts();
-        let body = Limited::new(body, 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = Limited::new(body, 1 << 20)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&body).replace(' ', "");
         chat(&options, &parts.headers, text.contains("\"stream\":true"))
     } else {
@@ -144,29 +168,55 @@ async fn handle(options: Arc<MockOptions>, count: u64, mut req: Request<Incoming
             "query": req.uri().query(), "headers": headers,
         });
         let mut r = Response::new(full(format!("{body}\n")));
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         r
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&options.name) {
         h.insert("x-mock-backend", v);
     }
-    h.insert("x-ratelimit-remaining-requests", HeaderValue::from(10_000u64.saturating_sub(count)));
-    h.insert("x-ratelimit-remaining-tokens", HeaderValue::from(1_000_000u64.saturating_sub(count * 30)));
+    h.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(10_000u64.saturating_sub(count)),
+    );
+    h.insert(
+        "x-ratelimit-remaining-tokens",
+        HeaderValue::from(1_000_000u64.saturating_sub(count * 30)),
+    );
     h.insert("x-ratelimit-reset-requests", HeaderValue::from_static("1s"));
     Ok(resp)
 }
 
 fn query_number(req: &Request<Incoming>, key: &str) -> Option<usize> {
-    req.uri().query()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key)?.1.parse().ok()
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)?
+        .1
+        .parse()
+        .ok()
 }
 
 /// An OpenAI-style chat completion, whole or streamed with `usage` in the
 /// final chunk.
 fn chat(options: &MockOptions, headers: &http::HeaderMap, stream: bool) -> Response<MockBody> {
     let model = format!("mock-{}", options.name);
-    let priority = headers.get("x-priority").and_then(|v| v.to_str().ok()).unwrap_or("normal");
-    let words = ["Routed", " by", " Switchyard", " to ", &options.name, &format!(" (priority {priority})")];
+    let priority = headers
+        .get("x-priority")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("normal");
+    let words = [
+        "Routed",
+        " by",
+        " Switchyard",
+        " to ",
+        &options.name,
+        &format!(" (priority {priority})"),
+    ];
     if stream {
         let mut events: Vec<String> = words
             .iter()
@@ -188,7 +238,10 @@ fn chat(options: &MockOptions, headers: &http::HeaderMap, stream: bool) -> Respo
         "usage": {"prompt_tokens": 12, "completion_tokens": words.len(), "total_tokens": 12 + words.len()},
     });
     let mut r = Response::new(full(format!("{body}\n")));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -208,8 +261,12 @@ fn sse(options: &MockOptions, events: Vec<String>) -> Response<MockBody> {
     });
     let stream = futures_stream(rx);
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -218,7 +275,10 @@ fn futures_stream<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::S
     struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
     impl<T> futures_core::Stream for Rx<T> {
         type Item = T;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
             self.0.poll_recv(cx)
         }
     }
@@ -236,27 +296,47 @@ fn upgrade_echo(req: &mut Request<Incoming>) -> Response<MockBody> {
     });
     let mut r = Response::new(full(""));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    r.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("echo"));
     r
 }
 
 /// Backends of the demo: two fast and two cheap model endpoints, two tools.
 pub fn demo_backends() -> std::io::Result<Vec<MockBackend>> {
-    [("fast-1", 20), ("fast-2", 20), ("cheap-1", 60), ("cheap-2", 60), ("tool-1", 5), ("tool-2", 5)]
-        .into_iter()
-        .map(|(name, ms)| {
-            let mut o = MockOptions::new(name);
-            o.latency = Duration::from_millis(ms);
-            o.chunk_interval = Duration::from_millis(150);
-            MockBackend::start(o)
-        })
-        .collect()
+    [
+        ("fast-1", 20),
+        ("fast-2", 20),
+        ("cheap-1", 60),
+        ("cheap-2", 60),
+        ("tool-1", 5),
+        ("tool-2", 5),
+    ]
+    .into_iter()
+    .map(|(name, ms)| {
+        let mut o = MockOptions::new(name);
+        o.latency = Duration::from_millis(ms);
+        o.chunk_interval = Duration::from_millis(150);
+        MockBackend::start(o)
+    })
+    .collect()
 }
 
 /// The demo config: per-graph routes over the mock backends.
-pub fn demo_config(listen: &str, admin: &str, plugin_dir: &str, backends: &[MockBackend]) -> String {
-    let addr = |name: &str| backends.iter().find(|b| b.name == name).map(|b| b.addr.to_string()).unwrap_or_default();
+pub fn demo_config(
+    listen: &str,
+    admin: &str,
+    plugin_dir: &str,
+    backends: &[MockBackend],
+) -> String {
+    let addr = |name: &str| {
+        backends
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.addr.to_string())
+            .unwrap_or_default()
+    };
     format!(
         r#"# Generated by `switchyard demo`.
 [server]

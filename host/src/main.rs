@@ -7,7 +7,11 @@ use switchyard::config::Config;
 use switchyard::{Switchyard, demo};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "A programmable reverse proxy for LLM and agent traffic")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A programmable reverse proxy for LLM and agent traffic"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,7 +59,9 @@ fn main() -> std::process::ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -76,8 +82,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
             let runtime = switchyard::plugin::PluginRuntime::new(Some(config.cache_dir()))?;
-            let table = switchyard::route::RouteTable::build(&config, &runtime, &mut Default::default())
-                .with_context(|| format!("{}", path.display()))?;
+            let table =
+                switchyard::route::RouteTable::build(&config, &runtime, &mut Default::default())
+                    .with_context(|| format!("{}", path.display()))?;
             println!(
                 "{}: ok ({} routes, {} pools, {} plugins loaded)",
                 path.display(),
@@ -87,25 +94,43 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { plugin_dir, listen, admin } => {
+        Command::Demo {
+            plugin_dir,
+            listen,
+            admin,
+        } => {
             let plugin_dir = std::fs::canonicalize(&plugin_dir).with_context(|| {
                 format!("plugin directory {} not found; build the plugins with ./scripts/build-plugins.sh", plugin_dir.display())
             })?;
             let backends = demo::demo_backends()?;
             let text = demo::demo_config(&listen, &admin, &plugin_dir.to_string_lossy(), &backends);
-            let path = std::env::temp_dir().join(format!("switchyard-demo-{}.toml", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("switchyard-demo-{}.toml", std::process::id()));
             std::fs::write(&path, &text)?;
             let config = Config::load(&path)?;
             let proxy = Switchyard::start(&config)?;
             let a = proxy.addr();
-            println!("\nSwitchyard demo: proxy on http://{a}, admin on http://{admin}, config {}\n", path.display());
-            println!("  # high priority goes to the fast tier, the rest to the cheap tier (see x-switchyard-backend):");
-            println!("  curl -si http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"messages\":[]}}'");
-            println!("  curl -si http://{a}/graphs/research/v1/chat/completions -d '{{\"messages\":[]}}'");
+            println!(
+                "\nSwitchyard demo: proxy on http://{a}, admin on http://{admin}, config {}\n",
+                path.display()
+            );
+            println!(
+                "  # high priority goes to the fast tier, the rest to the cheap tier (see x-switchyard-backend):"
+            );
+            println!(
+                "  curl -si http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"messages\":[]}}'"
+            );
+            println!(
+                "  curl -si http://{a}/graphs/research/v1/chat/completions -d '{{\"messages\":[]}}'"
+            );
             println!("  # streaming, token by token:");
-            println!("  curl -sN http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"stream\": true}}'");
+            println!(
+                "  curl -sN http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"stream\": true}}'"
+            );
             println!("  # tools graph, round robin:");
-            println!("  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{header.x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done");
+            println!(
+                "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{header.x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done"
+            );
             println!("  # live state and metrics:");
             println!("  curl -s http://{admin}/status; curl -s http://{admin}/metrics\n");
             println!("Ctrl-C stops it.");
@@ -120,7 +145,9 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 /// Blocks until Ctrl-C or SIGTERM.
 fn wait_for_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -61,7 +61,10 @@ impl Switchyard {
         let shared = Shared::new(table, config.server.clone());
         let admin_addr = match &config.admin {
             Some(a) => {
-                let addr: SocketAddr = a.listen.parse().map_err(|e| listen_err(&a.listen)(std::io::Error::other(e)))?;
+                let addr: SocketAddr = a
+                    .listen
+                    .parse()
+                    .map_err(|e| listen_err(&a.listen)(std::io::Error::other(e)))?;
                 Some(admin::start(addr, shared.clone()).map_err(listen_err(&a.listen))?)
             }
             None => None,

@@ -28,13 +28,31 @@ async fn failing_plugins_fall_back_or_fail_closed() {
         for round in 0..3 {
             let started = Instant::now();
             let open = get(&proxy.url(&format!("/{fixture}/fail-open/x")), headers).await;
-            assert_eq!(open.status, 200, "{fixture} fail-open round {round}: {}", open.text());
-            assert!(["b0", "b1"].contains(&open.backend()), "{fixture}: {}", open.backend());
+            assert_eq!(
+                open.status,
+                200,
+                "{fixture} fail-open round {round}: {}",
+                open.text()
+            );
+            assert!(
+                ["b0", "b1"].contains(&open.backend()),
+                "{fixture}: {}",
+                open.backend()
+            );
             let closed = get(&proxy.url(&format!("/{fixture}/fail-closed/x")), headers).await;
-            assert_eq!(closed.status, 503, "{fixture} fail-closed round {round}: {}", closed.text());
+            assert_eq!(
+                closed.status,
+                503,
+                "{fixture} fail-closed round {round}: {}",
+                closed.text()
+            );
             assert!(closed.text().contains("fail-closed"), "{}", closed.text());
             // Deadline 1 ms and a 16 MiB memory cap: generous bound for a debug build.
-            assert!(started.elapsed() < Duration::from_secs(2), "{fixture} took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{fixture} took {:?}",
+                started.elapsed()
+            );
         }
     }
     // The proxy still serves, and a plugin that trapped serves again from a

@@ -18,7 +18,10 @@ fn future_interface_version_is_refused_naming_both_versions() {
         .unwrap_or_else(|| panic!("a 9.0.0 plugin was accepted"));
     assert!(err.contains("fixture-future-version.wasm"), "{err}");
     assert!(err.contains("switchyard:policy@9.0.0"), "{err}");
-    assert!(err.contains("this host speaks switchyard:policy@0.1.0"), "{err}");
+    assert!(
+        err.contains("this host speaks switchyard:policy@0.1.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -26,8 +29,16 @@ fn garbage_and_core_modules_are_refused() {
     let b = mock("b");
     let proxy_dir = plugin_dir();
     let cases: [(&str, &[u8], &str); 3] = [
-        ("garbage.wasm", b"this is not wasm at all, just some bytes\n", "not a valid WebAssembly component"),
-        ("core.wasm", b"\0asm\x01\0\0\0", "core WebAssembly module, not a component"),
+        (
+            "garbage.wasm",
+            b"this is not wasm at all, just some bytes\n",
+            "not a valid WebAssembly component",
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0",
+            "core WebAssembly module, not a component",
+        ),
         ("missing.wasm", b"", "cannot read"),
     ];
     for (name, bytes, needle) in cases {
@@ -62,7 +73,9 @@ fn plugin_init_errors_are_reported() {
          router = {{ plugin = \"priority-router.wasm\", config = {{ header = \"\" }} }}\n",
         backend_entry(&b, "")
     );
-    let err = TestProxy::try_start(&config).err().unwrap_or_else(|| panic!("accepted"));
+    let err = TestProxy::try_start(&config)
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
     assert!(err.contains("init for route `r` failed"), "{err}");
     assert!(err.contains("`header` must not be empty"), "{err}");
 }
@@ -76,7 +89,15 @@ async fn compiled_plugins_are_reused_from_the_cache() {
     drop(TestProxy::start(&config));
     let proxy = TestProxy::start(&config);
     let status = proxy.status().await;
-    assert_eq!(status["routes"][0]["router"]["from_cache"], true, "{status}");
-    assert_eq!(status["routes"][0]["router"]["version"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        status["routes"][0]["router"]["from_cache"], true,
+        "{status}"
+    );
+    assert_eq!(
+        status["routes"][0]["router"]["version"]
+            .as_str()
+            .map(str::len),
+        Some(64)
+    );
     assert_eq!(get(&proxy.url("/x"), &[]).await.status, 200);
 }

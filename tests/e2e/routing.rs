@@ -36,18 +36,34 @@ router = {{ plugin = "priority-router.wasm", config = {{ header = "x-customer", 
     ));
 
     for _ in 0..5 {
-        let r = get(&proxy.url("/v1/chat"), &[("x-graph", "research"), ("x-priority", "high")]).await;
+        let r = get(
+            &proxy.url("/v1/chat"),
+            &[("x-graph", "research"), ("x-priority", "high")],
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.backend(), "fast-a");
         assert_eq!(r.json()["backend"], "fast-a");
-        let r = get(&proxy.url("/v1/chat"), &[("x-graph", "research"), ("x-priority", "URGENT")]).await;
+        let r = get(
+            &proxy.url("/v1/chat"),
+            &[("x-graph", "research"), ("x-priority", "URGENT")],
+        )
+        .await;
         assert_eq!(r.backend(), "fast-a");
         let r = get(&proxy.url("/v1/chat"), &[("x-graph", "research")]).await;
         assert_eq!(r.backend(), "cheap-a");
-        let r = get(&proxy.url("/graphs/support/ticket"), &[("x-customer", "gold")]).await;
+        let r = get(
+            &proxy.url("/graphs/support/ticket"),
+            &[("x-customer", "gold")],
+        )
+        .await;
         assert_eq!(r.backend(), "premium-agent");
         assert_eq!(r.json()["path"], "/ticket", "prefix stripped");
-        let r = get(&proxy.url("/graphs/support/ticket"), &[("x-customer", "silver")]).await;
+        let r = get(
+            &proxy.url("/graphs/support/ticket"),
+            &[("x-customer", "silver")],
+        )
+        .await;
         assert_eq!(r.backend(), "basic-agent");
     }
     assert_eq!(fast.requests(), 10);
@@ -85,7 +101,10 @@ router = {{ plugin = "priority-router.wasm" }}
     }
     let status = proxy.status().await;
     let fast = &status["pools"][0]["backends"][0]["state"];
-    assert_eq!(fast["error_rate"], 1000, "connect errors are counted: {status}");
+    assert_eq!(
+        fast["error_rate"], 1000,
+        "connect errors are counted: {status}"
+    );
 }
 
 /// Round robin spreads requests over the pool.
@@ -102,6 +121,11 @@ async fn round_robin_spreads_requests() {
     }
     for b in &backends {
         // Each worker rotates on its own, so per backend it is 20 +- 2 per worker.
-        assert!((16..=24).contains(&b.requests()), "{} got {}", b.name, b.requests());
+        assert!(
+            (16..=24).contains(&b.requests()),
+            "{} got {}",
+            b.name,
+            b.requests()
+        );
     }
 }

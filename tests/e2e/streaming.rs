@@ -15,7 +15,10 @@ async fn sse_events_arrive_one_by_one() {
     ));
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let uri = proxy.url("/sse?n=6").parse().unwrap_or_else(|e| panic!("{e}"));
+    let uri = proxy
+        .url("/sse?n=6")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
     let resp = client.get(uri).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status(), 200);
@@ -31,12 +34,19 @@ async fn sse_events_arrive_one_by_one() {
         }
     }
     assert_eq!(text.matches("data: ").count(), 6, "{text}");
-    assert_eq!(arrivals.len(), 6, "each event is its own chunk: {arrivals:?}");
+    assert_eq!(
+        arrivals.len(),
+        6,
+        "each event is its own chunk: {arrivals:?}"
+    );
     // The first event arrives long before the last was sent (500 ms later).
     assert!(arrivals[0] < Duration::from_millis(300), "{arrivals:?}");
     assert!(arrivals[5] >= Duration::from_millis(450), "{arrivals:?}");
     for pair in arrivals.windows(2) {
-        assert!(pair[1] - pair[0] >= Duration::from_millis(50), "events were batched: {arrivals:?}");
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(50),
+            "events were batched: {arrivals:?}"
+        );
     }
 }
 

@@ -34,43 +34,62 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("switchyard-admin".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => return tracing::error!("admin: cannot start runtime: {e}"),
-        };
-        runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
+    std::thread::Builder::new()
+        .name("switchyard-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("admin: cannot start runtime: {e}"),
             };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&shared, &req)) }
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let shared = shared.clone();
+                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, &req)) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-    })?;
+                }
+            });
+        })?;
     tracing::info!(%bound, "admin listening");
     Ok(bound)
 }
 
 fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", prometheus().render()),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            prometheus().render(),
+        ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/status" => {
             let table = shared.table.load();
-            respond(StatusCode::OK, "application/json", status_json(&table).to_string())
+            respond(
+                StatusCode::OK,
+                "application/json",
+                status_json(&table).to_string(),
+            )
         }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "try /metrics, /status or /healthz\n".into()),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics, /status or /healthz\n".into(),
+        ),
     }
 }
 
@@ -116,7 +135,9 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }

@@ -2,9 +2,7 @@
 
 mod state;
 
-pub use state::{
-    BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport,
-};
+pub use state::{BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport};
 
 use crate::config::{PoolConfig, scalar_text};
 use http::HeaderValue;
@@ -50,8 +48,9 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let name_header = HeaderValue::from_str(&b.name)
-                    .map_err(|_| format!("backend name {:?} is not a valid header value", b.name))?;
+                let name_header = HeaderValue::from_str(&b.name).map_err(|_| {
+                    format!("backend name {:?} is not a valid header value", b.name)
+                })?;
                 let host_header = HeaderValue::from_str(&b.address)
                     .map_err(|_| format!("backend address {:?} is not a valid host", b.address))?;
                 *next_key += 1;

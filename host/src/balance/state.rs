@@ -109,7 +109,10 @@ impl BackendState {
 
     /// Sort key of the built-in router: in flight, then latency.
     pub fn load_rank(&self) -> (u32, u32) {
-        (self.in_flight.load(Relaxed), self.ewma_latency_us.load(Relaxed))
+        (
+            self.in_flight.load(Relaxed),
+            self.ewma_latency_us.load(Relaxed),
+        )
     }
 
     /// Counts a request as started; the guard ends it when dropped.
@@ -163,7 +166,12 @@ impl BackendState {
         let now = clock::millis() / 1000;
         let bucket = &self.window[(now % WINDOW_SECS) as usize];
         let seen = bucket.second.load(Relaxed);
-        if seen != now && bucket.second.compare_exchange(seen, now, Relaxed, Relaxed).is_ok() {
+        if seen != now
+            && bucket
+                .second
+                .compare_exchange(seen, now, Relaxed, Relaxed)
+                .is_ok()
+        {
             bucket.total.store(0, Relaxed);
             bucket.errors.store(0, Relaxed);
         }
@@ -202,7 +210,9 @@ impl BackendState {
         let quota_reset_ms = if reset_at == 0 {
             0
         } else {
-            reset_at.saturating_sub(clock::millis()).min(u64::from(u32::MAX)) as u32
+            reset_at
+                .saturating_sub(clock::millis())
+                .min(u64::from(u32::MAX)) as u32
         };
         LoadSnapshot {
             in_flight: self.in_flight.load(Relaxed),

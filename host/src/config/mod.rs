@@ -312,7 +312,10 @@ impl Config {
             let mut seen = HashSet::new();
             for b in &pool.backends {
                 if !seen.insert(&b.name) {
-                    return Err((at, format!("pool `{name}` has two backends named `{}`", b.name)));
+                    return Err((
+                        at,
+                        format!("pool `{name}` has two backends named `{}`", b.name),
+                    ));
                 }
                 if !is_host_port(&b.address) {
                     let at = text.find(&b.address).or(at);
@@ -344,18 +347,27 @@ impl Config {
                 ));
             }
             if r.strip_prefix && r.matches.path_prefix.is_none() {
-                return Err((at, format!("route `{}`: strip_prefix needs match.path_prefix", r.name)));
+                return Err((
+                    at,
+                    format!("route `{}`: strip_prefix needs match.path_prefix", r.name),
+                ));
             }
             if let Some(p) = &r.matches.path_prefix
                 && !p.starts_with('/')
             {
-                return Err((at, format!("route `{}`: path_prefix must start with `/`", r.name)));
+                return Err((
+                    at,
+                    format!("route `{}`: path_prefix must start with `/`", r.name),
+                ));
             }
             for (h, v) in &r.matches.headers {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err()
                     || http::HeaderValue::from_str(v).is_err()
                 {
-                    return Err((at, format!("route `{}`: invalid header match `{h}`", r.name)));
+                    return Err((
+                        at,
+                        format!("route `{}`: invalid header match `{h}`", r.name),
+                    ));
                 }
             }
             if let Some(router) = &r.router {
@@ -363,15 +375,30 @@ impl Config {
                 if name.contains('/') || name.contains('\\') || !name.ends_with(".wasm") {
                     return Err((
                         Some(router.plugin.span().start),
-                        format!("route `{}`: plugin {name:?} must be a `.wasm` file name in the plugin directory", r.name),
+                        format!(
+                            "route `{}`: plugin {name:?} must be a `.wasm` file name in the plugin directory",
+                            r.name
+                        ),
                     ));
                 }
                 if router.deadline.is_zero() || router.memory_mb == 0 {
-                    return Err((at, format!("route `{}`: router deadline and memory_mb must be above zero", r.name)));
+                    return Err((
+                        at,
+                        format!(
+                            "route `{}`: router deadline and memory_mb must be above zero",
+                            r.name
+                        ),
+                    ));
                 }
             }
             if r.max_connect_attempts == 0 {
-                return Err((at, format!("route `{}`: max_connect_attempts must be at least 1", r.name)));
+                return Err((
+                    at,
+                    format!(
+                        "route `{}`: max_connect_attempts must be at least 1",
+                        r.name
+                    ),
+                ));
             }
         }
         Ok(())
@@ -428,11 +455,7 @@ pub fn flatten_table(table: &toml::Table) -> Vec<(String, String)> {
 pub fn scalar_text(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(scalar_text)
-            .collect::<Vec<_>>()
-            .join(","),
+        toml::Value::Array(items) => items.iter().map(scalar_text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }

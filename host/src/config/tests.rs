@@ -40,7 +40,10 @@ fn good_config_parses_with_defaults() {
             ("high".to_string(), "high,urgent".to_string())
         ]
     );
-    assert_eq!(scalar_text(&c.pools["models"].backends[0].labels["cost"]), "3");
+    assert_eq!(
+        scalar_text(&c.pools["models"].backends[0].labels["cost"]),
+        "3"
+    );
 }
 
 #[test]
@@ -48,7 +51,11 @@ fn unknown_pool_names_the_line() {
     let text = GOOD.replace("pool = \"models\"", "pool = \"modls\"");
     let e = parse(&text).unwrap_err();
     assert_eq!(e.line, Some(14), "{e}");
-    assert!(e.to_string().starts_with("test.toml:14: route `research` names pool `modls`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("test.toml:14: route `research` names pool `modls`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -64,10 +71,22 @@ fn syntax_errors_and_unknown_keys_name_the_line() {
 fn bad_values_are_refused() {
     for (bad, needle) in [
         (GOOD.replace("127.0.0.1:9002", "nowhere"), "not host:port"),
-        (GOOD.replace("priority-router.wasm", "../x.wasm"), "file name"),
-        (GOOD.replace("\"10m\"", "\"ten minutes\""), "invalid duration"),
-        (GOOD.replace("name = \"cheap\"", "name = \"fast\""), "two backends"),
-        (GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""), "server.listen"),
+        (
+            GOOD.replace("priority-router.wasm", "../x.wasm"),
+            "file name",
+        ),
+        (
+            GOOD.replace("\"10m\"", "\"ten minutes\""),
+            "invalid duration",
+        ),
+        (
+            GOOD.replace("name = \"cheap\"", "name = \"fast\""),
+            "two backends",
+        ),
+        (
+            GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""),
+            "server.listen",
+        ),
     ] {
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains(needle), "{e} lacks {needle}");

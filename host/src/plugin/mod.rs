@@ -169,11 +169,10 @@ impl PluginRuntime {
             return Ok((component, true));
         }
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
-                file: file.into(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+            file: file.into(),
+            reason: format!("{e:#}"),
+        })?;
         tracing::debug!(file = %file.display(), elapsed = ?started.elapsed(), "compiled plugin");
         if let Some(dir) = &self.cache_dir
             && let Err(e) = cache::store(dir, hash, &component)

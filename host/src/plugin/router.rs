@@ -91,7 +91,10 @@ impl RouterPlugin {
     /// Loads `spec.file`, checks its interface, and runs `init` and
     /// `set-backends` once, so a plugin that cannot start is refused here,
     /// not on the first request.
-    pub fn load(runtime: &PluginRuntime, spec: RouterSpec) -> Result<Arc<RouterPlugin>, PluginError> {
+    pub fn load(
+        runtime: &PluginRuntime,
+        spec: RouterSpec,
+    ) -> Result<Arc<RouterPlugin>, PluginError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let component = runtime.load(&spec.file, "router")?;
         let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
@@ -152,7 +155,10 @@ impl RouterPlugin {
         );
         store.limiter(|s| &mut s.limits);
         // Start-up gets a generous deadline: init may build tables.
-        store.set_epoch_deadline(self.deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))));
+        store.set_epoch_deadline(
+            self.deadline_ticks
+                .max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
+        );
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -178,7 +184,11 @@ impl RouterPlugin {
             .map(|a| match a {
                 wit::Attribute::Header(h) => http::HeaderName::from_bytes(h.as_bytes())
                     .map(Interest::Header)
-                    .map_err(|_| init_err(format!("asks for header {h:?}, which is not a valid header name"))),
+                    .map_err(|_| {
+                        init_err(format!(
+                            "asks for header {h:?}, which is not a valid header name"
+                        ))
+                    }),
                 wit::Attribute::Path => Ok(Interest::Path),
                 wit::Attribute::Query => Ok(Interest::Query),
                 wit::Attribute::Cookie(c) => Ok(Interest::Cookie(c)),
@@ -223,8 +233,10 @@ impl RouterPlugin {
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if failures >= QUARANTINE_AFTER {
             self.consecutive_failures.store(0, Relaxed);
-            self.quarantined_until_ms
-                .store(crate::clock::millis() + QUARANTINE_FOR.as_millis() as u64, Relaxed);
+            self.quarantined_until_ms.store(
+                crate::clock::millis() + QUARANTINE_FOR.as_millis() as u64,
+                Relaxed,
+            );
             metrics::counter!("switchyard_plugin_quarantines_total",
                 "plugin" => self.name.to_string(), "route" => self.route.to_string())
             .increment(1);

@@ -104,7 +104,9 @@ impl Body for ProxiedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.finish(Some(Outcome::Reset));
-                Poll::Ready(Some(Err(format!("upstream failed mid-response: {e}").into())))
+                Poll::Ready(Some(Err(
+                    format!("upstream failed mid-response: {e}").into()
+                )))
             }
             Poll::Ready(None) => {
                 let status = this.status();
@@ -126,7 +128,9 @@ impl Body for ProxiedBody {
                     ready!(timer.as_mut().poll(cx));
                 }
                 this.finish(Some(Outcome::Timeout));
-                Poll::Ready(Some(Err("upstream response timed out (idle or total timeout)".into())))
+                Poll::Ready(Some(Err(
+                    "upstream response timed out (idle or total timeout)".into(),
+                )))
             }
         }
     }

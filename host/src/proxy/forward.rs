@@ -48,7 +48,10 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let table = worker.table();
     let Some(route) = table.find(&req) else {
-        return Ok(reply(StatusCode::NOT_FOUND, "no route matches this request\n"));
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "no route matches this request\n",
+        ));
     };
     match worker.decide(route, &req, client.peer.ip()) {
         Choice::Reply { status, body } => {
@@ -61,7 +64,16 @@ pub async fn serve(
             add_headers,
         } => {
             let backend_header = table.backend_header;
-            Ok(forward(&worker, &client, route, req, &candidates, add_headers, backend_header).await)
+            Ok(forward(
+                &worker,
+                &client,
+                route,
+                req,
+                &candidates,
+                add_headers,
+                backend_header,
+            )
+            .await)
         }
     }
 }
@@ -92,7 +104,10 @@ async fn forward(
     }
     if route.preserve_host
         && !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        && let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         parts.headers.insert(header::HOST, authority);
     }
@@ -112,12 +127,17 @@ async fn forward(
         attempts += 1;
         last = Some(backend);
         if !route.preserve_host {
-            req.headers_mut().insert(header::HOST, backend.host_header.clone());
+            req.headers_mut()
+                .insert(header::HOST, backend.host_header.clone());
         }
         let guard = backend.state.start_request();
         let started = Instant::now();
         let t = &route.timeouts;
-        match worker.upstream.send(backend, req, t.connect, t.first_byte).await {
+        match worker
+            .upstream
+            .send(backend, req, t.connect, t.first_byte)
+            .await
+        {
             Ok((mut resp, lease)) => {
                 let status = resp.status().as_u16();
                 backend.state.record_ttfb(micros(started));
@@ -140,38 +160,61 @@ async fn forward(
                 if status == 101 {
                     let upstream_upgrade = hyper::upgrade::on(&mut resp);
                     if let Some(client_upgrade) = client_upgrade {
-                        tokio::task::spawn_local(tunnel(client_upgrade, upstream_upgrade, exchange));
+                        tokio::task::spawn_local(tunnel(
+                            client_upgrade,
+                            upstream_upgrade,
+                            exchange,
+                        ));
                     }
                     return resp.map(|_| Either::Right(Full::new(Bytes::new())));
                 }
-                return resp.map(|body| {
-                    Either::Left(ProxiedBody::new(body, exchange, t.idle, t.total))
-                });
+                return resp
+                    .map(|body| Either::Left(ProxiedBody::new(body, exchange, t.idle, t.total)));
             }
             Err(SendError::Connect(back, reason)) => {
-                backend.state.record_outcome(Outcome::ConnectError, micros(started));
+                backend
+                    .state
+                    .record_outcome(Outcome::ConnectError, micros(started));
                 tracing::warn!(route = %route.name, backend = %backend.name, "{reason}; trying the next candidate");
                 req = *back;
             }
             Err(SendError::Timeout) => {
-                backend.state.record_outcome(Outcome::Timeout, micros(started));
+                backend
+                    .state
+                    .record_outcome(Outcome::Timeout, micros(started));
                 route.metrics.count(backend.id, 504);
-                let body = format!("backend {} sent no response within {:?}\n", backend.name, t.first_byte);
-                return tagged(reply(StatusCode::GATEWAY_TIMEOUT, body), backend, backend_header);
+                let body = format!(
+                    "backend {} sent no response within {:?}\n",
+                    backend.name, t.first_byte
+                );
+                return tagged(
+                    reply(StatusCode::GATEWAY_TIMEOUT, body),
+                    backend,
+                    backend_header,
+                );
             }
             Err(SendError::Failed(e)) => {
-                backend.state.record_outcome(Outcome::Reset, micros(started));
+                backend
+                    .state
+                    .record_outcome(Outcome::Reset, micros(started));
                 route.metrics.count(backend.id, 502);
                 tracing::warn!(route = %route.name, backend = %backend.name, "upstream failed: {e}");
                 let body = format!("backend {} failed: {e}\n", backend.name);
-                return tagged(reply(StatusCode::BAD_GATEWAY, body), backend, backend_header);
+                return tagged(
+                    reply(StatusCode::BAD_GATEWAY, body),
+                    backend,
+                    backend_header,
+                );
             }
         }
     }
     route.metrics.local_replies.increment(1);
     match last {
         Some(backend) => tagged(
-            reply(StatusCode::BAD_GATEWAY, format!("no backend of route {} could be reached\n", route.name)),
+            reply(
+                StatusCode::BAD_GATEWAY,
+                format!("no backend of route {} could be reached\n", route.name),
+            ),
             backend,
             backend_header,
         ),
@@ -192,7 +235,8 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, exchange: Exchange) {
             return;
         }
     };
-    let result = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+    let result =
+        tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
     if let Err(e) = result {
         tracing::debug!("tunnel ended: {e}");
     }
@@ -225,8 +269,10 @@ fn micros(since: Instant) -> u32 {
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
     let mut resp = Response::new(Either::Right(Full::new(body.into())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -246,9 +292,21 @@ mod tests {
     fn upstream_uri_strips_prefix_and_absolute_form() {
         let u = |s: &str| s.parse::<Uri>().unwrap();
         assert_eq!(upstream_uri(&u("/v1/chat"), None), None);
-        assert_eq!(upstream_uri(&u("http://h/v1/chat?a=1"), None), Some(u("/v1/chat?a=1")));
-        assert_eq!(upstream_uri(&u("/graphs/r/v1/chat"), Some("/graphs/r")), Some(u("/v1/chat")));
-        assert_eq!(upstream_uri(&u("/graphs/r?x=1"), Some("/graphs/r")), Some(u("/?x=1")));
-        assert_eq!(upstream_uri(&u("/graphs/r"), Some("/graphs/r")), Some(u("/")));
+        assert_eq!(
+            upstream_uri(&u("http://h/v1/chat?a=1"), None),
+            Some(u("/v1/chat?a=1"))
+        );
+        assert_eq!(
+            upstream_uri(&u("/graphs/r/v1/chat"), Some("/graphs/r")),
+            Some(u("/v1/chat"))
+        );
+        assert_eq!(
+            upstream_uri(&u("/graphs/r?x=1"), Some("/graphs/r")),
+            Some(u("/?x=1"))
+        );
+        assert_eq!(
+            upstream_uri(&u("/graphs/r"), Some("/graphs/r")),
+            Some(u("/"))
+        );
     }
 }

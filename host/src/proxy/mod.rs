@@ -60,7 +60,11 @@ impl RunningProxy {
 }
 
 /// Binds the listeners and starts `workers` threads serving `shared`.
-pub fn start(shared: Arc<Shared>, listen: SocketAddr, workers: usize) -> std::io::Result<RunningProxy> {
+pub fn start(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    workers: usize,
+) -> std::io::Result<RunningProxy> {
     let listeners = bind(listen, workers.max(1))?;
     let addr = listeners[0].local_addr()?;
     let (stop, stopped) = watch::channel(false);
@@ -71,7 +75,10 @@ pub fn start(shared: Arc<Shared>, listen: SocketAddr, workers: usize) -> std::io
         let thread = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => return tracing::error!("worker {i}: cannot start runtime: {e}"),
                 };
@@ -123,7 +130,11 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
-async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: watch::Receiver<bool>) {
+async fn serve(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!("cannot use listener: {e}"),
@@ -166,7 +177,10 @@ async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout {drain:?} reached; closing remaining connections");
     }
 }

@@ -29,6 +29,9 @@ pub enum Choice {
 /// A worker thread's private state.
 pub struct Worker {
     shared: Arc<Shared>,
+    /// The table behind a thread-local `Rc`: requests clone the `Rc`, never
+    /// the `Arc`, so workers do not contend on one shared reference count.
+    #[allow(clippy::redundant_allocation)]
     table: RefCell<Rc<Arc<RouteTable>>>,
     pub upstream: Rc<UpstreamPool>,
     /// Router instances by [`RouterPlugin::id`].
@@ -56,6 +59,7 @@ impl Worker {
     /// The current route table. A reload swaps the shared table; the worker
     /// notices here, drops instances of plugins that are gone, and requests
     /// already running keep the table they started with.
+    #[allow(clippy::redundant_allocation)]
     pub fn table(&self) -> Rc<Arc<RouteTable>> {
         let current = self.shared.table.load();
         let mut cached = self.table.borrow_mut();
@@ -73,12 +77,17 @@ impl Worker {
     fn warm(&self) {
         let table = self.table.borrow().clone();
         let mut instances = self.instances.borrow_mut();
-        instances.retain(|id, _| table.routes.iter().any(|r| r.router.as_ref().is_some_and(|p| p.id == *id)));
+        instances.retain(|id, _| {
+            table
+                .routes
+                .iter()
+                .any(|r| r.router.as_ref().is_some_and(|p| p.id == *id))
+        });
         for plugin in table.routes.iter().filter_map(|r| r.router.as_ref()) {
-            if !instances.contains_key(&plugin.id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = instances.entry(plugin.id) {
                 match plugin.instantiate() {
                     Ok(instance) => {
-                        instances.insert(plugin.id, instance);
+                        slot.insert(instance);
                     }
                     Err(e) => tracing::warn!("cannot instantiate plugin: {e}"),
                 }
@@ -102,7 +111,13 @@ impl Worker {
         };
         let mut loads = self.loads.borrow_mut();
         loads.clear();
-        loads.extend(route.pool.backends.iter().map(|b| load(b.id, &b.state.snapshot())));
+        loads.extend(
+            route
+                .pool
+                .backends
+                .iter()
+                .map(|b| load(b.id, &b.state.snapshot())),
+        );
         let mut instances = self.instances.borrow_mut();
         let instance = match instances.entry(plugin.id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -148,7 +163,10 @@ fn on_failure(plugin: &RouterPlugin, pool: &Pool) -> Choice {
         FailurePolicy::FailOpen => builtin(pool),
         FailurePolicy::FailClosed => Choice::Reply {
             status: 503,
-            body: format!("routing plugin {} failed; the route is fail-closed\n", plugin.name()),
+            body: format!(
+                "routing plugin {} failed; the route is fail-closed\n",
+                plugin.name()
+            ),
         },
     }
 }
@@ -167,7 +185,10 @@ fn check(decision: wit::Decision, pool_size: usize) -> Result<Choice, CallFailur
                 .add_headers
                 .into_iter()
                 .map(|h| {
-                    match (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+                    match (
+                        HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_str(&h.value),
+                    ) {
                         (Ok(n), Ok(v)) => Ok((n, v)),
                         _ => Err(CallFailure::Invalid(format!("invalid header {:?}", h.name))),
                     }
@@ -182,7 +203,9 @@ fn check(decision: wit::Decision, pool_size: usize) -> Result<Choice, CallFailur
             status: r.status,
             body: r.body,
         }),
-        wit::Decision::Reject(r) => Err(CallFailure::Invalid(format!("reject status {}", r.status))),
+        wit::Decision::Reject(r) => {
+            Err(CallFailure::Invalid(format!("reject status {}", r.status)))
+        }
     }
 }
 
@@ -268,12 +291,21 @@ mod tests {
             .body(())
             .unwrap();
         let get = |i: Interest| attribute(&i, &req);
-        assert_eq!(get(Interest::Header(HeaderName::from_static("x-priority"))).as_deref(), Some("high"));
-        assert_eq!(get(Interest::Header(HeaderName::from_static("x-none"))), None);
+        assert_eq!(
+            get(Interest::Header(HeaderName::from_static("x-priority"))).as_deref(),
+            Some("high")
+        );
+        assert_eq!(
+            get(Interest::Header(HeaderName::from_static("x-none"))),
+            None
+        );
         assert_eq!(get(Interest::Path).as_deref(), Some("/graphs/a"));
         assert_eq!(get(Interest::Query).as_deref(), Some("x=1"));
         assert_eq!(get(Interest::Host).as_deref(), Some("api.local"));
-        assert_eq!(get(Interest::Cookie("thread".into())).as_deref(), Some("t-42"));
+        assert_eq!(
+            get(Interest::Cookie("thread".into())).as_deref(),
+            Some("t-42")
+        );
     }
 
     #[test]
@@ -283,14 +315,23 @@ mod tests {
             add_headers: vec![],
         });
         assert!(matches!(check(bad, 2), Err(CallFailure::Invalid(_))));
-        let odd = wit::Decision::Reject(wit::Reject { status: 42, body: String::new() });
+        let odd = wit::Decision::Reject(wit::Reject {
+            status: 42,
+            body: String::new(),
+        });
         assert!(matches!(check(odd, 2), Err(CallFailure::Invalid(_))));
     }
 
     #[test]
     fn addresses_become_numbers() {
-        assert_eq!(ip("10.0.0.1".parse().unwrap()), wit::IpAddress::V4(0x0a00_0001));
-        assert_eq!(ip("::ffff:10.0.0.1".parse().unwrap()), wit::IpAddress::V4(0x0a00_0001));
+        assert_eq!(
+            ip("10.0.0.1".parse().unwrap()),
+            wit::IpAddress::V4(0x0a00_0001)
+        );
+        assert_eq!(
+            ip("::ffff:10.0.0.1".parse().unwrap()),
+            wit::IpAddress::V4(0x0a00_0001)
+        );
         assert_eq!(ip("::1".parse().unwrap()), wit::IpAddress::V6((0, 1)));
     }
 }

@@ -195,12 +195,11 @@ impl RouteTable {
                         memory_mb: router.memory_mb,
                         backends: backend_infos(&pool),
                     };
-                    let plugin = RouterPlugin::load(runtime, spec).map_err(|source| {
-                        BuildError::Plugin {
+                    let plugin =
+                        RouterPlugin::load(runtime, spec).map_err(|source| BuildError::Plugin {
                             route: r.name.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     tracing::info!(route = %r.name, plugin = %plugin.name(),
                         version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
                     Some(plugin)
@@ -256,7 +255,10 @@ mod tests {
     #[test]
     fn prefixes_match_whole_segments() {
         assert!(path_has_prefix("/graphs/research", "/graphs/research"));
-        assert!(path_has_prefix("/graphs/research/v1/chat", "/graphs/research"));
+        assert!(path_has_prefix(
+            "/graphs/research/v1/chat",
+            "/graphs/research"
+        ));
         assert!(!path_has_prefix("/graphs/researchers", "/graphs/research"));
         assert!(path_has_prefix("/anything", ""));
     }
@@ -269,7 +271,10 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&req), Some("API.example.com"));
-        let req = Request::builder().uri("http://[::1]:80/x").body(()).unwrap();
+        let req = Request::builder()
+            .uri("http://[::1]:80/x")
+            .body(())
+            .unwrap();
         assert_eq!(request_host(&req), Some("[::1]"));
     }
 }

@@ -55,6 +55,11 @@ mod tests {
     #[test]
     fn empty_pool_gives_no_candidates() {
         let mut r = RoundRobin::init("chat", &Config::default()).unwrap();
-        assert!(r.route(&Request::new(&[]), &[]).candidates().unwrap().is_empty());
+        assert!(
+            r.route(&Request::new(&[]), &[])
+                .candidates()
+                .unwrap()
+                .is_empty()
+        );
     }
 }

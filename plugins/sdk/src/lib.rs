@@ -139,7 +139,7 @@ macro_rules! export_router {
                     $crate::glue::route(&ROUTER, &request, &backends)
                 }
             }
-            $crate::bindings::__export_router_bindings!(Exports with_types_in $crate::bindings);
+    $crate::bindings::__export_router_bindings!(Exports with_types_in $crate::bindings);
         };
         #[cfg(not(target_arch = "wasm32"))]
         const _: fn() = || {

@@ -1,0 +1,137 @@
+//! Cost of one routing decision: the same policy compiled natively and run
+//! as a Wasm component through the host's plugin runtime, at 2, 16 and 64
+//! backends. Run: `./scripts/build-plugins.sh && cargo bench -p switchyard-benches`.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+use switchyard::config::FailurePolicy;
+use switchyard::plugin::{PluginRuntime, RouterPlugin, RouterSpec, wit};
+use switchyard_sdk as sdk;
+use switchyard_sdk::Router;
+
+const SIZES: [u32; 3] = [2, 16, 64];
+
+fn tier(i: u32) -> &'static str {
+    if i % 2 == 0 { "fast" } else { "cheap" }
+}
+
+fn wasm_router(runtime: &PluginRuntime, file: &str, n: u32) -> RouterPlugin_ {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let spec = RouterSpec {
+        file: dir.join(file),
+        route: "bench".into(),
+        config: Vec::new(),
+        on_failure: FailurePolicy::FailOpen,
+        deadline: Duration::from_millis(1),
+        memory_mb: 16,
+        backends: (0..n)
+            .map(|i| wit::BackendInfo {
+                id: i,
+                name: format!("b{i}"),
+                address: format!("127.0.0.1:{}", 9000 + i),
+                weight: 1,
+                labels: vec![("tier".into(), tier(i).into())],
+            })
+            .collect(),
+    };
+    let plugin = RouterPlugin::load(runtime, spec)
+        .unwrap_or_else(|e| panic!("{e}; build the plugins with ./scripts/build-plugins.sh"));
+    let instance = plugin
+        .instantiate()
+        .unwrap_or_else(|e| panic!("instantiate: {e}"));
+    (plugin, instance)
+}
+
+type RouterPlugin_ = (std::sync::Arc<RouterPlugin>, switchyard::plugin::RouterInstance);
+
+fn wasm_loads(n: u32) -> Vec<wit::BackendLoad> {
+    (0..n)
+        .map(|i| wit::BackendLoad {
+            id: i,
+            in_flight: (i * 7) % 5,
+            ewma_latency_us: 1000 + i * 13,
+            ewma_ttfb_us: 500 + i,
+            error_rate: 0,
+            health: wit::Health::Healthy,
+            breaker: wit::BreakerState::Closed,
+            load_score: 0,
+            remaining_requests: Some(1000),
+            remaining_tokens: None,
+            quota_reset_ms: 0,
+        })
+        .collect()
+}
+
+fn native_loads(n: u32) -> Vec<sdk::BackendLoad> {
+    (0..n)
+        .map(|i| {
+            let mut l = sdk::BackendLoad::idle(i);
+            l.in_flight = (i * 7) % 5;
+            l.ewma_latency_us = 1000 + i * 13;
+            l.ewma_ttfb_us = 500 + i;
+            l.remaining_requests = Some(1000);
+            l
+        })
+        .collect()
+}
+
+fn native_infos(n: u32) -> Vec<sdk::BackendInfo> {
+    (0..n)
+        .map(|i| sdk::BackendInfo::new(i, &format!("b{i}"), &[("tier", tier(i))]))
+        .collect()
+}
+
+fn decisions(c: &mut Criterion) {
+    let runtime = PluginRuntime::new(None).unwrap_or_else(|e| panic!("runtime: {e}"));
+    let config = sdk::Config::default();
+    let mut group = c.benchmark_group("decision");
+    for n in SIZES {
+        let loads = wasm_loads(n);
+        let native = native_loads(n);
+
+        let wasm_req = wit::Request {
+            method: wit::Method::Post,
+            client_ip: wit::IpAddress::V4(0x7f00_0001),
+            attributes: vec![Some("high".into())],
+        };
+        let (_plugin, mut instance) = wasm_router(&runtime, "priority-router.wasm", n);
+        group.bench_with_input(BenchmarkId::new("priority-router/wasm", n), &n, |b, _| {
+            b.iter(|| black_box(instance.route(black_box(&wasm_req), black_box(&loads))))
+        });
+        let mut router = priority_router::PriorityRouter::init("bench", &config)
+            .unwrap_or_else(|e| panic!("{e}"));
+        router.set_backends(&native_infos(n));
+        let native_req = sdk::Request::new(&[Some("high")]);
+        group.bench_with_input(BenchmarkId::new("priority-router/native", n), &n, |b, _| {
+            b.iter(|| black_box(router.route(black_box(&native_req), black_box(&native))))
+        });
+
+        let bare_req = wit::Request {
+            method: wit::Method::Get,
+            client_ip: wit::IpAddress::V4(0x7f00_0001),
+            attributes: Vec::new(),
+        };
+        let (_plugin, mut instance) = wasm_router(&runtime, "round-robin.wasm", n);
+        group.bench_with_input(BenchmarkId::new("round-robin/wasm", n), &n, |b, _| {
+            b.iter(|| black_box(instance.route(black_box(&bare_req), black_box(&loads))))
+        });
+        let mut router =
+            round_robin::RoundRobin::init("bench", &config).unwrap_or_else(|e| panic!("{e}"));
+        let native_req = sdk::Request::new(&[]);
+        group.bench_with_input(BenchmarkId::new("round-robin/native", n), &n, |b, _| {
+            b.iter(|| black_box(router.route(black_box(&native_req), black_box(&native))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = decisions
+}
+criterion_main!(benches);
