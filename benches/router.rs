@@ -6,8 +6,11 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
+use switchyard::balance::{Breaker, Health, LoadSnapshot};
 use switchyard::config::FailurePolicy;
-use switchyard::plugin::{PluginRuntime, RouterPlugin, RouterSpec, wit};
+use switchyard::plugin::{
+    PluginRuntime, RouterInstance, RouterPlugin, RouterSpec, push_load_words, wit,
+};
 use switchyard_sdk as sdk;
 use switchyard_sdk::Router;
 
@@ -17,7 +20,11 @@ fn tier(i: u32) -> &'static str {
     if i % 2 == 0 { "fast" } else { "cheap" }
 }
 
-fn wasm_router(runtime: &PluginRuntime, file: &str, n: u32) -> RouterPlugin_ {
+fn wasm_router(
+    runtime: &PluginRuntime,
+    file: &str,
+    n: u32,
+) -> (std::sync::Arc<RouterPlugin>, RouterInstance) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
     let spec = RouterSpec {
         file: dir.join(file),
@@ -44,24 +51,25 @@ fn wasm_router(runtime: &PluginRuntime, file: &str, n: u32) -> RouterPlugin_ {
     (plugin, instance)
 }
 
-type RouterPlugin_ = (std::sync::Arc<RouterPlugin>, switchyard::plugin::RouterInstance);
-
-fn wasm_loads(n: u32) -> Vec<wit::BackendLoad> {
-    (0..n)
-        .map(|i| wit::BackendLoad {
-            id: i,
-            in_flight: (i * 7) % 5,
-            ewma_latency_us: 1000 + i * 13,
-            ewma_ttfb_us: 500 + i,
+/// Packed loads as the proxy builds them for each decision.
+fn wasm_loads(n: u32) -> Vec<u32> {
+    let mut words = Vec::new();
+    for l in native_loads(n) {
+        let snapshot = LoadSnapshot {
+            in_flight: l.in_flight,
+            ewma_latency_us: l.ewma_latency_us,
+            ewma_ttfb_us: l.ewma_ttfb_us,
             error_rate: 0,
-            health: wit::Health::Healthy,
-            breaker: wit::BreakerState::Closed,
+            health: Health::Healthy,
+            breaker: Breaker::Closed,
             load_score: 0,
-            remaining_requests: Some(1000),
+            remaining_requests: l.remaining_requests(),
             remaining_tokens: None,
             quota_reset_ms: 0,
-        })
-        .collect()
+        };
+        push_load_words(&mut words, l.id, &snapshot);
+    }
+    words
 }
 
 fn native_loads(n: u32) -> Vec<sdk::BackendLoad> {
@@ -71,7 +79,7 @@ fn native_loads(n: u32) -> Vec<sdk::BackendLoad> {
             l.in_flight = (i * 7) % 5;
             l.ewma_latency_us = 1000 + i * 13;
             l.ewma_ttfb_us = 500 + i;
-            l.remaining_requests = Some(1000);
+            l.set_remaining_requests(Some(1000));
             l
         })
         .collect()
@@ -94,11 +102,13 @@ fn decisions(c: &mut Criterion) {
         let wasm_req = wit::Request {
             method: wit::Method::Post,
             client_ip: wit::IpAddress::V4(0x7f00_0001),
-            attributes: vec![Some("high".into())],
         };
         let (_plugin, mut instance) = wasm_router(&runtime, "priority-router.wasm", n);
         group.bench_with_input(BenchmarkId::new("priority-router/wasm", n), &n, |b, _| {
-            b.iter(|| black_box(instance.route(black_box(&wasm_req), black_box(&loads))))
+            b.iter(|| {
+                let attributes = vec![Some("high".to_string())];
+                black_box(instance.route(wasm_req.clone(), black_box(&loads), attributes))
+            })
         });
         let mut router = priority_router::PriorityRouter::init("bench", &config)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -111,11 +121,10 @@ fn decisions(c: &mut Criterion) {
         let bare_req = wit::Request {
             method: wit::Method::Get,
             client_ip: wit::IpAddress::V4(0x7f00_0001),
-            attributes: Vec::new(),
         };
         let (_plugin, mut instance) = wasm_router(&runtime, "round-robin.wasm", n);
         group.bench_with_input(BenchmarkId::new("round-robin/wasm", n), &n, |b, _| {
-            b.iter(|| black_box(instance.route(black_box(&bare_req), black_box(&loads))))
+            b.iter(|| black_box(instance.route(bare_req.clone(), black_box(&loads), Vec::new())))
         });
         let mut router =
             round_robin::RoundRobin::init("bench", &config).unwrap_or_else(|e| panic!("{e}"));

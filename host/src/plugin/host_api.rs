@@ -19,6 +19,8 @@ pub struct HostState {
     gauges: HashMap<String, metrics::Gauge>,
     log_second: u64,
     log_lines: u32,
+    /// The current request's declared attributes, set for one `route` call.
+    pub(crate) attributes: Vec<Option<String>>,
 }
 
 impl HostState {
@@ -32,6 +34,7 @@ impl HostState {
             gauges: HashMap::new(),
             log_second: 0,
             log_lines: 0,
+            attributes: Vec::new(),
         }
     }
 }
@@ -68,6 +71,12 @@ impl Host for HostState {
             wit::Level::Warn => tracing::warn!(plugin, route, "{message}"),
             wit::Level::Error => tracing::error!(plugin, route, "{message}"),
         }
+    }
+
+    fn attribute(&mut self, index: u32) -> Option<String> {
+        // Each value is handed over once; a second read gets a copy.
+        let slot = self.attributes.get_mut(index as usize)?;
+        slot.clone()
     }
 
     fn now(&mut self) -> u64 {

@@ -9,7 +9,10 @@ mod router;
 
 pub use generated::wit;
 pub use host_api::HostState;
-pub use router::{CallFailure, Interest, RouterInstance, RouterPlugin, RouterSpec};
+pub use router::{
+    Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, RouterSpec,
+    push_load_words,
+};
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -3,6 +3,7 @@
 
 use super::generated::{RouterPlugin as Bindings, RouterPluginPre, wit};
 use super::{HostState, LoadedComponent, PluginError, PluginRuntime};
+use crate::balance::LoadSnapshot;
 use crate::config::FailurePolicy;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -258,20 +259,88 @@ pub struct RouterInstance {
 // === impl RouterInstance ===
 
 impl RouterInstance {
-    /// Asks the plugin for a decision within its deadline. After an `Err`
-    /// the instance must be dropped: a trapped component cannot be reused.
+    /// Asks the plugin for a decision within its deadline. `loads` holds
+    /// [`LOAD_WORDS`] words per backend (see [`push_load_words`]);
+    /// `attributes` are the values of the plugin's declared interest, handed
+    /// over on demand. After an `Err` the instance must be dropped: a trapped
+    /// component cannot be reused.
     pub fn route(
         &mut self,
-        request: &wit::Request,
-        backends: &[wit::BackendLoad],
-    ) -> Result<wit::Decision, CallFailure> {
+        request: wit::Request,
+        loads: &[u32],
+        attributes: Vec<Option<String>>,
+    ) -> Result<Answer, CallFailure> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        self.bindings
-            .switchyard_policy_router()
-            .call_route(&mut self.store, request, backends)
-            .map_err(|e| match e.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => CallFailure::Deadline,
-                _ => CallFailure::Trap(format!("{e:#}")),
-            })
+        if !attributes.is_empty() {
+            self.store.data_mut().attributes = attributes;
+        }
+        let router = self.bindings.switchyard_policy_router();
+        let result = match router.call_route(&mut self.store, request, loads) {
+            Ok(wit::Choice::Forward((a, b, c, d))) => {
+                let ids = [a, b, c, d];
+                let len = ids.iter().position(|&id| id == NO_BACKEND).unwrap_or(4);
+                Ok(Answer::Few(ids, len as u8))
+            }
+            Ok(wit::Choice::Detailed) => router
+                .call_detailed_decision(&mut self.store)
+                .map(Answer::Full),
+            Err(e) => Err(e),
+        };
+        self.store.data_mut().attributes.clear();
+        result.map_err(|e| match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallFailure::Deadline,
+            _ => CallFailure::Trap(format!("{e:#}")),
+        })
     }
+}
+
+/// A router's answer: the compact form (up to four candidates, nothing
+/// else), or a full decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Candidate ids; the first `len` of the array are used.
+    Few([u32; 4], u8),
+    Full(wit::Decision),
+}
+
+/// Words per backend in the loads passed to `route`: one per `load-word` case.
+pub const LOAD_WORDS: usize = wit::LoadWord::QuotaResetMs as usize + 1;
+/// An unused candidate slot in a compact choice.
+const NO_BACKEND: u32 = u32::MAX;
+
+/// Appends one backend's live state to `out` in the interface's packed
+/// layout (`load-word`).
+pub fn push_load_words(out: &mut Vec<u32>, id: u32, s: &LoadSnapshot) {
+    use crate::balance::{Breaker, Health};
+    let split = |v: Option<u64>| {
+        let v = v.unwrap_or(u64::MAX);
+        [v as u32, (v >> 32) as u32]
+    };
+    let [rr_low, rr_high] = split(s.remaining_requests);
+    let [rt_low, rt_high] = split(s.remaining_tokens);
+    let health = match s.health {
+        Health::Healthy => wit::Health::Healthy,
+        Health::Degraded => wit::Health::Degraded,
+        Health::Unhealthy => wit::Health::Unhealthy,
+    };
+    let breaker = match s.breaker {
+        Breaker::Closed => wit::BreakerState::Closed,
+        Breaker::Open => wit::BreakerState::Open,
+        Breaker::HalfOpen => wit::BreakerState::HalfOpen,
+    };
+    out.extend_from_slice(&[
+        id,
+        s.in_flight,
+        s.ewma_latency_us,
+        s.ewma_ttfb_us,
+        u32::from(s.error_rate),
+        health as u32,
+        breaker as u32,
+        u32::from(s.load_score),
+        rr_low,
+        rr_high,
+        rt_low,
+        rt_high,
+        s.quota_reset_ms,
+    ]);
 }

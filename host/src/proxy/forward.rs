@@ -69,7 +69,7 @@ pub async fn serve(
                 &client,
                 route,
                 req,
-                &candidates,
+                candidates.as_slice(),
                 add_headers,
                 backend_header,
             )

@@ -6,7 +6,9 @@ use super::Shared;
 use super::upstream::UpstreamPool;
 use crate::balance::{Pool, least_outstanding};
 use crate::config::FailurePolicy;
-use crate::plugin::{CallFailure, Interest, RouterInstance, RouterPlugin, wit};
+use crate::plugin::{
+    Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, push_load_words, wit,
+};
 use crate::route::{Route, RouteTable, request_host};
 use http::{HeaderName, HeaderValue, Method, Request};
 use std::cell::RefCell;
@@ -15,11 +17,26 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+/// Backend ids to try in order; a short list stays off the heap.
+pub enum Candidates {
+    Few([u32; 4], u8),
+    Many(Vec<u32>),
+}
+
+impl Candidates {
+    pub fn as_slice(&self) -> &[u32] {
+        match self {
+            Candidates::Few(ids, len) => &ids[..usize::from(*len).min(4)],
+            Candidates::Many(ids) => ids,
+        }
+    }
+}
+
 /// What a route decided for one request.
 pub enum Choice {
     /// Backend ids to try in order, and headers to add upstream.
     Forward {
-        candidates: Vec<u32>,
+        candidates: Candidates,
         add_headers: Vec<(HeaderName, HeaderValue)>,
     },
     /// Answer directly.
@@ -36,8 +53,8 @@ pub struct Worker {
     pub upstream: Rc<UpstreamPool>,
     /// Router instances by [`RouterPlugin::id`].
     instances: RefCell<HashMap<u64, RouterInstance>>,
-    /// Reused buffer of backend loads handed to plugins.
-    loads: RefCell<Vec<wit::BackendLoad>>,
+    /// Reused buffer of packed backend loads handed to plugins.
+    loads: RefCell<Vec<u32>>,
 }
 
 // === impl Worker ===
@@ -107,17 +124,14 @@ impl Worker {
         let facts = wit::Request {
             method: method(req.method()),
             client_ip: ip(client),
-            attributes: plugin.interest.iter().map(|i| attribute(i, req)).collect(),
         };
+        let attributes = plugin.interest.iter().map(|i| attribute(i, req)).collect();
         let mut loads = self.loads.borrow_mut();
         loads.clear();
-        loads.extend(
-            route
-                .pool
-                .backends
-                .iter()
-                .map(|b| load(b.id, &b.state.snapshot())),
-        );
+        loads.reserve(route.pool.backends.len() * LOAD_WORDS);
+        for b in &route.pool.backends {
+            push_load_words(&mut loads, b.id, &b.state.snapshot());
+        }
         let mut instances = self.instances.borrow_mut();
         let instance = match instances.entry(plugin.id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -129,7 +143,7 @@ impl Worker {
                 }
             },
         };
-        let failure = match instance.route(&facts, &loads) {
+        let failure = match instance.route(facts, &loads, attributes) {
             Ok(decision) => match check(decision, route.pool.backends.len()) {
                 Ok(choice) => {
                     plugin.record_success();
@@ -153,7 +167,7 @@ fn builtin(pool: &Pool) -> Choice {
     let mut candidates = Vec::with_capacity(pool.backends.len());
     least_outstanding(pool, &mut candidates);
     Choice::Forward {
-        candidates,
+        candidates: Candidates::Many(candidates),
         add_headers: Vec::new(),
     }
 }
@@ -173,7 +187,26 @@ fn on_failure(plugin: &RouterPlugin, pool: &Pool) -> Choice {
 
 /// Turns a plugin's decision into a choice, refusing ids outside the pool,
 /// bad statuses and malformed headers.
-fn check(decision: wit::Decision, pool_size: usize) -> Result<Choice, CallFailure> {
+fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
+    let decision = match answer {
+        Answer::Few(ids, len) => {
+            let candidates = Candidates::Few(ids, len);
+            if let Some(bad) = candidates
+                .as_slice()
+                .iter()
+                .find(|&&id| id as usize >= pool_size)
+            {
+                return Err(CallFailure::Invalid(format!(
+                    "candidate {bad} is not a backend id (pool has {pool_size})"
+                )));
+            }
+            return Ok(Choice::Forward {
+                candidates,
+                add_headers: Vec::new(),
+            });
+        }
+        Answer::Full(decision) => decision,
+    };
     match decision {
         wit::Decision::Forward(f) => {
             if let Some(bad) = f.candidates.iter().find(|&&id| id as usize >= pool_size) {
@@ -195,7 +228,7 @@ fn check(decision: wit::Decision, pool_size: usize) -> Result<Choice, CallFailur
                 })
                 .collect::<Result<_, _>>()?;
             Ok(Choice::Forward {
-                candidates: f.candidates,
+                candidates: Candidates::Many(f.candidates),
                 add_headers,
             })
         }
@@ -206,31 +239,6 @@ fn check(decision: wit::Decision, pool_size: usize) -> Result<Choice, CallFailur
         wit::Decision::Reject(r) => {
             Err(CallFailure::Invalid(format!("reject status {}", r.status)))
         }
-    }
-}
-
-fn load(id: u32, s: &crate::balance::LoadSnapshot) -> wit::BackendLoad {
-    use crate::balance::{Breaker, Health};
-    wit::BackendLoad {
-        id,
-        in_flight: s.in_flight,
-        ewma_latency_us: s.ewma_latency_us,
-        ewma_ttfb_us: s.ewma_ttfb_us,
-        error_rate: s.error_rate,
-        health: match s.health {
-            Health::Healthy => wit::Health::Healthy,
-            Health::Degraded => wit::Health::Degraded,
-            Health::Unhealthy => wit::Health::Unhealthy,
-        },
-        breaker: match s.breaker {
-            Breaker::Closed => wit::BreakerState::Closed,
-            Breaker::Open => wit::BreakerState::Open,
-            Breaker::HalfOpen => wit::BreakerState::HalfOpen,
-        },
-        load_score: s.load_score,
-        remaining_requests: s.remaining_requests,
-        remaining_tokens: s.remaining_tokens,
-        quota_reset_ms: s.quota_reset_ms,
     }
 }
 
@@ -314,12 +322,26 @@ mod tests {
             candidates: vec![0, 7],
             add_headers: vec![],
         });
-        assert!(matches!(check(bad, 2), Err(CallFailure::Invalid(_))));
+        assert!(matches!(
+            check(Answer::Full(bad), 2),
+            Err(CallFailure::Invalid(_))
+        ));
+        assert!(matches!(
+            check(Answer::Few([1, 2, 0, 0], 2), 2),
+            Err(CallFailure::Invalid(_))
+        ));
+        assert!(matches!(
+            check(Answer::Few([1, 0, 9, 9], 2), 2),
+            Ok(Choice::Forward { .. })
+        ));
         let odd = wit::Decision::Reject(wit::Reject {
             status: 42,
             body: String::new(),
         });
-        assert!(matches!(check(odd, 2), Err(CallFailure::Invalid(_))));
+        assert!(matches!(
+            check(Answer::Full(odd), 2),
+            Err(CallFailure::Invalid(_))
+        ));
     }
 
     #[test]

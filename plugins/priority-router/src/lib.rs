@@ -51,19 +51,29 @@ impl Router for PriorityRouter {
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
         let high = request
             .attribute(0)
-            .is_some_and(|v| self.high_values.iter().any(|h| h.eq_ignore_ascii_case(v)));
+            .is_some_and(|v| self.high_values.iter().any(|h| h.eq_ignore_ascii_case(&v)));
+        let is_fast = &self.is_fast;
+        let preferred =
+            |b: &BackendLoad| is_fast.get(b.id as usize).copied().unwrap_or(false) == high;
+        let least_loaded = |b: &BackendLoad| (b.in_flight, b.ewma_latency_us);
+        // Start the scan at a rotating offset so equally loaded backends share.
         self.turn = self.turn.wrapping_add(1);
-        let n = backends.len().max(1);
-        let mut usable: Vec<&BackendLoad> = (0..backends.len())
-            .map(|i| &backends[(i + self.turn) % n])
-            .filter(|b| b.is_usable())
-            .collect();
-        // Preferred tier first, then least in flight, then lowest latency.
-        usable.sort_by_key(|b| {
-            let fast = self.is_fast.get(b.id as usize).copied().unwrap_or(false);
-            (fast != high, b.in_flight, b.ewma_latency_us)
-        });
-        Decision::forward(usable.iter().map(|b| b.id).collect())
+        let (n, turn) = (backends.len(), self.turn);
+        let usable = (0..n)
+            .map(move |i| &backends[(i + turn) % n])
+            .filter(|b| b.is_usable());
+        // The two best of the preferred tier, then the best of the other, so
+        // the host's few attempts reach the other tier when this one fails.
+        let mut candidates =
+            Candidates::lowest_by_key(usable.clone().filter(|b| preferred(b)), 2, least_loaded);
+        let room = 4 - candidates.len();
+        let others =
+            Candidates::lowest_by_key(usable.filter(|b| !preferred(b)), room, least_loaded);
+        candidates.extend(others.as_slice().iter().copied());
+        Decision::Forward {
+            candidates,
+            add_headers: Vec::new(),
+        }
     }
 }
 
@@ -95,6 +105,22 @@ mod tests {
     }
 
     #[test]
+    fn large_pools_keep_a_fallback_from_the_other_tier() {
+        let mut r = PriorityRouter::init("chat", &Config::default()).unwrap();
+        let infos: Vec<BackendInfo> = (0..10)
+            .map(|i| BackendInfo::new(i, "b", &[("tier", if i < 8 { "fast" } else { "cheap" })]))
+            .collect();
+        r.set_backends(&infos);
+        let mut loads: Vec<BackendLoad> = (0..10).map(BackendLoad::idle).collect();
+        loads[8].in_flight = 3;
+        let d = r.route(&Request::new(&[Some("high")]), &loads);
+        let c = d.candidates().unwrap();
+        assert_eq!(c.len(), 4);
+        assert!(c[..2].iter().all(|&id| id < 8), "{c:?}");
+        assert_eq!(c[2..], [9, 8]);
+    }
+
+    #[test]
     fn other_requests_prefer_the_cheap_tier_and_fall_back_to_fast() {
         let mut loads = loads();
         loads[0].in_flight = 5;
@@ -105,7 +131,7 @@ mod tests {
     #[test]
     fn unusable_backends_are_skipped() {
         let mut loads = loads();
-        loads[1].health = Health::Unhealthy;
+        loads[1].set_health(Health::Unhealthy);
         let d = router().route(&Request::new(&[Some("HIGH")]), &loads);
         assert!(!d.candidates().unwrap().contains(&1));
     }

@@ -23,13 +23,9 @@ impl Router for RoundRobin {
         let n = backends.len();
         let start = if n == 0 { 0 } else { self.next % n };
         self.next = start + 1;
-        let candidates = backends[start..]
-            .iter()
-            .chain(&backends[..start])
-            .filter(|b| b.is_usable())
-            .map(|b| b.id)
-            .collect();
-        Decision::forward(candidates)
+        // The next usable backend, and the three after it as fallbacks.
+        let order = backends[start..].iter().chain(&backends[..start]);
+        Decision::forward(order.filter(|b| b.is_usable()).map(|b| b.id).take(4))
     }
 }
 
@@ -48,8 +44,10 @@ mod tests {
             .map(|_| r.route(&req, &loads).candidates().unwrap()[0])
             .collect();
         assert_eq!(firsts, [0, 1, 2, 0]);
-        loads[1].breaker = BreakerState::Open;
+        loads[1].set_breaker(BreakerState::Open);
         assert_eq!(r.route(&req, &loads).candidates().unwrap(), [2, 0]);
+        let loads: Vec<BackendLoad> = (0..9).map(BackendLoad::idle).collect();
+        assert_eq!(r.route(&req, &loads).candidates().unwrap(), [2, 3, 4, 5]);
     }
 
     #[test]

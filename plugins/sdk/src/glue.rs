@@ -6,11 +6,20 @@ pub use alloc::vec::Vec;
 
 pub use crate::bindings::exports::switchyard::policy::router::Guest as RouterGuest;
 
-use crate::{Attribute, BackendInfo, BackendLoad, Config, Decision, Request, Router};
+pub use crate::bindings::switchyard::policy::types::{
+    Choice, Decision as WitDecision, Request as Facts,
+};
+
+use crate::{Attribute, BackendInfo, Config, Decision, Router};
 use core::cell::RefCell;
 
-/// Holds the plugin's router between calls.
-pub struct Slot<R>(RefCell<Option<R>>);
+/// Fills unused candidate slots of a compact choice.
+#[cfg(any(target_arch = "wasm32", test))]
+const NO_BACKEND: u32 = u32::MAX;
+
+/// Holds the plugin's router between calls, and a decision too large for
+/// the compact answer until the host fetches it.
+pub struct Slot<R>(RefCell<(Option<R>, Option<Decision>)>);
 
 // SAFETY: a component instance runs on one thread at a time and
 // `wasm32-wasip2` has no threads, so the cell is never shared.
@@ -20,7 +29,7 @@ unsafe impl<R> Sync for Slot<R> {}
 impl<R> Slot<R> {
     /// An empty slot, filled by `init`.
     pub const fn new() -> Self {
-        Slot(RefCell::new(None))
+        Slot(RefCell::new((None, None)))
     }
 }
 
@@ -38,22 +47,104 @@ pub fn init<R: Router>(
 ) -> Result<Vec<Attribute>, String> {
     let router = R::init(route, &Config::new(config))?;
     let interest = router.interest();
-    *slot.0.borrow_mut() = Some(router);
+    slot.0.borrow_mut().0 = Some(router);
     Ok(interest)
 }
 
 /// Passes the pool's backends to the router.
 pub fn set_backends<R: Router>(slot: &Slot<R>, backends: &[BackendInfo]) {
-    if let Some(router) = slot.0.borrow_mut().as_mut() {
+    if let Some(router) = slot.0.borrow_mut().0.as_mut() {
         router.set_backends(backends);
     }
 }
 
-/// Asks the router for a decision.
-pub fn route<R: Router>(slot: &Slot<R>, request: &Request, backends: &[BackendLoad]) -> Decision {
-    match slot.0.borrow_mut().as_mut() {
-        Some(router) => router.route(request, backends),
+/// Asks the router for a decision; answers compactly when it fits.
+#[cfg(target_arch = "wasm32")]
+pub fn route<R: Router>(slot: &Slot<R>, facts: Facts, loads: &[u32]) -> Choice {
+    let request = crate::Request::from_host(facts);
+    let mut state = slot.0.borrow_mut();
+    let decision = match state.0.as_mut() {
+        Some(router) => router.route(&request, crate::BackendLoad::from_words(loads)),
         None => Decision::reject(500, "router used before init"),
+    };
+    match compact(&decision) {
+        Some(choice) => choice,
+        None => {
+            state.1 = Some(decision);
+            Choice::Detailed
+        }
+    }
+}
+
+/// Hands over the decision kept by the last `route`.
+pub fn decision<R: Router>(slot: &Slot<R>) -> WitDecision {
+    use crate::bindings::switchyard::policy::types::{Forward, Reject};
+    match slot.0.borrow_mut().1.take() {
+        Some(Decision::Forward {
+            candidates,
+            add_headers,
+        }) => WitDecision::Forward(Forward {
+            candidates: match candidates {
+                crate::Candidates::Many(v) => v,
+                few => few.as_slice().to_vec(),
+            },
+            add_headers,
+        }),
+        Some(Decision::Reject { status, body }) => WitDecision::Reject(Reject { status, body }),
+        None => WitDecision::Reject(Reject {
+            status: 500,
+            body: "no detailed decision pending".into(),
+        }),
+    }
+}
+
+/// The compact form of a forward decision with at most four candidates and
+/// no added headers.
+#[cfg(any(target_arch = "wasm32", test))]
+fn compact(decision: &Decision) -> Option<Choice> {
+    match decision {
+        Decision::Forward {
+            candidates,
+            add_headers,
+        } if candidates.len() <= 4 && add_headers.is_empty() => {
+            let ids = candidates.as_slice();
+            let slot = |i: usize| ids.get(i).copied().unwrap_or(NO_BACKEND);
+            Some(Choice::Forward((slot(0), slot(1), slot(2), slot(3))))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_forward_decisions_are_compact() {
+        assert_eq!(
+            compact(&Decision::forward([2, 0])),
+            Some(Choice::Forward((2, 0, NO_BACKEND, NO_BACKEND)))
+        );
+        assert_eq!(compact(&Decision::forward([0, 1, 2, 3, 4])), None);
+        assert_eq!(compact(&Decision::reject(429, "slow down")), None);
+        let with_header = Decision::forward([1]).with_header("x-a", "b");
+        assert_eq!(compact(&with_header), None);
+    }
+
+    #[test]
+    fn packed_words_are_read_in_place() {
+        let mut words = alloc::vec![0u32; crate::LOAD_WORDS * 2 + 3];
+        words[crate::LOAD_WORDS] = 1; // id of the second backend
+        words[crate::LOAD_WORDS + 1] = 7; // its in-flight count
+        words[crate::LOAD_WORDS + 8] = u32::MAX; // remaining requests: unknown
+        words[crate::LOAD_WORDS + 9] = u32::MAX;
+        words[10] = 5; // first backend: 5 remaining tokens
+        let loads = crate::BackendLoad::from_words(&words);
+        assert_eq!(loads.len(), 2);
+        assert_eq!((loads[1].id, loads[1].in_flight), (1, 7));
+        assert_eq!(loads[1].remaining_requests(), None);
+        assert_eq!(loads[0].remaining_tokens(), Some(5));
+        assert!(loads[0].is_usable());
     }
 }
 

@@ -13,7 +13,7 @@
 //! impl Router for First {
 //!     fn init(_route: &str, _config: &Config) -> Result<Self, String> { Ok(First) }
 //!     fn route(&mut self, _req: &Request, backends: &[BackendLoad]) -> Decision {
-//!         Decision::forward(backends.iter().filter(|b| b.is_usable()).map(|b| b.id).collect())
+//!         Decision::forward(backends.iter().filter(|b| b.is_usable()).map(|b| b.id).take(4))
 //!     }
 //! }
 //! export_router!(First);
@@ -34,6 +34,7 @@
 
 extern crate alloc;
 
+mod candidates;
 mod config;
 pub mod host;
 mod types;
@@ -62,8 +63,8 @@ pub mod bindings {
 /// Everything a plugin usually needs, including `alloc`'s collections.
 pub mod prelude {
     pub use crate::{
-        Attribute, BackendInfo, BackendLoad, BreakerState, Config, Decision, Forward, Header,
-        Health, IpAddress, Method, Reject, Request, Router, export_router, host,
+        Attribute, BackendInfo, BackendLoad, BreakerState, Candidates, Config, Decision, Header,
+        Health, IpAddress, Method, Request, Router, export_router, host,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;
@@ -133,10 +134,13 @@ macro_rules! export_router {
                     $crate::glue::set_backends(&ROUTER, &backends)
                 }
                 fn route(
-                    request: $crate::Request,
-                    backends: $crate::glue::Vec<$crate::BackendLoad>,
-                ) -> $crate::Decision {
-                    $crate::glue::route(&ROUTER, &request, &backends)
+                    request: $crate::glue::Facts,
+                    loads: $crate::glue::Vec<u32>,
+                ) -> $crate::glue::Choice {
+                    $crate::glue::route(&ROUTER, request, &loads)
+                }
+                fn detailed_decision() -> $crate::glue::WitDecision {
+                    $crate::glue::decision(&ROUTER)
                 }
             }
     $crate::bindings::__export_router_bindings!(Exports with_types_in $crate::bindings);

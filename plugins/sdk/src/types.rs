@@ -3,37 +3,107 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::bindings::switchyard::policy::types::LoadWord;
 pub use crate::bindings::switchyard::policy::types::{
-    Attribute, BackendInfo, BackendLoad, BreakerState, Decision, Forward, Header, Health,
-    IpAddress, Method, Reject, Request,
+    Attribute, BackendInfo, BreakerState, Header, Health, IpAddress, Method,
 };
+pub use crate::candidates::Candidates;
+
+/// Words per backend in the host's packed loads: one per `load-word` case.
+pub const LOAD_WORDS: usize = LoadWord::QuotaResetMs as usize + 1;
+/// Marks a missing value in a `u64` word pair.
+const UNKNOWN: u64 = u64::MAX;
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the request to the first usable candidate; the host tries the
+    /// next ones when an earlier one fails before the response starts.
+    Forward {
+        candidates: Candidates,
+        /// Headers added to the upstream request.
+        add_headers: Vec<Header>,
+    },
+    /// Answer directly with `status` and `body`, without an upstream.
+    Reject { status: u16, body: String },
+}
 
 // === impl Decision ===
 
 impl Decision {
-    /// Forward to `candidates`, in order of preference, adding no headers.
-    pub fn forward(candidates: Vec<u32>) -> Self {
-        Decision::Forward(Forward {
-            candidates,
+    /// Forward to `candidates`, in order of preference.
+    pub fn forward(candidates: impl IntoIterator<Item = u32>) -> Self {
+        Decision::Forward {
+            candidates: candidates.into_iter().collect(),
             add_headers: Vec::new(),
-        })
+        }
     }
 
     /// Answer directly with `status` and `body`.
     pub fn reject(status: u16, body: impl Into<String>) -> Self {
-        Decision::Reject(Reject {
+        Decision::Reject {
             status,
             body: body.into(),
-        })
+        }
+    }
+
+    /// Adds a header to the upstream request of a forward decision.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let Decision::Forward { add_headers, .. } = &mut self {
+            add_headers.push(Header {
+                name: name.into(),
+                value: value.into(),
+            });
+        }
+        self
     }
 
     /// The candidates of a forward decision, or `None` for a reject.
     pub fn candidates(&self) -> Option<&[u32]> {
         match self {
-            Decision::Forward(f) => Some(&f.candidates),
-            Decision::Reject(_) => None,
+            Decision::Forward { candidates, .. } => Some(candidates.as_slice()),
+            Decision::Reject { .. } => None,
         }
     }
+}
+
+/// Live state of one backend at the moment of a decision.
+///
+/// Laid out word for word as the interface's `load-word` enum says, so the
+/// host's packed list is read in place, without copying.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BackendLoad {
+    /// The backend's id, its index in [`Router::set_backends`](crate::Router::set_backends).
+    pub id: u32,
+    /// Requests in flight to this backend across the whole proxy.
+    pub in_flight: u32,
+    /// Moving average of the response time, microseconds; 0 before the first.
+    pub ewma_latency_us: u32,
+    /// Moving average of the time to first byte, microseconds.
+    pub ewma_ttfb_us: u32,
+    /// Failed share of recent requests, per mille.
+    pub error_rate: u32,
+    health: u32,
+    breaker: u32,
+    /// 0 (idle) ..= 1000 (saturated), from the health check.
+    pub load_score: u32,
+    remaining_requests: [u32; 2],
+    remaining_tokens: [u32; 2],
+    /// Milliseconds until the reported quota resets; 0 when unknown.
+    pub quota_reset_ms: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BackendLoad>() == LOAD_WORDS * 4);
+
+fn split(value: Option<u64>) -> [u32; 2] {
+    let v = value.unwrap_or(UNKNOWN);
+    [v as u32, (v >> 32) as u32]
+}
+
+fn join(words: [u32; 2]) -> Option<u64> {
+    let v = u64::from(words[0]) | (u64::from(words[1]) << 32);
+    (v != UNKNOWN).then_some(v)
 }
 
 // === impl BackendLoad ===
@@ -47,18 +117,69 @@ impl BackendLoad {
             ewma_latency_us: 0,
             ewma_ttfb_us: 0,
             error_rate: 0,
-            health: Health::Healthy,
-            breaker: BreakerState::Closed,
+            health: Health::Healthy as u32,
+            breaker: BreakerState::Closed as u32,
             load_score: 0,
-            remaining_requests: None,
-            remaining_tokens: None,
+            remaining_requests: split(None),
+            remaining_tokens: split(None),
             quota_reset_ms: 0,
         }
     }
 
+    /// Views the host's packed words as backends, in place. Trailing words
+    /// that do not make a whole backend are ignored.
+    pub fn from_words(words: &[u32]) -> &[BackendLoad] {
+        let whole = words.len() - words.len() % LOAD_WORDS;
+        bytemuck::cast_slice(&words[..whole])
+    }
+
+    /// The backend's health.
+    pub fn health(&self) -> Health {
+        match self.health {
+            0 => Health::Healthy,
+            1 => Health::Degraded,
+            _ => Health::Unhealthy,
+        }
+    }
+
+    pub fn set_health(&mut self, health: Health) {
+        self.health = health as u32;
+    }
+
+    /// The backend's circuit-breaker state.
+    pub fn breaker(&self) -> BreakerState {
+        match self.breaker {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    pub fn set_breaker(&mut self, breaker: BreakerState) {
+        self.breaker = breaker as u32;
+    }
+
+    /// Remaining requests the upstream reported, if it did.
+    pub fn remaining_requests(&self) -> Option<u64> {
+        join(self.remaining_requests)
+    }
+
+    pub fn set_remaining_requests(&mut self, value: Option<u64>) {
+        self.remaining_requests = split(value);
+    }
+
+    /// Remaining tokens the upstream reported, if it did.
+    pub fn remaining_tokens(&self) -> Option<u64> {
+        join(self.remaining_tokens)
+    }
+
+    pub fn set_remaining_tokens(&mut self, value: Option<u64>) {
+        self.remaining_tokens = split(value);
+    }
+
     /// Whether the host would send traffic here: not unhealthy, breaker not open.
     pub fn is_usable(&self) -> bool {
-        self.health != Health::Unhealthy && self.breaker != BreakerState::Open
+        self.health() != Health::Unhealthy && self.breaker() != BreakerState::Open
     }
 }
 
@@ -88,10 +209,23 @@ impl BackendInfo {
     }
 }
 
+/// Facts about one request: method and client address, plus the
+/// attributes the router declared in [`Router::interest`](crate::Router::interest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub client_ip: IpAddress,
+    /// Natively (in tests) the attribute values; in a plugin, read from the
+    /// host on demand.
+    #[cfg(not(target_arch = "wasm32"))]
+    attributes: Vec<Option<String>>,
+}
+
 // === impl Request ===
 
 impl Request {
     /// A GET from 127.0.0.1 carrying `attributes`; a starting point for tests.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(attributes: &[Option<&str>]) -> Self {
         Request {
             method: Method::Get,
@@ -100,8 +234,25 @@ impl Request {
         }
     }
 
+    /// Wraps the host's request facts.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn from_host(facts: crate::bindings::switchyard::policy::types::Request) -> Self {
+        Request {
+            method: facts.method,
+            client_ip: facts.client_ip,
+        }
+    }
+
     /// The value of the `index`-th declared attribute, if the request has it.
-    pub fn attribute(&self, index: usize) -> Option<&str> {
-        self.attributes.get(index).and_then(|a| a.as_deref())
+    /// In a plugin each call asks the host, so read an attribute once.
+    pub fn attribute(&self, index: usize) -> Option<String> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::bindings::switchyard::policy::host::attribute(index as u32)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.attributes.get(index).cloned().flatten()
+        }
     }
 }
