@@ -91,3 +91,24 @@ fn missing_or_mismatched_plugin_fails_naming_it() {
         "{out}"
     );
 }
+
+#[test]
+fn shipped_example_config_checks() {
+    plugin_dir();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/switchyard.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .expect("run switchyard");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok (3 routes, 2 pools, 2 plugins loaded)"),
+        "{stdout}"
+    );
+}
