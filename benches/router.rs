@@ -17,7 +17,7 @@ use switchyard_sdk::Router;
 const SIZES: [u32; 3] = [2, 16, 64];
 
 fn tier(i: u32) -> &'static str {
-    if i % 2 == 0 { "fast" } else { "cheap" }
+    if i.is_multiple_of(2) { "fast" } else { "cheap" }
 }
 
 fn wasm_router(
@@ -107,7 +107,7 @@ fn decisions(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("priority-router/wasm", n), &n, |b, _| {
             b.iter(|| {
                 let attributes = vec![Some("high".to_string())];
-                black_box(instance.route(wasm_req.clone(), black_box(&loads), attributes))
+                black_box(instance.route(wasm_req, black_box(&loads), attributes))
             })
         });
         let mut router = priority_router::PriorityRouter::init("bench", &config)
@@ -124,7 +124,7 @@ fn decisions(c: &mut Criterion) {
         };
         let (_plugin, mut instance) = wasm_router(&runtime, "round-robin.wasm", n);
         group.bench_with_input(BenchmarkId::new("round-robin/wasm", n), &n, |b, _| {
-            b.iter(|| black_box(instance.route(bare_req.clone(), black_box(&loads), Vec::new())))
+            b.iter(|| black_box(instance.route(bare_req, black_box(&loads), Vec::new())))
         });
         let mut router =
             round_robin::RoundRobin::init("bench", &config).unwrap_or_else(|e| panic!("{e}"));

@@ -74,3 +74,43 @@ async fn streamed_chat_completion_arrives_intact() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(r.backend(), "model");
 }
+
+/// A stream that stalls past the idle timeout ends with an error at the
+/// client, never with a clean-looking end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_stream_ends_with_an_error() {
+    let mut options = MockOptions::new("stalls");
+    options.chunk_interval = Duration::from_millis(600);
+    let backend = mock_with(options);
+    let proxy = TestProxy::start(&format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\ntimeouts = {{ idle = \"150ms\" }}\n",
+        backend_entry(&backend, "")
+    ));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri = proxy
+        .url("/sse?n=3")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = client.get(uri).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.map(|f| f.map(|f| f.is_data()));
+    assert!(
+        matches!(first, Some(Ok(true))),
+        "first event arrives: {first:?}"
+    );
+    let mut ended_with_error = false;
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            ended_with_error = true;
+            break;
+        }
+    }
+    assert!(ended_with_error, "the stalled stream ended cleanly");
+    let status = proxy.status().await;
+    assert_eq!(
+        status["pools"][0]["backends"][0]["state"]["error_rate"], 1000,
+        "{status}"
+    );
+}

@@ -74,9 +74,7 @@ impl Host for HostState {
     }
 
     fn attribute(&mut self, index: u32) -> Option<String> {
-        // Each value is handed over once; a second read gets a copy.
-        let slot = self.attributes.get_mut(index as usize)?;
-        slot.clone()
+        self.attributes.get(index as usize)?.clone()
     }
 
     fn now(&mut self) -> u64 {

@@ -133,9 +133,15 @@ async fn forward(
         let guard = backend.state.start_request();
         let started = Instant::now();
         let t = &route.timeouts;
+        // The total timeout bounds the wait for headers too.
+        let first_byte = match (t.first_byte.is_zero(), t.total.is_zero()) {
+            (_, true) => t.first_byte,
+            (true, false) => t.total,
+            (false, false) => t.first_byte.min(t.total),
+        };
         match worker
             .upstream
-            .send(backend, req, t.connect, t.first_byte)
+            .send(backend, req, t.connect, first_byte)
             .await
         {
             Ok((mut resp, lease)) => {
@@ -184,8 +190,8 @@ async fn forward(
                     .record_outcome(Outcome::Timeout, micros(started));
                 route.metrics.count(backend.id, 504);
                 let body = format!(
-                    "backend {} sent no response within {:?}\n",
-                    backend.name, t.first_byte
+                    "backend {} sent no response within {first_byte:?}\n",
+                    backend.name
                 );
                 return tagged(
                     reply(StatusCode::GATEWAY_TIMEOUT, body),
