@@ -9,6 +9,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard::Switchyard;
 use switchyard::config::Config;
 pub use switchyard::demo::{MockBackend, MockOptions};
@@ -55,12 +57,7 @@ impl TestProxy {
             }
         }
         let path = dir.path().join("switchyard.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-             [plugins]\ndir = \"plugins\"\ncache_dir = \"{}\"\n\n{config}",
-            shared_cache().display()
-        );
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        std::fs::write(&path, full_config(config)).map_err(|e| e.to_string())?;
         let config = Config::load(&path).map_err(|e| e.to_string())?;
         let proxy = Switchyard::start(&config).map_err(|e| e.to_string())?;
         Ok(TestProxy {
@@ -84,6 +81,18 @@ impl TestProxy {
         format!("http://{}{path}", self.addr())
     }
 
+    /// Path of a file in the proxy's plugin directory.
+    pub fn plugin_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("plugins").join(name)
+    }
+
+    /// Rewrites the config file with a new body (the same header as
+    /// [`TestProxy::start`] adds); the watcher reloads it.
+    pub fn write_config(&self, config: &str) {
+        let path = self.dir.path().join("switchyard.toml");
+        std::fs::write(path, full_config(config)).unwrap_or_else(|e| panic!("write config: {e}"));
+    }
+
     /// The admin `/status` document.
     pub async fn status(&self) -> serde_json::Value {
         let admin = self
@@ -100,6 +109,114 @@ impl Drop for TestProxy {
         if let Some(proxy) = self.proxy.take() {
             proxy.shutdown();
         }
+    }
+}
+
+fn full_config(body: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [plugins]\ndir = \"plugins\"\ncache_dir = \"{}\"\n\n{body}",
+        shared_cache().display()
+    )
+}
+
+/// Bytes of a compiled plugin from the build directory.
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(plugin_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Steady load: `workers` loops sending requests until stopped, counting
+/// answers by backend and every failure.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LoadStats>>,
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    pub ok: u64,
+    /// Requests that failed or answered other than 200, with a sample.
+    pub failed: u64,
+    pub first_failure: Option<String>,
+}
+
+impl Load {
+    /// Starts `workers` request loops against `url` with `headers`.
+    pub fn start(url: String, headers: &[(&str, &str)], workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, url, headers) = (stop.clone(), url.clone(), headers.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut stats = LoadStats::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut req = Request::get(url.as_str());
+                        for (k, v) in &headers {
+                            req = req.header(k.as_str(), v.as_str());
+                        }
+                        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+                            break;
+                        };
+                        let result = match client.request(req).await {
+                            Ok(resp) if resp.status() == StatusCode::OK => resp
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string()),
+                            Ok(resp) => Err(format!("status {}", resp.status())),
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        match result {
+                            Ok(()) => stats.ok += 1,
+                            Err(e) => {
+                                stats.failed += 1;
+                                stats.first_failure.get_or_insert(e);
+                            }
+                        }
+                    }
+                    stats
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the loops and sums what they saw.
+    pub async fn stop(self) -> LoadStats {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadStats::default();
+        for task in self.tasks {
+            let s = task.await.unwrap_or_else(|e| panic!("load task: {e}"));
+            total.ok += s.ok;
+            total.failed += s.failed;
+            if total.first_failure.is_none() {
+                total.first_failure = s.first_failure;
+            }
+        }
+        total
     }
 }
 

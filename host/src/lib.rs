@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 mod run;
 

@@ -74,7 +74,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let proxy = Switchyard::start(&config)?;
-            wait_for_signal()?;
+            wait_for_signal(&proxy)?;
             tracing::info!("shutting down; draining in-flight requests");
             proxy.shutdown();
             Ok(())
@@ -82,9 +82,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
             let runtime = switchyard::plugin::PluginRuntime::new(Some(config.cache_dir()))?;
-            let table =
-                switchyard::route::RouteTable::build(&config, &runtime, &mut Default::default())
-                    .with_context(|| format!("{}", path.display()))?;
+            let table = switchyard::route::RouteTable::build(
+                &config,
+                &runtime,
+                &mut Default::default(),
+                None,
+            )
+            .with_context(|| format!("{}", path.display()))?;
             println!(
                 "{}: ok ({} routes, {} pools, {} plugins loaded)",
                 path.display(),
@@ -133,8 +137,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             println!("  # live state and metrics:");
             println!("  curl -s http://{admin}/status; curl -s http://{admin}/metrics\n");
-            println!("Ctrl-C stops it.");
-            wait_for_signal()?;
+            println!(
+                "Edit {} or replace a plugin in {} and it reloads; Ctrl-C stops it.",
+                path.display(),
+                plugin_dir.display()
+            );
+            wait_for_signal(&proxy)?;
             proxy.shutdown();
             drop(backends);
             let _ = std::fs::remove_file(&path);
@@ -143,16 +151,25 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Blocks until Ctrl-C or SIGTERM.
-fn wait_for_signal() -> anyhow::Result<()> {
+/// Blocks until Ctrl-C or SIGTERM; reloads on SIGHUP.
+fn wait_for_signal(proxy: &Switchyard) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r,
+                _ = term.recv() => return Ok(()),
+                _ = hup.recv() => {
+                    let reloader = proxy.reloader.clone();
+                    // Compiling is blocking work; keep it off this loop.
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+                }
+            }
         }
     })?;
     Ok(())

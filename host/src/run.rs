@@ -1,13 +1,14 @@
-//! Wiring: from a validated config to a serving proxy and admin listener.
+//! Wiring: from a validated config to a serving proxy, admin listener and
+//! reload watcher.
 
+use crate::balance::LiveRegistry;
 use crate::config::Config;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{self, RunningProxy, Shared};
+use crate::reload::{ReloadWatcher, Reloader};
 use crate::route::{BuildError, RouteTable};
-use crate::{admin, balance::BackendState};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +24,13 @@ pub enum StartError {
     },
 }
 
-/// A running proxy with its admin listener.
+/// A running proxy with its admin listener and reload watcher.
 pub struct Switchyard {
     pub proxy: RunningProxy,
     pub admin_addr: Option<SocketAddr>,
-    pub runtime: Arc<PluginRuntime>,
-    /// Live backend state by `pool/backend`, kept across reloads.
-    pub states: Mutex<HashMap<String, Arc<BackendState>>>,
+    /// Reloads the config and plugins: on file changes, `SIGHUP`, or call.
+    pub reloader: Arc<Reloader>,
+    _watcher: Option<ReloadWatcher>,
 }
 
 impl Switchyard {
@@ -38,17 +39,8 @@ impl Switchyard {
     pub fn start(config: &Config) -> Result<Switchyard, StartError> {
         crate::admin::prometheus();
         let runtime = PluginRuntime::new(Some(config.cache_dir())).map_err(StartError::Runtime)?;
-        let mut states = HashMap::new();
-        let table = RouteTable::build(config, &runtime, &mut states)?;
-        Self::serve(config, table, runtime, states)
-    }
-
-    fn serve(
-        config: &Config,
-        table: RouteTable,
-        runtime: Arc<PluginRuntime>,
-        states: HashMap<String, Arc<BackendState>>,
-    ) -> Result<Switchyard, StartError> {
+        let mut registry = LiveRegistry::default();
+        let table = RouteTable::build(config, &runtime, &mut registry, None)?;
         let listen_err = |addr: &str| {
             let addr = addr.to_string();
             move |source| StartError::Listen { addr, source }
@@ -59,23 +51,40 @@ impl Switchyard {
             .parse()
             .map_err(|e| listen_err(&config.server.listen)(std::io::Error::other(e)))?;
         let shared = Shared::new(table, config.server.clone());
+        let reloader = Arc::new(Reloader::new(
+            config.path.clone(),
+            runtime,
+            shared.clone(),
+            registry,
+        ));
         let admin_addr = match &config.admin {
             Some(a) => {
                 let addr: SocketAddr = a
                     .listen
                     .parse()
                     .map_err(|e| listen_err(&a.listen)(std::io::Error::other(e)))?;
-                Some(admin::start(addr, shared.clone()).map_err(listen_err(&a.listen))?)
+                Some(crate::admin::start(addr, reloader.clone()).map_err(listen_err(&a.listen))?)
             }
             None => None,
         };
         let proxy = proxy::start(shared, listen, config.worker_count())
             .map_err(listen_err(&config.server.listen))?;
+        let watcher = if config.plugins.watch {
+            match ReloadWatcher::start(reloader.clone(), &config.plugin_dir()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch files, reload with SIGHUP: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Switchyard {
             proxy,
             admin_addr,
-            runtime,
-            states: Mutex::new(states),
+            reloader,
+            _watcher: watcher,
         })
     }
 
@@ -84,8 +93,9 @@ impl Switchyard {
         self.proxy.addr
     }
 
-    /// Stops accepting and drains in-flight requests.
+    /// Stops watching, stops accepting and drains in-flight requests.
     pub fn shutdown(self) {
+        drop(self._watcher);
         self.proxy.shutdown();
     }
 }

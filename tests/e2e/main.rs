@@ -3,5 +3,6 @@
 mod failures;
 mod loading;
 mod proxying;
+mod reload;
 mod routing;
 mod streaming;

@@ -2,7 +2,7 @@
 //! health endpoint for orchestrators. Runs on its own thread, apart from the
 //! proxy workers.
 
-use crate::proxy::Shared;
+use crate::reload::Reloader;
 use crate::route::RouteTable;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -29,7 +29,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// Binds `addr` and serves admin requests on a thread of its own.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+pub fn start(addr: SocketAddr, reloader: Arc<Reloader>) -> std::io::Result<SocketAddr> {
     prometheus();
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -52,11 +52,11 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    let shared = shared.clone();
+                    let reloader = reloader.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, &req)) }
+                            let reloader = reloader.clone();
+                            async move { Ok::<_, std::convert::Infallible>(handle(&reloader, &req)) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -69,7 +69,7 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
     Ok(bound)
 }
 
-fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => respond(
             StatusCode::OK,
@@ -78,12 +78,10 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/status" => {
-            let table = shared.table.load();
-            respond(
-                StatusCode::OK,
-                "application/json",
-                status_json(&table).to_string(),
-            )
+            let table = reloader.shared.table.load();
+            let mut status = status_json(&table);
+            status["reloads"] = json!(reloader.history());
+            respond(StatusCode::OK, "application/json", status.to_string())
         }
         _ => respond(
             StatusCode::NOT_FOUND,

@@ -7,7 +7,48 @@ pub use state::{BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outc
 use crate::config::{PoolConfig, scalar_text};
 use http::HeaderValue;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Live state that outlives any one config: each backend's state by
+/// `pool/backend`, and connection-pool keys by address, so a reload keeps
+/// in-flight counts, averages, quota and idle connections of backends that
+/// still exist.
+#[derive(Default)]
+pub struct LiveRegistry {
+    states: HashMap<String, Arc<BackendState>>,
+    connection_keys: HashMap<String, usize>,
+}
+
+impl LiveRegistry {
+    /// The state of backend `name` of `pool`, created on first use.
+    pub fn state(&mut self, pool: &str, name: &str) -> Arc<BackendState> {
+        self.states
+            .entry(format!("{pool}/{name}"))
+            .or_default()
+            .clone()
+    }
+
+    /// The connection-pool key of `address`, stable for the process.
+    pub fn connection_key(&mut self, address: &str) -> usize {
+        let next = self.connection_keys.len();
+        *self
+            .connection_keys
+            .entry(address.to_string())
+            .or_insert(next)
+    }
+
+    /// Forgets the state of backends no pool in `pools` has.
+    pub fn retain(&mut self, pools: &[Arc<Pool>]) {
+        self.states.retain(|key, _| {
+            pools.iter().any(|p| {
+                key.strip_prefix(p.name.as_str())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|b| p.backends.iter().any(|x| x.name == b))
+            })
+        });
+    }
+}
 
 /// One backend of a pool, with the values the data path needs precomputed.
 pub struct Backend {
@@ -35,13 +76,12 @@ pub struct Pool {
 // === impl Pool ===
 
 impl Pool {
-    /// Builds a pool from config. `next_key` hands out connection-pool keys;
-    /// `state_for` supplies each backend's live state (kept across reloads).
+    /// Builds a pool from config, taking each backend's live state and
+    /// connection key from `registry`.
     pub fn new(
         name: &str,
         config: &PoolConfig,
-        next_key: &mut usize,
-        mut state_for: impl FnMut(&str) -> Arc<BackendState>,
+        registry: &mut LiveRegistry,
     ) -> Result<Pool, String> {
         let backends = config
             .backends
@@ -53,7 +93,6 @@ impl Pool {
                 })?;
                 let host_header = HeaderValue::from_str(&b.address)
                     .map_err(|_| format!("backend address {:?} is not a valid host", b.address))?;
-                *next_key += 1;
                 Ok(Backend {
                     id: i as u32,
                     name: b.name.clone(),
@@ -64,10 +103,10 @@ impl Pool {
                         .iter()
                         .map(|(k, v)| (k.clone(), scalar_text(v)))
                         .collect(),
-                    state: state_for(&format!("{name}/{}", b.name)),
+                    state: registry.state(name, &b.name),
                     name_header,
                     host_header,
-                    connection_key: *next_key - 1,
+                    connection_key: registry.connection_key(&b.address),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -122,7 +161,7 @@ mod tests {
                 })
                 .collect(),
         };
-        Pool::new("p", &config, &mut 0, |_| Arc::default()).unwrap()
+        Pool::new("p", &config, &mut LiveRegistry::default()).unwrap()
     }
 
     #[test]
@@ -133,6 +172,30 @@ mod tests {
         let mut out = Vec::new();
         least_outstanding(&p, &mut out);
         assert_eq!(out, [1, 0]);
+    }
+
+    #[test]
+    fn registry_keeps_state_and_keys_across_pools() {
+        let mut registry = LiveRegistry::default();
+        let config = PoolConfig {
+            backends: vec![BackendConfig {
+                name: "a".into(),
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+                labels: Default::default(),
+            }],
+        };
+        let first = Pool::new("p", &config, &mut registry).unwrap();
+        let _busy = first.backends[0].state.start_request();
+        let again = Pool::new("p", &config, &mut registry).unwrap();
+        assert_eq!(again.backends[0].state.in_flight(), 1);
+        assert_eq!(
+            again.backends[0].connection_key,
+            first.backends[0].connection_key
+        );
+        registry.retain(&[]);
+        let fresh = Pool::new("p", &config, &mut registry).unwrap();
+        assert_eq!(fresh.backends[0].state.in_flight(), 0);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Config {
     /// Directory relative paths in the file resolve against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this config was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 /// The proxy listener.
@@ -91,6 +94,9 @@ pub struct PluginSettings {
     /// Directory for compiled plugins; default `<dir>/.cache`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Reload when the config file or a plugin changes.
+    #[serde(default = "yes")]
+    pub watch: bool,
 }
 
 impl Default for PluginSettings {
@@ -98,6 +104,7 @@ impl Default for PluginSettings {
         PluginSettings {
             dir: default_plugin_dir(),
             cache_dir: None,
+            watch: true,
         }
     }
 }
@@ -282,6 +289,7 @@ impl Config {
             err(line, e.message().to_string())
         })?;
         config.base_dir = base_dir;
+        config.path = file.to_path_buf();
         config
             .validate(text)
             .map_err(|(offset, message)| err(offset.map(|o| line_of(text, o)), message))?;

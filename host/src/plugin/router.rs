@@ -17,7 +17,7 @@ const QUARANTINE_AFTER: u32 = 5;
 const QUARANTINE_FOR: Duration = Duration::from_secs(10);
 
 /// What a route asks of its router plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouterSpec {
     pub file: PathBuf,
     pub route: String,
@@ -84,6 +84,9 @@ pub struct RouterPlugin {
     consecutive_failures: AtomicU32,
     quarantined_until_ms: AtomicU64,
     calls: metrics::Counter,
+    /// `switchyard_route_plugin_info{route, plugin, version}`: how many live
+    /// bindings run this version on this route (1 while it serves).
+    info: metrics::Gauge,
 }
 
 // === impl RouterPlugin ===
@@ -96,8 +99,18 @@ impl RouterPlugin {
         runtime: &PluginRuntime,
         spec: RouterSpec,
     ) -> Result<Arc<RouterPlugin>, PluginError> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let component = runtime.load(&spec.file, "router")?;
+        RouterPlugin::from_component(runtime, component, spec)
+    }
+
+    /// Binds an already loaded component to `spec`, running `init` and
+    /// `set-backends` once to validate it.
+    pub fn from_component(
+        runtime: &PluginRuntime,
+        component: Arc<LoadedComponent>,
+        spec: RouterSpec,
+    ) -> Result<Arc<RouterPlugin>, PluginError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
             file: spec.file.clone(),
             reason: format!("{e:#}"),
@@ -112,6 +125,9 @@ impl RouterPlugin {
             .file_name()
             .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into());
         let route: Arc<str> = spec.route.as_str().into();
+        let info = metrics::gauge!("switchyard_route_plugin_info",
+            "plugin" => name.to_string(), "route" => route.to_string(), "version" => component.hash[..12].to_string());
+        info.increment(1.0);
         let calls = metrics::counter!("switchyard_plugin_calls_total",
             "plugin" => name.to_string(), "route" => route.to_string(), "version" => component.hash[..12].to_string());
         let mut plugin = RouterPlugin {
@@ -126,6 +142,7 @@ impl RouterPlugin {
             consecutive_failures: AtomicU32::new(0),
             quarantined_until_ms: AtomicU64::new(0),
             calls,
+            info,
         };
         let (_, interest) = plugin.start_instance()?;
         plugin.interest = interest;
@@ -244,6 +261,12 @@ impl RouterPlugin {
             tracing::error!(plugin = %self.name, route = %self.route,
                 "plugin quarantined for {QUARANTINE_FOR:?} after {failures} failed calls in a row");
         }
+    }
+}
+
+impl Drop for RouterPlugin {
+    fn drop(&mut self) {
+        self.info.decrement(1.0);
     }
 }
 

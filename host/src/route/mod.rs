@@ -1,7 +1,7 @@
 //! Routes: which requests a route takes, and the table of all routes built
 //! from a config with their pools and router plugins loaded.
 
-use crate::balance::{BackendState, Pool};
+use crate::balance::{LiveRegistry, Pool};
 use crate::config::{Config, RouteConfig, TimeoutConfig, flatten_table};
 use crate::plugin::{PluginError, PluginRuntime, RouterPlugin, RouterSpec, wit};
 use http::{HeaderName, HeaderValue, Request};
@@ -157,21 +157,20 @@ pub struct RouteTable {
 // === impl RouteTable ===
 
 impl RouteTable {
-    /// Builds the table: pools with their live state (taken from `states`
-    /// where a backend already exists, so counts survive reloads), and every
-    /// route's plugin loaded and initialised.
+    /// Builds the table: pools with their live state from `registry` (so
+    /// counts survive reloads), and every route's plugin loaded and
+    /// initialised. A route whose plugin file and binding are unchanged from
+    /// `previous` keeps its loaded plugin, instances and all; one whose
+    /// plugin file was deleted keeps its loaded version.
     pub fn build(
         config: &Config,
         runtime: &PluginRuntime,
-        states: &mut HashMap<String, Arc<BackendState>>,
+        registry: &mut LiveRegistry,
+        previous: Option<&RouteTable>,
     ) -> Result<RouteTable, BuildError> {
-        let mut next_key = 0;
         let mut pools = HashMap::new();
         for (name, pool) in &config.pools {
-            let pool = Pool::new(name, pool, &mut next_key, |key| {
-                states.entry(key.to_string()).or_default().clone()
-            })
-            .map_err(|message| BuildError::Pool {
+            let pool = Pool::new(name, pool, registry).map_err(|message| BuildError::Pool {
                 pool: name.clone(),
                 message,
             })?;
@@ -195,14 +194,15 @@ impl RouteTable {
                         memory_mb: router.memory_mb,
                         backends: backend_infos(&pool),
                     };
-                    let plugin =
-                        RouterPlugin::load(runtime, spec).map_err(|source| BuildError::Plugin {
+                    let before = previous
+                        .and_then(|t| t.routes.iter().find(|x| x.name == r.name))
+                        .and_then(|x| x.router.as_ref());
+                    Some(bind_router(runtime, spec, before).map_err(|source| {
+                        BuildError::Plugin {
                             route: r.name.clone(),
                             source,
-                        })?;
-                    tracing::info!(route = %r.name, plugin = %plugin.name(),
-                        version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
-                    Some(plugin)
+                        }
+                    })?)
                 }
             };
             routes.push(Route {
@@ -232,6 +232,41 @@ impl RouteTable {
     pub fn find<B>(&self, req: &Request<B>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }
+}
+
+/// Loads a route's router, reusing `before` (the route's plugin in the
+/// table being replaced) when nothing about it changed, or when its file is
+/// gone.
+fn bind_router(
+    runtime: &PluginRuntime,
+    spec: RouterSpec,
+    before: Option<&Arc<RouterPlugin>>,
+) -> Result<Arc<RouterPlugin>, PluginError> {
+    let same_file = |p: &&Arc<RouterPlugin>| p.spec.file == spec.file;
+    let component = match runtime.load(&spec.file, "router") {
+        Ok(component) => component,
+        Err(PluginError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && before.filter(same_file).is_some() =>
+        {
+            let kept = before.filter(same_file).map(|p| p.component.clone());
+            let kept = kept.unwrap_or_else(|| unreachable!("checked by the guard"));
+            tracing::warn!(route = %spec.route, file = %spec.file.display(), version = %&kept.hash[..12],
+                "plugin file was deleted; the route keeps the loaded version until the config stops referencing it");
+            kept
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(before) = before
+        && Arc::ptr_eq(&before.component, &component)
+        && before.spec == spec
+    {
+        return Ok(before.clone());
+    }
+    let plugin = RouterPlugin::from_component(runtime, component, spec)?;
+    tracing::info!(route = %plugin.spec.route, plugin = %plugin.name(),
+        version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
+    Ok(plugin)
 }
 
 /// A pool's static facts in the plugin interface's shape.

@@ -1,0 +1,218 @@
+//! Live reload of the config and the plugins, as a transaction: read the
+//! config, compile and initialise every changed plugin, build a whole new
+//! route table, then swap it in atomically. Any failure leaves the running
+//! table untouched; requests in flight finish on the table they started
+//! with.
+
+mod watcher;
+
+pub use watcher::ReloadWatcher;
+
+use crate::balance::LiveRegistry;
+use crate::config::Config;
+use crate::plugin::PluginRuntime;
+use crate::proxy::Shared;
+use crate::route::RouteTable;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Reload events kept for the admin API.
+const HISTORY: usize = 32;
+
+/// One reload attempt, as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadEvent {
+    pub at_unix_ms: u64,
+    /// What triggered it: a file name, `SIGHUP`, `admin`.
+    pub cause: String,
+    pub ok: bool,
+    /// What changed, or why the reload was refused.
+    pub message: String,
+    pub duration_ms: f64,
+}
+
+/// Rebuilds and swaps the route table on demand.
+pub struct Reloader {
+    config_path: PathBuf,
+    runtime: Arc<PluginRuntime>,
+    pub shared: Arc<Shared>,
+    /// Live backend state; its lock also keeps reloads one at a time.
+    registry: Mutex<LiveRegistry>,
+    history: Mutex<VecDeque<ReloadEvent>>,
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    pub fn new(
+        config_path: PathBuf,
+        runtime: Arc<PluginRuntime>,
+        shared: Arc<Shared>,
+        registry: LiveRegistry,
+    ) -> Reloader {
+        Reloader {
+            config_path,
+            runtime,
+            shared,
+            registry: Mutex::new(registry),
+            history: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Re-reads the config and plugins and swaps in the new table. On error
+    /// the running table stays, and the error (naming file and cause) is
+    /// logged, counted and kept for the admin API.
+    pub fn reload(&self, cause: &str) -> Result<(), String> {
+        let started = Instant::now();
+        let mut registry = lock(&self.registry);
+        let previous = self.shared.table.load_full();
+        let result = Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                if config.server.listen != self.shared.server.listen {
+                    tracing::warn!("server.listen changed; it takes effect on restart");
+                }
+                RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
+                    .map_err(|e| format!("{}: {e}", self.config_path.display()))
+            });
+        let outcome = match result {
+            Ok(table) => {
+                let message = describe_change(&previous, &table);
+                registry.retain(&table.pools);
+                self.shared.table.store(Arc::new(table));
+                tracing::info!(cause, "reloaded: {message}");
+                Ok(message)
+            }
+            Err(e) => {
+                tracing::error!(
+                    cause,
+                    "reload refused, the running config keeps serving: {e}"
+                );
+                Err(e)
+            }
+        };
+        drop(registry);
+        let ok = outcome.is_ok();
+        metrics::counter!("switchyard_reloads_total", "result" => if ok { "ok" } else { "error" })
+            .increment(1);
+        let message = match &outcome {
+            Ok(m) | Err(m) => m.clone(),
+        };
+        self.record(ReloadEvent {
+            at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            cause: cause.to_string(),
+            ok,
+            message,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        });
+        outcome.map(|_| ())
+    }
+
+    /// Compiles a plugin file no route uses yet, so a broken file dropped
+    /// into the directory is reported at once rather than at first use.
+    pub fn check_unreferenced(&self, path: &Path) {
+        let started = Instant::now();
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let (ok, message) = match self.runtime.load(path, "router") {
+            Ok(c) => (
+                true,
+                format!(
+                    "{name} compiled (version {}); no route uses it yet",
+                    &c.hash[..12]
+                ),
+            ),
+            Err(e) => (false, e.to_string()),
+        };
+        if ok {
+            tracing::info!("{message}");
+        } else {
+            metrics::counter!("switchyard_reloads_total", "result" => "error").increment(1);
+            tracing::error!("plugin refused: {message}");
+        }
+        self.record(ReloadEvent {
+            at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            cause: name,
+            ok,
+            message,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    fn record(&self, event: ReloadEvent) {
+        let mut history = lock(&self.history);
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(event);
+    }
+
+    /// Recent reload events, oldest first.
+    pub fn history(&self) -> Vec<ReloadEvent> {
+        lock(&self.history).iter().cloned().collect()
+    }
+
+    /// Whether `path` (a `.wasm` file) is referenced by the running table.
+    pub fn is_referenced(&self, path: &Path) -> bool {
+        let table = self.shared.table.load();
+        table
+            .routes
+            .iter()
+            .filter_map(|r| r.router.as_ref())
+            .any(|p| p.spec.file.file_name() == path.file_name())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One line on what a reload changed: routes and plugin versions.
+fn describe_change(before: &RouteTable, after: &RouteTable) -> String {
+    let mut parts = Vec::new();
+    for r in &after.routes {
+        let old = before.routes.iter().find(|o| o.name == r.name);
+        let version = |route: &crate::route::Route| {
+            route
+                .router
+                .as_ref()
+                .map(|p| (p.id, format!("{}@{}", p.name(), &p.component.hash[..12])))
+        };
+        match (old, version(r)) {
+            (None, _) => parts.push(format!("route {} added", r.name)),
+            (Some(o), Some((id, v))) if version(o).map(|(i, _)| i) != Some(id) => {
+                parts.push(format!("route {} now runs {v}", r.name));
+            }
+            (Some(o), _) if o.pool.backends.len() != r.pool.backends.len() => {
+                parts.push(format!(
+                    "route {} has {} backends",
+                    r.name,
+                    r.pool.backends.len()
+                ));
+            }
+            _ => {}
+        }
+    }
+    for o in &before.routes {
+        if !after.routes.iter().any(|r| r.name == o.name) {
+            parts.push(format!("route {} removed", o.name));
+        }
+    }
+    if parts.is_empty() {
+        "no route changed".into()
+    } else {
+        parts.join(", ")
+    }
+}

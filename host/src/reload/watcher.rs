@@ -1,0 +1,101 @@
+//! Watches the config file and the plugin directory and reloads after a
+//! burst of changes has settled.
+//!
+//! Editors and `cp` write a file in several steps, and tools replace files
+//! by renaming; every such step is an event, and the reload runs once the
+//! events stop for [`DEBOUNCE`]. A file read while still half-written fails
+//! to compile, leaves the running version in place, and the write that
+//! completes it triggers the next attempt.
+
+use super::Reloader;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::Duration;
+
+/// Quiet time after the last file event before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(60);
+
+/// Keeps the file watch alive; dropping it stops watching.
+pub struct ReloadWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl ReloadWatcher {
+    /// Watches the directory of the config file and `plugin_dir`.
+    pub fn start(reloader: Arc<Reloader>, plugin_dir: &Path) -> notify::Result<ReloadWatcher> {
+        let config = std::fs::canonicalize(reloader.config_path())?;
+        let config_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        let plugin_dir = std::fs::canonicalize(plugin_dir).ok();
+        let (tx, rx) = channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })?;
+        watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
+        match &plugin_dir {
+            Some(dir) if *dir != config_dir => watcher.watch(dir, RecursiveMode::NonRecursive)?,
+            Some(_) => {}
+            None => {
+                tracing::warn!("plugin directory does not exist; new plugins need a config reload")
+            }
+        }
+        let is_plugin = move |p: &Path| {
+            p.extension().is_some_and(|e| e == "wasm")
+                && p.parent().is_some_and(|d| Some(d) == plugin_dir.as_deref())
+        };
+        std::thread::Builder::new()
+            .name("switchyard-reload".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut changed = BTreeSet::new();
+                    collect(first, &mut changed);
+                    loop {
+                        match rx.recv_timeout(DEBOUNCE) {
+                            Ok(event) => collect(event, &mut changed),
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    let config_changed = changed.contains(&config);
+                    let plugins: Vec<&PathBuf> = changed.iter().filter(|p| is_plugin(p)).collect();
+                    let used = plugins.iter().any(|p| reloader.is_referenced(p));
+                    if config_changed || used {
+                        let cause = changed
+                            .iter()
+                            .filter(|p| **p == config || is_plugin(p))
+                            .filter_map(|p| p.file_name())
+                            .map(|n| n.to_string_lossy())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let _ = reloader.reload(&cause);
+                    }
+                    for p in plugins {
+                        if p.exists() && !reloader.is_referenced(p) {
+                            reloader.check_unreferenced(p);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| notify::Error::generic(&e.to_string()))?;
+        Ok(ReloadWatcher { _watcher: watcher })
+    }
+}
+
+/// Adds the paths of a content-changing event to `changed`.
+fn collect(event: notify::Result<notify::Event>, changed: &mut BTreeSet<PathBuf>) {
+    let Ok(event) = event else { return };
+    let relevant = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write
+            ))
+    );
+    if relevant {
+        changed.extend(event.paths);
+    }
+}
