@@ -34,7 +34,10 @@ pub fn plugin_dir() -> PathBuf {
 /// whose `plugins/` holds copies of the compiled plugins.
 pub struct TestProxy {
     pub proxy: Option<Switchyard>,
+    /// Holds the config file (and, by default, the plugin directory).
     pub dir: tempfile::TempDir,
+    plugins: PathBuf,
+    cache: PathBuf,
 }
 
 impl TestProxy {
@@ -56,14 +59,47 @@ impl TestProxy {
                 std::fs::copy(&path, target).map_err(|e| e.to_string())?;
             }
         }
-        let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, full_config(config)).map_err(|e| e.to_string())?;
-        let config = Config::load(&path).map_err(|e| e.to_string())?;
-        let proxy = Switchyard::start(&config).map_err(|e| e.to_string())?;
-        Ok(TestProxy {
-            proxy: Some(proxy),
+        TestProxy::launch(dir, plugins, shared_cache(), config)
+    }
+
+    /// Starts a proxy whose plugin directory (and compile cache, in its
+    /// `.cache`) is `plugins`, which the caller fills.
+    pub fn start_in(plugins: &Path, config: &str) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        TestProxy::launch(dir, plugins.to_path_buf(), plugins.join(".cache"), config)
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        plugins: PathBuf,
+        cache: PathBuf,
+        config: &str,
+    ) -> Result<TestProxy, String> {
+        let mut proxy = TestProxy {
+            proxy: None,
             dir,
-        })
+            plugins,
+            cache,
+        };
+        let path = proxy.config_path();
+        std::fs::write(&path, proxy.full_config(config)).map_err(|e| e.to_string())?;
+        let config = Config::load(&path).map_err(|e| e.to_string())?;
+        proxy.proxy = Some(Switchyard::start(&config).map_err(|e| e.to_string())?);
+        Ok(proxy)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    fn full_config(&self, body: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n{body}",
+            self.plugins.display(),
+            self.cache.display()
+        )
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -83,14 +119,14 @@ impl TestProxy {
 
     /// Path of a file in the proxy's plugin directory.
     pub fn plugin_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join("plugins").join(name)
+        self.plugins.join(name)
     }
 
     /// Rewrites the config file with a new body (the same header as
     /// [`TestProxy::start`] adds); the watcher reloads it.
     pub fn write_config(&self, config: &str) {
-        let path = self.dir.path().join("switchyard.toml");
-        std::fs::write(path, full_config(config)).unwrap_or_else(|e| panic!("write config: {e}"));
+        let text = self.full_config(config);
+        std::fs::write(self.config_path(), text).unwrap_or_else(|e| panic!("write config: {e}"));
     }
 
     /// The admin `/status` document.
@@ -110,14 +146,6 @@ impl Drop for TestProxy {
             proxy.shutdown();
         }
     }
-}
-
-fn full_config(body: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [plugins]\ndir = \"plugins\"\ncache_dir = \"{}\"\n\n{body}",
-        shared_cache().display()
-    )
 }
 
 /// Bytes of a compiled plugin from the build directory.
