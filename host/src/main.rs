@@ -32,6 +32,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the running routes, their plugin versions and recent reloads,
+    /// from a running proxy's admin listener.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
     /// Start the proxy on a demo config with mock model backends on loopback.
     Demo {
         /// Directory holding the built plugins.
@@ -98,6 +104,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Status { admin } => print_status(&admin),
         Command::Demo {
             plugin_dir,
             listen,
@@ -149,6 +156,68 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints `/status` of the admin listener at `admin` as a short report.
+fn print_status(admin: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin)
+        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
+    stream.write_all(b"GET /status HTTP/1.0\r\nhost: switchyard\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let status: serde_json::Value =
+        serde_json::from_str(body).with_context(|| format!("{admin}/status is not JSON"))?;
+    println!(
+        "{:<16} {:<12} {:<28} {:<14} {}",
+        "ROUTE", "POOL", "PLUGIN", "VERSION", "STATE"
+    );
+    for r in status["routes"].as_array().into_iter().flatten() {
+        let router = &r["router"];
+        let (plugin, version, state) = if router.is_null() {
+            (
+                "(built-in)".to_string(),
+                "-".to_string(),
+                "least-outstanding",
+            )
+        } else {
+            let version = router["version"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(12)
+                .collect();
+            let state = if router["quarantined"] == true {
+                "QUARANTINED"
+            } else {
+                "serving"
+            };
+            (
+                router["file"].as_str().unwrap_or("").to_string(),
+                version,
+                state,
+            )
+        };
+        let (name, pool) = (
+            r["name"].as_str().unwrap_or(""),
+            r["pool"].as_str().unwrap_or(""),
+        );
+        println!("{name:<16} {pool:<12} {plugin:<28} {version:<14} {state}");
+    }
+    let reloads = status["reloads"].as_array().cloned().unwrap_or_default();
+    if !reloads.is_empty() {
+        println!("\nrecent reloads (newest last):");
+        for e in reloads.iter().rev().take(5).rev() {
+            let ok = if e["ok"] == true { "ok    " } else { "FAILED" };
+            let (cause, message) = (
+                e["cause"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or(""),
+            );
+            println!("  {ok} [{cause}] {message}");
+        }
+    }
+    Ok(())
 }
 
 /// Blocks until Ctrl-C or SIGTERM; reloads on SIGHUP.

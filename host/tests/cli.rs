@@ -112,3 +112,43 @@ fn shipped_example_config_checks() {
         "{stdout}"
     );
 }
+
+#[test]
+fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
+    let backend = switchyard::demo::MockBackend::start(switchyard::demo::MockOptions::new("b"))
+        .expect("mock backend");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("switchyard.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\nwatch = false\n\n\
+         [pools.p]\nbackends = [{{ name = \"b\", address = \"{}\" }}]\n\n\
+         [[routes]]\nname = \"graph-a\"\npool = \"p\"\nrouter = {{ plugin = \"round-robin.wasm\" }}\n",
+        plugin_dir().display(),
+        dir.path().join("cache").display(),
+        backend.addr
+    );
+    std::fs::write(&path, text).expect("write config");
+    let config = switchyard::config::Config::load(&path).expect("config");
+    let proxy = switchyard::Switchyard::start(&config).expect("proxy starts");
+    let admin = proxy.admin_addr.expect("admin listener").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("run switchyard");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("graph-a"))
+        .unwrap_or_else(|| panic!("no route line: {stdout}"));
+    assert!(
+        line.contains("round-robin.wasm") && line.contains("serving"),
+        "{line}"
+    );
+    proxy.shutdown();
+}

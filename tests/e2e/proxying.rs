@@ -207,3 +207,33 @@ async fn backend_header_can_be_turned_off() {
     assert!(r.headers.get("x-switchyard-backend").is_none());
     proxy.shutdown();
 }
+
+/// Shutdown stops accepting and lets the request in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let mut slow = MockOptions::new("slow");
+    slow.latency = Duration::from_millis(800);
+    let b = mock_with(slow);
+    let mut proxy = TestProxy::start(&single_route(&b, ""));
+    let addr = proxy.addr();
+    let url = proxy.url("/x");
+    let pending = tokio::spawn(async move { get(&url, &[]).await });
+    eventually(
+        Duration::from_secs(5),
+        "the request to reach the backend",
+        || async { b.requests() == 1 },
+    )
+    .await;
+    let running = proxy
+        .proxy
+        .take()
+        .unwrap_or_else(|| panic!("proxy running"));
+    let stopping = tokio::task::spawn_blocking(move || running.shutdown());
+    let reply = pending.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    stopping.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}

@@ -163,7 +163,13 @@ impl PluginRuntime {
         bytes: &[u8],
         hash: &str,
     ) -> Result<(Component, bool), PluginError> {
-        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Invalid {
+                file: file.into(),
+                reason: "not a WebAssembly file (no `\\0asm` header)".into(),
+            });
+        }
+        if bytes.len() >= 8 && bytes[4..8] == [1, 0, 0, 0] {
             return Err(PluginError::CoreModule { file: file.into() });
         }
         if let Some(dir) = &self.cache_dir
