@@ -170,8 +170,8 @@ fn print_status(admin: &str) -> anyhow::Result<()> {
     let status: serde_json::Value =
         serde_json::from_str(body).with_context(|| format!("{admin}/status is not JSON"))?;
     println!(
-        "{:<16} {:<12} {:<28} {:<14} {}",
-        "ROUTE", "POOL", "PLUGIN", "VERSION", "STATE"
+        "{:<16} {:<12} {:<28} {:<14} STATE",
+        "ROUTE", "POOL", "PLUGIN", "VERSION"
     );
     for r in status["routes"].as_array().into_iter().flatten() {
         let router = &r["router"];
