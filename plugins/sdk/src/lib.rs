@@ -36,6 +36,7 @@ extern crate alloc;
 
 mod candidates;
 mod config;
+pub mod hash;
 pub mod host;
 mod types;
 
