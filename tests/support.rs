@@ -49,6 +49,7 @@ impl TestProxy {
 
     /// Like [`TestProxy::start`], returning the start-up error.
     pub fn try_start(config: &str) -> Result<TestProxy, String> {
+        init_logging();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
@@ -146,6 +147,17 @@ impl Drop for TestProxy {
             proxy.shutdown();
         }
     }
+}
+
+/// Sends the proxy's log to the test output (shown for failing tests),
+/// filtered by `RUST_LOG`, default `warn`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Bytes of a compiled plugin from the build directory.

@@ -28,6 +28,17 @@ pub struct MockOptions {
     pub latency: Duration,
     /// Gap between streamed chunks.
     pub chunk_interval: Duration,
+    /// A token budget per window, reported in the rate-limit headers.
+    pub quota: Option<TokenQuota>,
+}
+
+/// A rate-limit window the mock reports like an LLM provider.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenQuota {
+    pub tokens: u64,
+    pub window: Duration,
+    /// Tokens each request uses.
+    pub per_request: u64,
 }
 
 impl MockOptions {
@@ -36,6 +47,7 @@ impl MockOptions {
             name: name.into(),
             latency: Duration::ZERO,
             chunk_interval: Duration::from_millis(100),
+            quota: None,
         }
     }
 }
@@ -59,6 +71,7 @@ impl MockBackend {
         let counter = requests.clone();
         let name = options.name.clone();
         let options = Arc::new(options);
+        let window = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 0u64)));
         std::thread::Builder::new()
             .name(format!("mock-{name}"))
             .spawn(move || {
@@ -78,10 +91,12 @@ impl MockBackend {
                                 let Ok((stream, _)) = accepted else { continue };
                                 let _ = stream.set_nodelay(true);
                                 let (options, counter) = (options.clone(), counter.clone());
+                                let window = window.clone();
                                 tokio::spawn(async move {
                                     let service = service_fn(move |req| {
                                         counter.fetch_add(1, Relaxed);
-                                        handle(options.clone(), counter.load(Relaxed), req)
+                                        let quota = options.quota.map(|q| spend(&window, q));
+                                        handle(options.clone(), counter.load(Relaxed), quota, req)
                                     });
                                     let _ = hyper::server::conn::http1::Builder::new()
                                         .serve_connection(TokioIo::new(stream), service)
@@ -120,9 +135,22 @@ fn full(text: impl Into<Bytes>) -> MockBody {
     Full::new(text.into()).boxed()
 }
 
+/// Spends one request's tokens; returns what remains and the milliseconds
+/// until the window resets.
+fn spend(window: &std::sync::Mutex<(std::time::Instant, u64)>, q: TokenQuota) -> (u64, u64) {
+    let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
+    if w.0.elapsed() >= q.window {
+        *w = (std::time::Instant::now(), 0);
+    }
+    w.1 += q.per_request;
+    let left = q.window.saturating_sub(w.0.elapsed()).as_millis() as u64;
+    (q.tokens.saturating_sub(w.1), left.max(1))
+}
+
 async fn handle(
     options: Arc<MockOptions>,
     count: u64,
+    quota: Option<(u64, u64)>,
     mut req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
     if !options.latency.is_zero() {
@@ -182,11 +210,19 @@ async fn handle(
         "x-ratelimit-remaining-requests",
         HeaderValue::from(10_000u64.saturating_sub(count)),
     );
-    h.insert(
-        "x-ratelimit-remaining-tokens",
-        HeaderValue::from(1_000_000u64.saturating_sub(count * 30)),
-    );
     h.insert("x-ratelimit-reset-requests", HeaderValue::from_static("1s"));
+    match quota {
+        Some((remaining, reset_ms)) => {
+            h.insert("x-ratelimit-remaining-tokens", HeaderValue::from(remaining));
+            if let Ok(v) = HeaderValue::from_str(&format!("{reset_ms}ms")) {
+                h.insert("x-ratelimit-reset-tokens", v);
+            }
+        }
+        None => {
+            let remaining = 1_000_000u64.saturating_sub(count * 30);
+            h.insert("x-ratelimit-remaining-tokens", HeaderValue::from(remaining));
+        }
+    }
     Ok(resp)
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, real sockets on 127.0.0.1, compiled plugins.
 
 mod failures;
+mod library;
 mod loading;
 mod proxying;
 mod reload;

@@ -6,6 +6,7 @@
 
 use crate::balance::Backend;
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -91,14 +92,21 @@ impl UpstreamPool {
             if conn.since.elapsed() > MAX_IDLE_AGE || conn.sender.ready().await.is_err() {
                 continue;
             }
+            // An idle connection the backend has just closed fails only once
+            // the request is written. A request without a body can be sent
+            // again, so keep its head until the answer starts.
+            let replay = req.body().is_end_stream().then(|| head_of(&req));
             match with_timeout(first_byte, conn.sender.try_send_request(req)).await {
                 None => return Err(SendError::Timeout),
                 Some(Ok(resp)) => return Ok((resp, self.lease(key, conn.sender))),
-                Some(Err(mut e)) => match e.take_message() {
-                    // Closed under our feet before anything was written: try
-                    // the next connection with the request intact.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Failed(e.into_error())),
+                Some(Err(mut e)) => match (e.take_message(), replay) {
+                    // Not written: try the next connection with it intact.
+                    (Some(back), _) => req = back,
+                    (None, Some(head)) if is_stale(e.error()) => {
+                        tracing::debug!(address = %backend.address, "reused connection was closed; sending again");
+                        req = head;
+                    }
+                    (None, _) => return Err(SendError::Failed(e.into_error())),
                 },
             }
         }
@@ -123,6 +131,35 @@ impl UpstreamPool {
             key,
             sender,
         }
+    }
+}
+
+/// A copy of a body-less request, to send again.
+fn head_of(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether `e` says the connection went away before any response, as an
+/// idle keep-alive connection closed by the backend does.
+fn is_stale(e: &hyper::Error) -> bool {
+    e.is_closed() || e.is_canceled() || e.is_incomplete_message() || {
+        let mut source = std::error::Error::source(e);
+        let mut io_reset = false;
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                io_reset = matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                );
+            }
+            source = s.source();
+        }
+        io_reset
     }
 }
 

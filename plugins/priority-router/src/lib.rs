@@ -1,6 +1,7 @@
 //! Priority routing per graph: requests whose priority header holds a "high"
 //! value go to the fast tier, all others to the cheap tier; the other tier is
-//! the fallback. Within a tier, the least-loaded backend comes first.
+//! the fallback. A `graphs` table can pin graphs (named by the `x-graph`
+//! header) to a tier. Within a tier, the least-loaded backend comes first.
 #![cfg_attr(not(test), no_std)]
 
 use switchyard_sdk::prelude::*;
@@ -11,8 +12,11 @@ pub struct PriorityRouter {
     high_values: Vec<String>,
     high_tier: String,
     tier_label: String,
-    /// `true` for backends in the fast tier, by backend id.
-    is_fast: Vec<bool>,
+    graph_header: String,
+    /// Graph name to tier, from the `graphs` table.
+    graphs: Vec<(String, String)>,
+    /// Each backend's tier label, by backend id.
+    tiers: Vec<String>,
     /// Rotates the start among equally loaded backends.
     turn: usize,
 }
@@ -32,29 +36,51 @@ impl Router for PriorityRouter {
             high_values,
             high_tier: config.get_or("high_tier", "fast").into(),
             tier_label: config.get_or("tier_label", "tier").into(),
-            is_fast: Vec::new(),
+            graph_header: config.get_or("graph_header", "x-graph").into(),
+            graphs: config
+                .table("graphs")
+                .map(|(g, t)| (g.into(), t.into()))
+                .collect(),
+            tiers: Vec::new(),
             turn: 0,
         })
     }
 
     fn interest(&self) -> Vec<Attribute> {
-        vec![Attribute::Header(self.header.clone())]
+        let mut wanted = vec![Attribute::Header(self.header.clone())];
+        if !self.graphs.is_empty() {
+            wanted.push(Attribute::Header(self.graph_header.clone()));
+        }
+        wanted
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
-        self.is_fast = backends
+        self.tiers = backends
             .iter()
-            .map(|b| b.label(&self.tier_label) == Some(self.high_tier.as_str()))
+            .map(|b| b.label(&self.tier_label).unwrap_or("").into())
             .collect();
     }
 
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
-        let high = request
-            .attribute(0)
-            .is_some_and(|v| self.high_values.iter().any(|h| h.eq_ignore_ascii_case(&v)));
-        let is_fast = &self.is_fast;
-        let preferred =
-            |b: &BackendLoad| is_fast.get(b.id as usize).copied().unwrap_or(false) == high;
+        let pinned = match self.graphs.is_empty() {
+            true => None,
+            false => request
+                .attribute(1)
+                .and_then(|g| self.graphs.iter().find(|(name, _)| *name == g))
+                .map(|(_, tier)| tier.as_str()),
+        };
+        let high = pinned.is_none()
+            && request
+                .attribute(0)
+                .is_some_and(|v| self.high_values.iter().any(|h| h.eq_ignore_ascii_case(&v)));
+        let (tiers, high_tier) = (&self.tiers, self.high_tier.as_str());
+        let tier_of = |b: &BackendLoad| tiers.get(b.id as usize).map_or("", String::as_str);
+        // A pinned graph prefers its tier; otherwise high priority prefers the
+        // high tier and the rest every other tier.
+        let preferred = |b: &BackendLoad| match pinned {
+            Some(tier) => tier_of(b) == tier,
+            None => (tier_of(b) == high_tier) == high,
+        };
         let least_loaded = |b: &BackendLoad| (b.in_flight, b.ewma_latency_us);
         // Start the scan at a rotating offset so equally loaded backends share.
         self.turn = self.turn.wrapping_add(1);
@@ -134,6 +160,30 @@ mod tests {
         loads[1].set_health(Health::Unhealthy);
         let d = router().route(&Request::new(&[Some("HIGH")]), &loads);
         assert!(!d.candidates().unwrap().contains(&1));
+    }
+
+    #[test]
+    fn graphs_pin_their_tier() {
+        let config = Config::from_pairs(&[("graphs.research", "fast"), ("graphs.chat", "cheap")]);
+        let mut r = PriorityRouter::init("r", &config).unwrap();
+        r.set_backends(&[
+            BackendInfo::new(0, "cheap-1", &[("tier", "cheap")]),
+            BackendInfo::new(1, "fast-1", &[("tier", "fast")]),
+        ]);
+        assert_eq!(r.interest().len(), 2);
+        let route = |r: &mut PriorityRouter, attrs: &[Option<&str>]| {
+            r.route(&Request::new(attrs), &loads()[..2])
+                .candidates()
+                .unwrap()[0]
+        };
+        assert_eq!(route(&mut r, &[None, Some("research")]), 1);
+        assert_eq!(
+            route(&mut r, &[Some("high"), Some("chat")]),
+            0,
+            "the graph pin wins"
+        );
+        assert_eq!(route(&mut r, &[Some("high"), Some("other")]), 1);
+        assert_eq!(route(&mut r, &[None, None]), 0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the session key (a LangGraph `thread_id` header, a cookie) and its name;
 //! the highest usable score wins, so a key stays on one backend and, when
 //! that backend goes away, moves to its next-ranked backend and only there.
-//! Bounded load: a backend above `load_factor` times the average load is
+//! Bounded load: a backend above `load_factor` times the average load (and
+//! above `min_load` requests in flight, so light traffic never moves keys) is
 //! passed over. Requests without a key go to the least loaded backend.
 #![cfg_attr(not(test), no_std)]
 
@@ -13,6 +14,8 @@ pub struct StickySession {
     key: Attribute,
     /// Load bound in hundredths: 125 = 1.25 x average.
     load_factor: u64,
+    /// In-flight requests a backend may always hold, whatever the average.
+    min_load: u64,
     /// Hash of each backend's name, by id.
     names: Vec<u64>,
 }
@@ -32,6 +35,7 @@ impl Router for StickySession {
         Ok(StickySession {
             key,
             load_factor: (factor * 100.0) as u64,
+            min_load: config.parse("min_load")?.unwrap_or(2),
             names: Vec::new(),
         })
     }
@@ -66,7 +70,7 @@ impl Router for StickySession {
         let n = usable().count() as u64;
         let load: u64 = usable().map(|b| u64::from(b.in_flight)).sum();
         let bound = (self.load_factor * (load + 1)).div_ceil(100 * n.max(1));
-        let within = |b: &&BackendLoad| u64::from(b.in_flight) < bound.max(1);
+        let within = |b: &&BackendLoad| u64::from(b.in_flight) < bound.max(self.min_load).max(1);
         let mut candidates = Candidates::lowest_by_key(usable().filter(within), 2, rank);
         let picked = candidates.clone();
         let rest = usable().filter(|b| !picked.as_slice().contains(&b.id));
@@ -124,5 +128,9 @@ mod tests {
         loads[(home as usize + 1) % 4].in_flight = 2;
         // Average with this request: 9 / 4; bound ceil(1.25 x 9 / 4) = 3.
         assert_ne!(r.route(&req, &loads).candidates().unwrap()[0], home);
+        // Light load never moves a key.
+        let mut light: Vec<BackendLoad> = (0..4).map(BackendLoad::idle).collect();
+        light[home as usize].in_flight = 1;
+        assert_eq!(r.route(&req, &light).candidates().unwrap()[0], home);
     }
 }

@@ -1,0 +1,308 @@
+//! Each router of the policy library, compiled to Wasm, in the real proxy
+//! with real backends: its defining behaviour under real traffic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use switchyard::demo::TokenQuota;
+use switchyard_tests::*;
+
+fn route(backends: &[(&MockBackend, &str)], router: &str) -> String {
+    let entries: Vec<String> = backends
+        .iter()
+        .map(|(b, extra)| {
+            format!(
+                "{{ name = \"{}\", address = \"{}\"{extra} }}",
+                b.name, b.addr
+            )
+        })
+        .collect();
+    format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\nrouter = {router}\n",
+        entries.join(", ")
+    )
+}
+
+/// Sends `n` requests, `concurrency` at a time, and counts them by backend.
+async fn spread(
+    proxy: &TestProxy,
+    headers: &[(&str, &str)],
+    n: usize,
+    concurrency: usize,
+) -> HashMap<String, usize> {
+    let per_task = n / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let url = proxy.url("/x");
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let mut seen = Vec::new();
+            for _ in 0..per_task {
+                let r = get(&url, &pairs).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                seen.push(r.backend().to_string());
+            }
+            seen
+        }));
+    }
+    let mut counts = HashMap::new();
+    for t in tasks {
+        for b in t.await.unwrap_or_else(|e| panic!("{e}")) {
+            *counts.entry(b).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_canary_splits_ninety_ten() {
+    let (local, premium) = (mock("local"), mock("premium"));
+    let proxy = TestProxy::start(&route(
+        &[(&local, ", weight = 9"), (&premium, ", weight = 1")],
+        "{ plugin = \"weighted.wasm\" }",
+    ));
+    let counts = spread(&proxy, &[], 2000, 4).await;
+    let share = counts.get("premium").copied().unwrap_or(0) as f64 / 2000.0;
+    assert!(
+        (0.07..=0.13).contains(&share),
+        "premium share {share}: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_avoids_a_backend_holding_slow_requests() {
+    let mut slow = MockOptions::new("slow");
+    slow.latency = Duration::from_secs(3);
+    let (slow, idle) = (mock_with(slow), mock("idle"));
+    let proxy = TestProxy::start(&route(
+        &[(&slow, ""), (&idle, "")],
+        "{ plugin = \"least-outstanding.wasm\" }",
+    ));
+    // Background requests until the slow backend holds at least one and
+    // the idle one has finished all of its own.
+    let mut background = Vec::new();
+    for _ in 0..4 {
+        let url = proxy.url("/x");
+        background.push(tokio::spawn(async move { get(&url, &[]).await.status }));
+    }
+    eventually(
+        Duration::from_secs(5),
+        "all four dispatched, one held",
+        || async {
+            let status = proxy.status().await;
+            let in_flight =
+                |i: usize| status["pools"][0]["backends"][i]["state"]["in_flight"].as_u64();
+            slow.requests() + idle.requests() == 4
+                && in_flight(0) >= Some(1)
+                && in_flight(1) == Some(0)
+        },
+    )
+    .await;
+    let before = slow.requests();
+    let mut served = Vec::new();
+    for _ in 0..30 {
+        let r = get(&proxy.url("/x"), &[]).await;
+        served.push((r.status.as_u16(), r.backend().to_string()));
+    }
+    assert_eq!(
+        slow.requests(),
+        before,
+        "nothing more reached the busy backend: {served:?}"
+    );
+    assert!(
+        served.iter().all(|(s, b)| *s == 200 && b == "idle"),
+        "{served:?}"
+    );
+    for t in background {
+        assert_eq!(t.await.unwrap_or_else(|e| panic!("{e}")), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_shifts_traffic_away_from_a_slow_backend() {
+    let mut slow = MockOptions::new("slow");
+    slow.latency = Duration::from_millis(200);
+    let (slow, a, b) = (mock_with(slow), mock("a"), mock("b"));
+    let proxy = TestProxy::start(&route(
+        &[(&slow, ""), (&a, ""), (&b, "")],
+        "{ plugin = \"p2c-ewma.wasm\" }",
+    ));
+    let counts = spread(&proxy, &[], 400, 4).await;
+    let to_slow = counts.get("slow").copied().unwrap_or(0);
+    assert!(
+        to_slow <= 20,
+        "the 200 ms backend got {to_slow} of 400: {counts:?}"
+    );
+    assert!(
+        counts.get("a").copied().unwrap_or(0) > 100 && counts.get("b").copied().unwrap_or(0) > 100,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_aware_picks_the_cheapest_acceptable() {
+    let mut slow_cheap = MockOptions::new("local");
+    slow_cheap.latency = Duration::from_millis(300);
+    let (local, mid, premium) = (mock_with(slow_cheap), mock("mid"), mock("premium"));
+    let proxy = TestProxy::start(&route(
+        &[
+            (&local, ", labels = { cost = 0.2 }"),
+            (&mid, ", labels = { cost = 2.5 }"),
+            (&premium, ", labels = { cost = 10 }"),
+        ],
+        "{ plugin = \"cost-aware.wasm\" }",
+    ));
+    // No limits: the cheapest.
+    assert_eq!(get(&proxy.url("/x"), &[]).await.backend(), "local");
+    // A latency budget the local model (300 ms, now measured) cannot meet.
+    for _ in 0..5 {
+        assert_eq!(
+            get(&proxy.url("/x"), &[("x-sla-ms", "100")])
+                .await
+                .backend(),
+            "mid"
+        );
+    }
+    // A cost ceiling below mid leaves only... nothing under 100 ms: fastest.
+    let r = get(
+        &proxy.url("/x"),
+        &[("x-sla-ms", "100"), ("x-max-cost", "1")],
+    )
+    .await;
+    assert!(["mid", "premium"].contains(&r.backend()), "{}", r.backend());
+    assert_eq!(
+        get(&proxy.url("/x"), &[("x-max-cost", "5")])
+            .await
+            .backend(),
+        "local"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_quota_moves_off_an_exhausted_region_and_returns_after_reset() {
+    // Equal budgets, but each request to east uses a fifth of its window.
+    let window = Duration::from_secs(3);
+    let mut east = MockOptions::new("us-east-1");
+    east.quota = Some(TokenQuota {
+        tokens: 10_000,
+        window,
+        per_request: 2_000,
+    });
+    let mut west = MockOptions::new("eu-west-1");
+    west.quota = Some(TokenQuota {
+        tokens: 10_000,
+        window,
+        per_request: 10,
+    });
+    let (east, west) = (mock_with(east), mock_with(west));
+    let proxy = TestProxy::start(&route(
+        &[(&east, ""), (&west, "")],
+        "{ plugin = \"token-quota.wasm\", config = { unknown_tokens = 10000 } }",
+    ));
+    // Until east reports 0 left, both serve (east's share shrinks with its quota).
+    eventually(
+        Duration::from_secs(2),
+        "us-east-1 to report its quota spent",
+        || async {
+            get(&proxy.url("/x"), &[]).await;
+            proxy.status().await["pools"][0]["backends"][0]["state"]["remaining_tokens"] == 0
+        },
+    )
+    .await;
+    let spent_at = east.requests();
+    for _ in 0..20 {
+        assert_eq!(get(&proxy.url("/x"), &[]).await.backend(), "eu-west-1");
+    }
+    assert_eq!(
+        east.requests(),
+        spent_at,
+        "no request reached the exhausted region"
+    );
+    // After the reported reset east is back.
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    let counts = spread(&proxy, &[], 60, 2).await;
+    assert!(
+        counts.get("us-east-1").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_session_keeps_a_thread_hands_over_and_bounds_load() {
+    let backends: Vec<MockBackend> = ["a", "b", "c"].iter().map(|n| mock(n)).collect();
+    let pairs: Vec<(&MockBackend, &str)> = backends.iter().map(|b| (b, "")).collect();
+    let proxy = TestProxy::start(&route(&pairs, "{ plugin = \"sticky-session.wasm\" }"));
+    // One request at a time, as a thread's steps run: all on one backend.
+    let counts = spread(&proxy, &[("x-thread-id", "thread-42")], 60, 1).await;
+    assert_eq!(counts.len(), 1, "one thread, one backend: {counts:?}");
+    let home = counts.keys().next().cloned().unwrap_or_default();
+
+    // Other keys spread over the pool.
+    let mut homes = std::collections::HashSet::new();
+    for k in 0..30 {
+        homes.insert(
+            get(&proxy.url("/x"), &[("x-thread-id", &format!("t-{k}"))])
+                .await
+                .backend()
+                .to_string(),
+        );
+    }
+    assert_eq!(homes.len(), 3, "{homes:?}");
+
+    // The home backend dies: the thread moves to one other backend and stays.
+    let mut backends = backends;
+    let pos = backends.iter().position(|b| b.name == home).unwrap_or(0);
+    drop(backends.remove(pos));
+    let counts = spread(&proxy, &[("x-thread-id", "thread-42")], 30, 1).await;
+    assert_eq!(counts.len(), 1, "handed over to one backend: {counts:?}");
+    assert!(!counts.contains_key(&home));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_session_respects_the_load_bound() {
+    let backends: Vec<MockBackend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let mut o = MockOptions::new(n);
+            o.latency = Duration::from_millis(300);
+            mock_with(o)
+        })
+        .collect();
+    let pairs: Vec<(&MockBackend, &str)> = backends.iter().map(|b| (b, "")).collect();
+    let proxy = TestProxy::start(&route(&pairs, "{ plugin = \"sticky-session.wasm\" }"));
+    // Nine concurrent requests of one thread: the bound (1.25 x average)
+    // keeps the home backend from taking them all.
+    let counts = spread(&proxy, &[("x-thread-id", "busy-thread")], 9, 9).await;
+    let most = counts.values().copied().max().unwrap_or(0);
+    assert!(most < 9 && counts.len() >= 2, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hash_keeps_a_client_on_one_backend() {
+    let backends: Vec<MockBackend> = ["a", "b", "c"].iter().map(|n| mock(n)).collect();
+    let pairs: Vec<(&MockBackend, &str)> = backends.iter().map(|b| (b, "")).collect();
+    let proxy = TestProxy::start(&route(&pairs, "{ plugin = \"client-hash.wasm\" }"));
+    let counts = spread(&proxy, &[], 60, 3).await;
+    assert_eq!(counts.len(), 1, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_chain_follows_its_order() {
+    let (local, a, b) = (mock("local"), mock("provider-a"), mock("provider-b"));
+    let proxy = TestProxy::start(&route(
+        &[(&b, ""), (&a, ""), (&local, "")],
+        "{ plugin = \"fallback-chain.wasm\", config = { order = [\"local\", \"provider-a\", \"provider-b\"] } }",
+    ));
+    assert_eq!(spread(&proxy, &[], 20, 2).await.get("local"), Some(&20));
+    drop(local);
+    assert_eq!(
+        spread(&proxy, &[], 20, 2).await.get("provider-a"),
+        Some(&20)
+    );
+}
