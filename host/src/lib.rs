@@ -7,6 +7,7 @@
 //! and streams, [`admin`] exposes metrics and status.
 
 pub mod admin;
+pub mod authoring;
 pub mod balance;
 pub mod clock;
 pub mod config;

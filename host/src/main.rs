@@ -38,6 +38,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Create or try out router plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Start the proxy on a demo config with mock model backends on loopback.
     Demo {
         /// Directory holding the built plugins.
@@ -47,6 +52,39 @@ enum Command {
         listen: String,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create plugins/NAME: a router crate that builds and passes its test.
+    New {
+        name: String,
+        /// The Switchyard workspace root.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+    /// Run a compiled router against synthetic backends and print its decisions.
+    Test {
+        file: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        backends: u32,
+        /// Backend labels, KEY=V1,V2: backend i gets the i-th value, cycling.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Plugin config entries, KEY=VALUE.
+        #[arg(long = "config")]
+        config: Vec<String>,
+        /// Request headers, NAME=VALUE.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 5)]
+        requests: u32,
+        /// All backends idle, instead of varied load.
+        #[arg(long)]
+        idle: bool,
     },
 }
 
@@ -105,6 +143,48 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin } => print_status(&admin),
+        Command::Plugin {
+            command: PluginCommand::New { name, root },
+        } => {
+            let dir = switchyard::authoring::scaffold(&root, &name)?;
+            println!(
+                "created {} and added it to the workspace. Next:",
+                dir.display()
+            );
+            println!("  cargo test -p {name}");
+            println!("  ./scripts/build-plugins.sh");
+            println!("  switchyard plugin test target/plugins/{name}.wasm --backends 4");
+            println!(
+                "  cp target/plugins/{name}.wasm <your plugin dir>/   # a running proxy reloads it"
+            );
+            Ok(())
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    backends,
+                    labels,
+                    config,
+                    headers,
+                    path,
+                    requests,
+                    idle,
+                },
+        } => {
+            let options = switchyard::authoring::TrialOptions {
+                file,
+                backends,
+                labels,
+                config,
+                headers,
+                path,
+                requests,
+                idle,
+            };
+            print!("{}", switchyard::authoring::trial(&options)?);
+            Ok(())
+        }
         Command::Demo {
             plugin_dir,
             listen,

@@ -152,3 +152,149 @@ fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
     );
     proxy.shutdown();
 }
+
+#[test]
+fn plugin_test_prints_decisions_of_a_compiled_router() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plugin", "test"])
+        .arg(plugin_dir().join("priority-router.wasm"))
+        .args([
+            "--backends",
+            "4",
+            "--label",
+            "tier=fast,cheap",
+            "--header",
+            "x-priority=high",
+        ])
+        .args(["--requests", "2", "--idle"])
+        .output()
+        .expect("run switchyard");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interest: [header x-priority]"), "{stdout}");
+    // Idle backends: both fast ones first, then the cheap ones.
+    let first = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1:"))
+        .unwrap_or_default();
+    let order: Vec<&str> = first
+        .split(':')
+        .nth(1)
+        .unwrap_or("")
+        .split("->")
+        .map(str::trim)
+        .collect();
+    assert_eq!(order.len(), 4, "{stdout}");
+    assert!(
+        order[..2].iter().all(|b| *b == "b0" || *b == "b2"),
+        "{stdout}"
+    );
+}
+
+/// `plugin new` in a copy of the workspace: the new crate passes its own
+/// tests, builds to Wasm, and the component routes as its template says.
+#[test]
+fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let manifest = std::fs::read_to_string(repo.join("Cargo.toml")).expect("workspace manifest");
+    let start = manifest.find("members = [").expect("members");
+    let end = start + manifest[start..].find(']').expect("end of members");
+    let minimal = format!(
+        "{}members = [\n    \"plugins/sdk\",\n{}",
+        &manifest[..start],
+        &manifest[end..]
+    );
+    std::fs::write(root.join("Cargo.toml"), minimal).expect("write manifest");
+    std::fs::copy(repo.join("Cargo.lock"), root.join("Cargo.lock")).expect("copy lock");
+    std::fs::copy(repo.join("clippy.toml"), root.join("clippy.toml")).expect("copy clippy.toml");
+    copy_dir(&repo.join("plugins/sdk"), &root.join("plugins/sdk"));
+    copy_dir(&repo.join("wit"), &root.join("wit"));
+
+    let switchyard = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .output()
+            .expect("run switchyard");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "switchyard {args:?}: {text}");
+        text
+    };
+    let root_arg = root.to_string_lossy().into_owned();
+    let said = switchyard(&["plugin", "new", "demo-router", "--root", &root_arg]);
+    assert!(said.contains("cargo test -p demo-router"), "{said}");
+    let again = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plugin", "new", "demo-router", "--root", &root_arg])
+        .output()
+        .expect("run switchyard");
+    assert!(
+        !again.status.success(),
+        "a second scaffold must not overwrite the first"
+    );
+
+    // A target directory of its own, reused across runs.
+    let target = repo.join("target/scaffold-test");
+    let cargo = |args: &[&str]| {
+        let out = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("run cargo");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "cargo {args:?}: {text}");
+        text
+    };
+    let tested = cargo(&["test", "--offline", "-p", "demo-router"]);
+    assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
+    cargo(&[
+        "build",
+        "--offline",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "-p",
+        "demo-router",
+    ]);
+    let wasm = target.join("wasm32-wasip2/release/demo_router.wasm");
+    let decisions = switchyard(&[
+        "plugin",
+        "test",
+        &wasm.to_string_lossy(),
+        "--backends",
+        "3",
+        "--header",
+        "x-pin=first",
+        "--requests",
+        "1",
+    ]);
+    assert!(decisions.contains("1: b0"), "{decisions}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("file name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy file");
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod upstream;
 mod worker;
 
 pub use headers::X_SWITCHYARD_BACKEND;
+pub use worker::attribute as request_attribute;
 
 use crate::config::ServerConfig;
 use crate::route::RouteTable;

@@ -267,7 +267,8 @@ fn ip(addr: IpAddr) -> wit::IpAddress {
     }
 }
 
-fn attribute<B>(interest: &Interest, req: &Request<B>) -> Option<String> {
+/// The value of one declared attribute in `req`.
+pub fn attribute<B>(interest: &Interest, req: &Request<B>) -> Option<String> {
     match interest {
         Interest::Header(name) => req.headers().get(name)?.to_str().ok().map(String::from),
         Interest::Path => Some(req.uri().path().to_string()),
