@@ -336,3 +336,39 @@ async fn deleted_plugin_keeps_serving_until_unreferenced() {
         stats.first_failure
     );
 }
+
+/// A config naming a plugin that is not there yet is refused; when the file
+/// arrives, the config is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_waiting_for_its_plugin_applies_when_the_file_arrives() {
+    let (cheap, fast) = (mock("cheap"), mock("fast"));
+    let proxy = TestProxy::start(&tiered(&cheap, &fast, "round-robin.wasm"));
+    proxy.write_config(&tiered(&cheap, &fast, "late.wasm"));
+    eventually(
+        SETTLE,
+        "the config to be refused for the missing file",
+        || async {
+            reload_events(&proxy).await.iter().any(|e| {
+                e["ok"] == false
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("late.wasm: cannot read"))
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        proxy.status().await["routes"][0]["router"]["file"],
+        "round-robin.wasm"
+    );
+    std::fs::write(
+        proxy.plugin_path("late.wasm"),
+        plugin_bytes("priority-router.wasm"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eventually(SETTLE, "the waiting config to apply", || async {
+        proxy.status().await["routes"][0]["router"]["file"] == "late.wasm"
+    })
+    .await;
+    assert_eq!(served_by(&proxy).await, "fast");
+}

@@ -164,14 +164,25 @@ impl Reloader {
         lock(&self.history).iter().cloned().collect()
     }
 
-    /// Whether `path` (a `.wasm` file) is referenced by the running table.
+    /// Whether `path` (a `.wasm` file) is referenced by the running table,
+    /// or by the config file as it is on disk (which may be waiting for this
+    /// very file).
     pub fn is_referenced(&self, path: &Path) -> bool {
+        let name = path.file_name();
         let table = self.shared.table.load();
-        table
+        let running = table
             .routes
             .iter()
             .filter_map(|r| r.router.as_ref())
-            .any(|p| p.spec.file.file_name() == path.file_name())
+            .any(|p| p.spec.file.file_name() == name);
+        running
+            || Config::load(&self.config_path).is_ok_and(|config| {
+                config.routes.iter().any(|r| {
+                    r.get_ref().router.as_ref().is_some_and(|router| {
+                        Path::new(router.plugin.get_ref()).file_name() == name
+                    })
+                })
+            })
     }
 }
 
