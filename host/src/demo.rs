@@ -63,7 +63,15 @@ pub struct MockBackend {
 impl MockBackend {
     /// Starts a mock on an ephemeral loopback port, on a thread of its own.
     pub fn start(options: MockOptions) -> std::io::Result<MockBackend> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        MockBackend::start_on(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            options,
+        )
+    }
+
+    /// Starts a mock on `addr`.
+    pub fn start_on(addr: SocketAddr, options: MockOptions) -> std::io::Result<MockBackend> {
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
@@ -155,6 +163,10 @@ async fn handle(
 ) -> Result<Response<MockBody>, Infallible> {
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
+    }
+    if req.uri().path() == "/ok" {
+        // The cheapest answer, for load benchmarks.
+        return Ok(Response::new(full(Bytes::from_static(b"ok\n"))));
     }
     let path = req.uri().path().to_string();
     let mut resp = if path == "/upgrade" {

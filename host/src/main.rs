@@ -38,6 +38,16 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Run a mock backend (OpenAI-style chat, SSE, echo, and `/ok`) until Ctrl-C.
+    Mock {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "mock")]
+        name: String,
+        /// Delay before each response, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
     /// Create or try out router plugins.
     Plugin {
         #[command(subcommand)]
@@ -143,6 +153,28 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin } => print_status(&admin),
+        Command::Mock {
+            listen,
+            name,
+            latency_ms,
+        } => {
+            let mut options = demo::MockOptions::new(&name);
+            options.latency = std::time::Duration::from_millis(latency_ms);
+            let mock = demo::MockBackend::start_on(listen, options)?;
+            println!("mock backend {name} on http://{}", mock.addr);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => r,
+                    _ = term.recv() => Ok(()),
+                }
+            })?;
+            Ok(())
+        }
         Command::Plugin {
             command: PluginCommand::New { name, root },
         } => {

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# End-to-end throughput on loopback, side by side in one run:
+#   1. backend direct   2. Switchyard, built-in router (no plugin)
+#   3. Switchyard, Wasm least-outstanding router on every request
+#   4. nginx least_conn with upstream keepalive   5. HAProxy leastconn
+# Same two single-threaded backends, same wrk settings, targets alternated
+# over ROUNDS rounds; prints medians and writes the table to
+# benches/results/e2e-<threads>t.md. Installs nginx, haproxy and wrk (Debian)
+# when missing, and stops every process it started.
+#
+#   THREADS=1 DURATION=10 CONNS=64 ROUNDS=3 PROFILE=release benches/e2e.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS=${THREADS:-1}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-3}
+PROFILE=${PROFILE:-release}
+BASE_PORT=${BASE_PORT:-18500}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+./scripts/build-plugins.sh >/dev/null
+cargo build -q --profile "$PROFILE" -p switchyard
+bin="target/$PROFILE/switchyard"
+[ "$PROFILE" = dev ] && bin=target/debug/switchyard
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The proxies get the first THREADS cores, wrk and the backends the rest
+# (on a 2-core machine with THREADS=2 everything shares both cores).
+cores=$(nproc)
+proxy_cpus="0-$((THREADS - 1))"
+if [ "$THREADS" -lt "$cores" ]; then other_cpus="$THREADS-$((cores - 1))"; else other_cpus="0-$((cores - 1))"; fi
+
+b1=$((BASE_PORT + 1)); b2=$((BASE_PORT + 2))
+for port in $b1 $b2; do
+  taskset -c "$other_cpus" "$bin" mock --listen "127.0.0.1:$port" --name "b$port" >/dev/null &
+  pids+=($!)
+done
+
+p_builtin=$((BASE_PORT + 10)); p_wasm=$((BASE_PORT + 11)); p_nginx=$((BASE_PORT + 12)); p_haproxy=$((BASE_PORT + 13))
+mkdir -p "$work/plugins"
+cp target/plugins/least-outstanding.wasm "$work/plugins/"
+for variant in builtin wasm; do
+  port=$p_builtin; router=""
+  if [ $variant = wasm ]; then port=$p_wasm; router='router = { plugin = "least-outstanding.wasm" }'; fi
+  cat > "$work/$variant.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+workers = $THREADS
+[plugins]
+dir = "$work/plugins"
+watch = false
+[pools.p]
+backends = [{ name = "b1", address = "127.0.0.1:$b1" }, { name = "b2", address = "127.0.0.1:$b2" }]
+[[routes]]
+name = "r"
+pool = "p"
+$router
+EOF
+  RUST_LOG=warn taskset -c "$proxy_cpus" "$bin" run --config "$work/$variant.toml" 2>"$work/$variant.log" &
+  pids+=($!)
+done
+
+cat > "$work/nginx.conf" <<EOF
+worker_processes $THREADS;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backends {
+    least_conn;
+    server 127.0.0.1:$b1;
+    server 127.0.0.1:$b2;
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:$p_nginx;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+taskset -c "$proxy_cpus" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
+pids+=($!)
+
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread $THREADS
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$p_haproxy
+  default_backend b
+backend b
+  balance leastconn
+  server b1 127.0.0.1:$b1
+  server b2 127.0.0.1:$b2
+EOF
+taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db &
+pids+=($!)
+
+cat > "$work/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %.0f %.0f %.0f %.0f\n", summary.requests,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), summary.duration))
+end
+EOF
+
+sleep 1
+names=(direct builtin wasm nginx haproxy)
+ports=($b1 $p_builtin $p_wasm $p_nginx $p_haproxy)
+for i in "${!ports[@]}"; do
+  curl -sf "http://127.0.0.1:${ports[$i]}/ok" >/dev/null || { echo "${names[$i]} is not answering"; exit 1; }
+done
+
+# CPU time (user + system, clock ticks) of a process and its children.
+ticks() {
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    local f; f=$(cut -d' ' -f14,15 "/proc/$p/stat")
+    total=$((total + ${f% *} + ${f#* }))
+  done
+  echo $total
+}
+pid_of() {
+  case $1 in
+    direct) echo "${pids[0]}" ;;
+    builtin) echo "${pids[2]}" ;;
+    wasm) echo "${pids[3]}" ;;
+    nginx) echo "${pids[4]}" ;;
+    haproxy) echo "${pids[5]}" ;;
+  esac
+}
+hz=$(getconf CLK_TCK)
+
+declare -A rps p50 p99 p999 cpu
+for round in $(seq 1 "$ROUNDS"); do
+  for i in "${!names[@]}"; do
+    n=${names[$i]}; port=${ports[$i]}; pid=$(pid_of "$n")
+    before=$(ticks "$pid")
+    out=$(taskset -c "$other_cpus" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/report.lua" "http://127.0.0.1:$port/ok" | grep RESULT)
+    after=$(ticks "$pid")
+    read -r _ reqs l50 l99 l999 micros <<<"$out"
+    rps[$n]+="$(awk -v r="$reqs" -v d="$micros" 'BEGIN{printf "%.0f", r/(d/1e6)}') "
+    p50[$n]+="$l50 "; p99[$n]+="$l99 "; p999[$n]+="$l999 "
+    cpu[$n]+="$(awk -v t=$((after - before)) -v hz="$hz" -v r="$reqs" 'BEGIN{printf "%.2f", t/hz*1e6/r}') "
+    echo "round $round $n: $reqs requests" >&2
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+mkdir -p benches/results
+file="benches/results/e2e-${THREADS}t.md"
+{
+  echo "# End-to-end, $THREADS proxy thread(s)/worker(s)"
+  echo
+  echo "\`THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
+  echo "wrk -t1 -c$CONNS -d${DURATION}s, GET /ok, two single-threaded backends; medians of $ROUNDS alternating rounds."
+  echo "CPU/req is the proxy's user+system time per request (the backend's own for \`direct\`)."
+  echo
+  echo "| target | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for n in "${names[@]}"; do
+    echo "| $n | $(echo "${rps[$n]}" | median) | $(echo "${p50[$n]}" | median) | $(echo "${p99[$n]}" | median) | $(echo "${p999[$n]}" | median) | $(echo "${cpu[$n]}" | median) |"
+  done
+  w=$(echo "${rps[wasm]}" | median); b=$(echo "${rps[builtin]}" | median)
+  ng=$(echo "${rps[nginx]}" | median); hp=$(echo "${rps[haproxy]}" | median)
+  echo
+  echo "Ratios of req/s: Wasm / built-in = $(awk -v a="$w" -v b="$b" 'BEGIN{printf "%.3f", a/b}'),"\
+    "Wasm / nginx = $(awk -v a="$w" -v b="$ng" 'BEGIN{printf "%.3f", a/b}'),"\
+    "Wasm / HAProxy = $(awk -v a="$w" -v b="$hp" 'BEGIN{printf "%.3f", a/b}')."
+} | tee "$file"
