@@ -31,7 +31,7 @@ fn wasm_router(
         route: "bench".into(),
         config: Vec::new(),
         on_failure: FailurePolicy::FailOpen,
-        deadline: Duration::from_millis(1),
+        deadline: Duration::from_millis(10),
         memory_mb: 16,
         backends: (0..n)
             .map(|i| wit::BackendInfo {

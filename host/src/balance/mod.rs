@@ -122,27 +122,42 @@ thread_local! {
     static TURN: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The built-in router: usable backends ordered by fewest requests in flight,
-/// then lowest latency; ties rotate. Used when a route has no plugin, and when
-/// a plugin fails under the `fail-open` policy.
-pub fn least_outstanding(pool: &Pool, out: &mut Vec<u32>) {
-    out.clear();
+/// Candidates the built-in router returns: more than the default connect
+/// attempts, so an unreachable backend or two still leave a choice.
+pub const BUILTIN_CANDIDATES: usize = 4;
+
+/// The built-in router: the usable backends with the fewest requests in
+/// flight, then the lowest latency, best first; ties rotate. Used when a
+/// route has no plugin, and when a plugin fails under `fail-open`. Picks the
+/// best few in one pass, without allocating or sorting the pool.
+pub fn least_outstanding(pool: &Pool) -> ([u32; BUILTIN_CANDIDATES], u8) {
+    let mut best: [((u32, u32), u32); BUILTIN_CANDIDATES] =
+        [((u32::MAX, u32::MAX), u32::MAX); BUILTIN_CANDIDATES];
+    let mut len = 0usize;
     let n = pool.backends.len();
     if n == 0 {
-        return;
+        return ([0; BUILTIN_CANDIDATES], 0);
     }
     let start = TURN.with(|t| {
         let v = t.get();
         t.set(v.wrapping_add(1));
         v % n
     });
-    out.extend(
-        (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&i| pool.backends[i].state.is_usable())
-            .map(|i| i as u32),
-    );
-    out.sort_by_key(|&i| pool.backends[i as usize].state.load_rank());
+    for i in (0..n).map(|i| (start + i) % n) {
+        let state = &pool.backends[i].state;
+        if !state.is_usable() {
+            continue;
+        }
+        // Insert into the sorted prefix; equal ranks keep scan order.
+        let mut item = (state.load_rank(), i as u32);
+        for slot in best.iter_mut().take((len + 1).min(BUILTIN_CANDIDATES)) {
+            if item.0 < slot.0 || slot.1 == u32::MAX {
+                std::mem::swap(slot, &mut item);
+            }
+        }
+        len = (len + 1).min(BUILTIN_CANDIDATES);
+    }
+    (best.map(|(_, id)| id), len as u8)
 }
 
 #[cfg(test)]
@@ -169,9 +184,8 @@ mod tests {
         let p = pool(3);
         let _busy = p.backends[0].state.start_request();
         p.backends[2].state.set_health(Health::Unhealthy, 0);
-        let mut out = Vec::new();
-        least_outstanding(&p, &mut out);
-        assert_eq!(out, [1, 0]);
+        let (ids, len) = least_outstanding(&p);
+        assert_eq!(ids[..usize::from(len)], [1, 0]);
     }
 
     #[test]
@@ -201,12 +215,23 @@ mod tests {
     #[test]
     fn ties_rotate() {
         let p = pool(2);
-        let mut out = Vec::new();
         let mut firsts = std::collections::HashSet::new();
         for _ in 0..4 {
-            least_outstanding(&p, &mut out);
-            firsts.insert(out[0]);
+            firsts.insert(least_outstanding(&p).0[0]);
         }
         assert_eq!(firsts.len(), 2);
+    }
+
+    #[test]
+    fn large_pools_give_the_best_four_in_order() {
+        let p = pool(7);
+        let mut guards = Vec::new();
+        for (i, b) in p.backends.iter().enumerate() {
+            for _ in 0..(7 - i) {
+                guards.push(b.state.start_request());
+            }
+        }
+        let (ids, len) = least_outstanding(&p);
+        assert_eq!((ids, len), ([6, 5, 4, 3], 4));
     }
 }

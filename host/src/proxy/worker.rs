@@ -164,10 +164,9 @@ impl Worker {
 }
 
 fn builtin(pool: &Pool) -> Choice {
-    let mut candidates = Vec::with_capacity(pool.backends.len());
-    least_outstanding(pool, &mut candidates);
+    let (ids, len) = least_outstanding(pool);
     Choice::Forward {
-        candidates: Candidates::Many(candidates),
+        candidates: Candidates::Few(ids, len),
         add_headers: Vec::new(),
     }
 }
