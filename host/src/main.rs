@@ -128,7 +128,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let proxy = Switchyard::start(&config)?;
-            wait_for_signal(&proxy)?;
+            wait_for_signal(Some(&proxy))?;
             tracing::info!("shutting down; draining in-flight requests");
             proxy.shutdown();
             Ok(())
@@ -162,17 +162,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             options.latency = std::time::Duration::from_millis(latency_ms);
             let mock = demo::MockBackend::start_on(listen, options)?;
             println!("mock backend {name} on http://{}", mock.addr);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    r = tokio::signal::ctrl_c() => r,
-                    _ = term.recv() => Ok(()),
-                }
-            })?;
+            wait_for_signal(None)?;
             Ok(())
         }
         Command::Plugin {
@@ -261,7 +251,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 path.display(),
                 plugin_dir.display()
             );
-            wait_for_signal(&proxy)?;
+            wait_for_signal(Some(&proxy))?;
             proxy.shutdown();
             drop(backends);
             let _ = std::fs::remove_file(&path);
@@ -332,8 +322,8 @@ fn print_status(admin: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks until Ctrl-C or SIGTERM; reloads on SIGHUP.
-fn wait_for_signal(proxy: &Switchyard) -> anyhow::Result<()> {
+/// Blocks until Ctrl-C or SIGTERM; reloads `proxy` on SIGHUP.
+fn wait_for_signal(proxy: Option<&Switchyard>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -346,6 +336,7 @@ fn wait_for_signal(proxy: &Switchyard) -> anyhow::Result<()> {
                 r = tokio::signal::ctrl_c() => return r,
                 _ = term.recv() => return Ok(()),
                 _ = hup.recv() => {
+                    let Some(proxy) = proxy else { continue };
                     let reloader = proxy.reloader.clone();
                     // Compiling is blocking work; keep it off this loop.
                     let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;

@@ -56,18 +56,8 @@ impl Router for P2cEwma {
         let mut candidates =
             Candidates::lowest_by_key(a.into_iter().chain(b), 2, |b| cost(b, unseen));
         // The best of the rest as further fallbacks.
-        let picked = candidates.clone();
-        let rest = usable().filter(|b| !picked.as_slice().contains(&b.id));
-        candidates.extend(
-            Candidates::lowest_by_key(rest, 2, |b| cost(b, unseen))
-                .as_slice()
-                .iter()
-                .copied(),
-        );
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        candidates.extend_lowest_by_key(usable(), 2, |b| cost(b, unseen));
+        candidates.into_decision()
     }
 }
 

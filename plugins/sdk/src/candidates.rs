@@ -92,6 +92,29 @@ impl Candidates {
         }
         best.into_iter().flatten().map(|(_, _, id)| id).collect()
     }
+
+    /// Appends the `n` backends with the lowest `key` that are not candidates
+    /// yet: the usual way to add fallbacks after choosing a primary.
+    pub fn extend_lowest_by_key<'a, K: Ord>(
+        &mut self,
+        backends: impl IntoIterator<Item = &'a BackendLoad>,
+        n: usize,
+        key: impl Fn(&BackendLoad) -> K,
+    ) {
+        let fresh = backends
+            .into_iter()
+            .filter(|b| !self.as_slice().contains(&b.id));
+        let more = Candidates::lowest_by_key(fresh, n, key);
+        self.extend(more.as_slice().iter().copied());
+    }
+
+    /// This list as a forward decision without added headers.
+    pub fn into_decision(self) -> crate::Decision {
+        crate::Decision::Forward {
+            candidates: self,
+            add_headers: Vec::new(),
+        }
+    }
 }
 
 impl FromIterator<u32> for Candidates {
@@ -143,5 +166,8 @@ mod tests {
         assert_eq!(c.as_slice(), [5, 1, 3, 2, 0, 4]);
         let c = Candidates::lowest_by_key(&loads[..1], 4, |b| b.in_flight);
         assert_eq!(c.as_slice(), [0]);
+        let mut c: Candidates = [1].into_iter().collect();
+        c.extend_lowest_by_key(&loads, 2, |b| b.in_flight);
+        assert_eq!(c.as_slice(), [1, 5, 3]);
     }
 }

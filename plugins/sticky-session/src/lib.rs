@@ -72,18 +72,8 @@ impl Router for StickySession {
         let bound = (self.load_factor * (load + 1)).div_ceil(100 * n.max(1));
         let within = |b: &&BackendLoad| u64::from(b.in_flight) < bound.max(self.min_load).max(1);
         let mut candidates = Candidates::lowest_by_key(usable().filter(within), 2, rank);
-        let picked = candidates.clone();
-        let rest = usable().filter(|b| !picked.as_slice().contains(&b.id));
-        candidates.extend(
-            Candidates::lowest_by_key(rest, 2, rank)
-                .as_slice()
-                .iter()
-                .copied(),
-        );
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        candidates.extend_lowest_by_key(usable(), 2, rank);
+        candidates.into_decision()
     }
 }
 

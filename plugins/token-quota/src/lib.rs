@@ -56,17 +56,8 @@ impl Router for TokenQuota {
             false
         });
         let mut candidates: Candidates = primary.map(|b| b.id).into_iter().collect();
-        let rest = open().filter(|b| Some(b.id) != primary.map(|p| p.id));
-        candidates.extend(
-            Candidates::lowest_by_key(rest, 3, |b| core::cmp::Reverse(self.remaining(b)))
-                .as_slice()
-                .iter()
-                .copied(),
-        );
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        candidates.extend_lowest_by_key(open(), 3, |b| core::cmp::Reverse(self.remaining(b)));
+        candidates.into_decision()
     }
 }
 
