@@ -242,7 +242,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             println!("  # tools graph, round robin:");
             println!(
-                "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{header.x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done"
+                "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%header{{x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done"
             );
             println!("  # live state and metrics:");
             println!("  curl -s http://{admin}/status; curl -s http://{admin}/metrics\n");
