@@ -136,11 +136,67 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
+/// The floor of a plugin call: round robin over an empty pool (one
+/// `cabi_realloc` entry for the empty list, the call, a compact answer).
+fn call_floor(c: &mut Criterion) {
+    let runtime = PluginRuntime::new(None).unwrap_or_else(|e| panic!("runtime: {e}"));
+    let (_plugin, mut instance) = wasm_router(&runtime, "round-robin.wasm", 0);
+    let request = wit::Request {
+        method: wit::Method::Get,
+        client_ip: wit::IpAddress::V4(0x7f00_0001),
+    };
+    c.bench_function("call-floor/round-robin/wasm/0", |b| {
+        b.iter(|| black_box(instance.route(request, &[], Vec::new())))
+    });
+}
+
+/// Loading a plugin: compiling it, loading it from the on-disk cache, and
+/// creating an instance (what each worker does per plugin version).
+fn loading(c: &mut Criterion) {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/priority-router.wasm");
+    let mut group = c.benchmark_group("load");
+    group.sample_size(20);
+    group.bench_function("engine-only", |b| {
+        b.iter(|| black_box(PluginRuntime::new(None).unwrap_or_else(|e| panic!("{e}"))))
+    });
+    group.bench_function("compile/priority-router", |b| {
+        b.iter(|| {
+            let runtime = PluginRuntime::new(None).unwrap_or_else(|e| panic!("{e}"));
+            black_box(
+                runtime
+                    .load(&file, "router")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        })
+    });
+    let cache = std::env::temp_dir().join(format!("switchyard-bench-cache-{}", std::process::id()));
+    PluginRuntime::new(Some(cache.clone()))
+        .and_then(|r| r.load(&file, "router").map(drop).map_err(Into::into))
+        .unwrap_or_else(|e| panic!("fill cache: {e}"));
+    group.bench_function("from-disk-cache/priority-router", |b| {
+        b.iter(|| {
+            let runtime = PluginRuntime::new(Some(cache.clone())).unwrap_or_else(|e| panic!("{e}"));
+            let loaded = runtime
+                .load(&file, "router")
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(loaded.from_cache);
+            black_box(loaded);
+        })
+    });
+    let runtime = PluginRuntime::new(None).unwrap_or_else(|e| panic!("{e}"));
+    let (plugin, _) = wasm_router(&runtime, "priority-router.wasm", 16);
+    group.bench_function("instantiate+init/priority-router/16", |b| {
+        b.iter(|| black_box(plugin.instantiate().unwrap_or_else(|e| panic!("{e}"))))
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = decisions
+    targets = decisions, call_floor, loading
 }
 criterion_main!(benches);
