@@ -237,3 +237,28 @@ async fn shutdown_drains_requests_in_flight() {
         "still accepting"
     );
 }
+
+/// Passive health: connect failures in a row take a backend out for
+/// `fail_timeout`, and then traffic tries it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_ejected_then_retried() {
+    let live = mock("live");
+    let proxy = TestProxy::start(&format!(
+        "[pools.p]\nmax_fails = 2\nfail_timeout = \"400ms\"\n\
+         backends = [{{ name = \"dead\", address = \"{}\" }}, {}]\n\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\n",
+        dead_address(),
+        backend_entry(&live, "")
+    ));
+    for _ in 0..8 {
+        let r = get(&proxy.url("/x"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.backend(), "live");
+    }
+    let health = |s: &serde_json::Value| s["pools"][0]["backends"][0]["state"]["health"].clone();
+    assert_eq!(health(&proxy.status().await), "unhealthy");
+    eventually(Duration::from_secs(3), "the ejection to end", || async {
+        health(&proxy.status().await) == "healthy"
+    })
+    .await;
+}

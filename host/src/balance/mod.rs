@@ -103,7 +103,11 @@ impl Pool {
                         .iter()
                         .map(|(k, v)| (k.clone(), scalar_text(v)))
                         .collect(),
-                    state: registry.state(name, &b.name),
+                    state: {
+                        let state = registry.state(name, &b.name);
+                        state.set_passive_health(config.max_fails, config.fail_timeout);
+                        state
+                    },
                     name_header,
                     host_header,
                     connection_key: registry.connection_key(&b.address),
@@ -167,6 +171,8 @@ mod tests {
 
     fn pool(n: usize) -> Pool {
         let config = PoolConfig {
+            max_fails: 3,
+            fail_timeout: std::time::Duration::from_secs(10),
             backends: (0..n)
                 .map(|i| BackendConfig {
                     name: format!("b{i}"),
@@ -192,6 +198,8 @@ mod tests {
     fn registry_keeps_state_and_keys_across_pools() {
         let mut registry = LiveRegistry::default();
         let config = PoolConfig {
+            max_fails: 3,
+            fail_timeout: std::time::Duration::from_secs(10),
             backends: vec![BackendConfig {
                 name: "a".into(),
                 address: "127.0.0.1:1".into(),

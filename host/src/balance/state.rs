@@ -64,6 +64,14 @@ pub struct BackendState {
     remaining_tokens: AtomicU64,
     /// Clock milliseconds at which the reported quota resets; 0 = unknown.
     quota_reset_at_ms: AtomicU64,
+    /// Connect errors, timeouts and resets in a row (passive health).
+    consecutive_failures: AtomicU32,
+    /// Clock milliseconds until which passive health keeps the backend out;
+    /// 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Passive health settings: failures in a row that eject, and for how long.
+    max_fails: AtomicU32,
+    fail_timeout_ms: AtomicU64,
 }
 
 /// A snapshot of a backend's state, as routers and the admin API see it.
@@ -95,6 +103,10 @@ impl Default for BackendState {
             remaining_requests: AtomicU64::new(UNKNOWN),
             remaining_tokens: AtomicU64::new(UNKNOWN),
             quota_reset_at_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            max_fails: AtomicU32::new(0),
+            fail_timeout_ms: AtomicU64::new(0),
         }
     }
 }
@@ -121,7 +133,40 @@ impl BackendState {
         InFlightGuard(self.clone())
     }
 
+    /// Sets passive health: after `max_fails` connect errors, timeouts or
+    /// resets in a row the backend is out for `fail_timeout` (nginx's
+    /// `max_fails` / `fail_timeout`); 0 turns it off.
+    pub fn set_passive_health(&self, max_fails: u32, fail_timeout: std::time::Duration) {
+        self.max_fails.store(max_fails, Relaxed);
+        self.fail_timeout_ms
+            .store(fail_timeout.as_millis() as u64, Relaxed);
+    }
+
+    /// Whether passive health has the backend out right now. Reads the
+    /// clock only while an ejection is pending.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if clock::millis() < until {
+            return true;
+        }
+        // Time is up: let traffic try it again.
+        if self
+            .ejected_until_ms
+            .compare_exchange(until, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        false
+    }
+
     pub fn health(&self) -> Health {
+        if self.is_ejected() {
+            return Health::Unhealthy;
+        }
         match self.health.load(Relaxed) {
             0 => Health::Healthy,
             1 => Health::Degraded,
@@ -159,6 +204,7 @@ impl BackendState {
     /// Records how a request ended and how long it took in all.
     pub fn record_outcome(&self, outcome: Outcome, micros: u32) {
         update_ewma(&self.ewma_latency_us, micros);
+        self.record_passive(outcome);
         let failed = match outcome {
             Outcome::Response(status) => status >= 500,
             Outcome::ConnectError | Outcome::Timeout | Outcome::Reset => true,
@@ -188,6 +234,33 @@ impl BackendState {
         }
         let rate = (errors * 1000).checked_div(total).unwrap_or(0);
         self.error_rate.store(rate.min(1000) as u16, Relaxed);
+    }
+
+    /// Counts connect errors, timeouts and resets in a row; ejects the
+    /// backend when they reach `max_fails`. 5xx answers are the breaker's
+    /// business, not passive health's.
+    fn record_passive(&self, outcome: Outcome) {
+        let max_fails = self.max_fails.load(Relaxed);
+        if max_fails == 0 {
+            return;
+        }
+        if let Outcome::Response(_) = outcome {
+            if self.consecutive_failures.load(Relaxed) != 0 {
+                self.consecutive_failures.store(0, Relaxed);
+            }
+            return;
+        }
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if failures >= max_fails && self.ejected_until_ms.load(Relaxed) == 0 {
+            let until = clock::millis() + self.fail_timeout_ms.load(Relaxed);
+            if self
+                .ejected_until_ms
+                .compare_exchange(0, until, Relaxed, Relaxed)
+                .is_ok()
+            {
+                metrics::counter!("switchyard_backend_ejections_total").increment(1);
+            }
+        }
     }
 
     /// Records rate-limit facts reported by the upstream.
@@ -328,6 +401,24 @@ mod tests {
         assert_eq!(s.snapshot().ewma_latency_us, 1000);
         s.record_outcome(Outcome::Response(200), 6000);
         assert_eq!(s.snapshot().ewma_latency_us, 2000);
+    }
+
+    #[test]
+    fn consecutive_failures_eject_until_the_timeout() {
+        let s = BackendState::default();
+        s.set_passive_health(2, std::time::Duration::from_millis(40));
+        s.record_outcome(Outcome::ConnectError, 0);
+        s.record_outcome(Outcome::Response(200), 100);
+        s.record_outcome(Outcome::ConnectError, 0);
+        assert!(s.is_usable(), "a success in between resets the count");
+        s.record_outcome(Outcome::Timeout, 0);
+        assert!(!s.is_usable());
+        assert_eq!(s.snapshot().health, Health::Unhealthy);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(s.is_usable(), "back after fail_timeout");
+        s.record_outcome(Outcome::Response(503), 100);
+        s.record_outcome(Outcome::Response(503), 100);
+        assert!(s.is_usable(), "5xx is not passive health's business");
     }
 
     #[test]

@@ -114,6 +114,13 @@ impl Default for PluginSettings {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
+    /// Connect errors, timeouts or resets in a row that take a backend out
+    /// of service (passive health); 0 disables.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long such a backend stays out before traffic tries it again.
+    #[serde(default = "default_fail_timeout", with = "duration")]
+    pub fail_timeout: Duration,
 }
 
 /// One backend of a pool.
@@ -234,6 +241,12 @@ fn yes() -> bool {
 }
 fn one() -> u32 {
     1
+}
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_attempts() -> u32 {
     3
