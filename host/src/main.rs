@@ -75,27 +75,7 @@ enum PluginCommand {
         root: PathBuf,
     },
     /// Run a compiled router against synthetic backends and print its decisions.
-    Test {
-        file: PathBuf,
-        #[arg(long, default_value_t = 4)]
-        backends: u32,
-        /// Backend labels, KEY=V1,V2: backend i gets the i-th value, cycling.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// Plugin config entries, KEY=VALUE.
-        #[arg(long = "config")]
-        config: Vec<String>,
-        /// Request headers, NAME=VALUE.
-        #[arg(long = "header")]
-        headers: Vec<String>,
-        #[arg(long, default_value = "/")]
-        path: String,
-        #[arg(long, default_value_t = 5)]
-        requests: u32,
-        /// All backends idle, instead of varied load.
-        #[arg(long)]
-        idle: bool,
-    },
+    Test(switchyard::authoring::TrialOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -182,28 +162,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin {
-            command:
-                PluginCommand::Test {
-                    file,
-                    backends,
-                    labels,
-                    config,
-                    headers,
-                    path,
-                    requests,
-                    idle,
-                },
+            command: PluginCommand::Test(options),
         } => {
-            let options = switchyard::authoring::TrialOptions {
-                file,
-                backends,
-                labels,
-                config,
-                headers,
-                path,
-                requests,
-                idle,
-            };
             print!("{}", switchyard::authoring::trial(&options)?);
             Ok(())
         }

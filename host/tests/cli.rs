@@ -13,6 +13,24 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// Runs `cmd`; returns whether it succeeded and its stdout then stderr.
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `switchyard ARGS`.
+fn switchyard(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(args);
+    cmd
+}
+
 /// Writes `body` as a config in a fresh directory and runs `switchyard check`.
 fn check(body: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -23,17 +41,7 @@ fn check(body: &str) -> (bool, String) {
         dir.path().join("cache").display()
     );
     std::fs::write(&path, text).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run switchyard");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run(switchyard(&["check", "--config"]).arg(&path))
 }
 
 const POOL: &str = "[pools.models]\nbackends = [\n  { name = \"fast\", address = \"127.0.0.1:9001\", labels = { tier = \"fast\" } },\n]\n";
@@ -96,17 +104,8 @@ fn missing_or_mismatched_plugin_fails_naming_it() {
 fn shipped_example_config_checks() {
     plugin_dir();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/switchyard.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .expect("run switchyard");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout) = run(switchyard(&["check", "--config"]).arg(&example));
+    assert!(ok, "{stdout}");
     assert!(
         stdout.contains("ok (3 routes, 2 pools, 2 plugins loaded)"),
         "{stdout}"
@@ -132,16 +131,8 @@ fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
     let config = switchyard::config::Config::load(&path).expect("config");
     let proxy = switchyard::Switchyard::start(&config).expect("proxy starts");
     let admin = proxy.admin_addr.expect("admin listener").to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["status", "--admin", &admin])
-        .output()
-        .expect("run switchyard");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout) = run(&mut switchyard(&["status", "--admin", &admin]));
+    assert!(ok, "{stdout}");
     let line = stdout
         .lines()
         .find(|l| l.starts_with("graph-a"))
@@ -155,26 +146,19 @@ fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
 
 #[test]
 fn plugin_test_prints_decisions_of_a_compiled_router() {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["plugin", "test"])
-        .arg(plugin_dir().join("priority-router.wasm"))
-        .args([
-            "--backends",
-            "4",
-            "--label",
-            "tier=fast,cheap",
-            "--header",
-            "x-priority=high",
-        ])
-        .args(["--requests", "2", "--idle"])
-        .output()
-        .expect("run switchyard");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let file = plugin_dir().join("priority-router.wasm");
+    let (ok, stdout) = run(switchyard(&["plugin", "test"]).arg(&file).args([
+        "--backends",
+        "4",
+        "--label",
+        "tier=fast,cheap",
+        "--header",
+        "x-priority=high",
+        "--requests",
+        "2",
+        "--idle",
+    ]));
+    assert!(ok, "{stdout}");
     assert!(stdout.contains("interest: [header x-priority]"), "{stdout}");
     // Idle backends: both fast ones first, then the cheap ones.
     let first = stdout
@@ -216,48 +200,33 @@ fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
     copy_dir(&repo.join("plugins/sdk"), &root.join("plugins/sdk"));
     copy_dir(&repo.join("wit"), &root.join("wit"));
 
-    let switchyard = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(args)
-            .output()
-            .expect("run switchyard");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "switchyard {args:?}: {text}");
+    let succeed = |args: &[&str]| {
+        let (ok, text) = run(&mut switchyard(args));
+        assert!(ok, "switchyard {args:?}: {text}");
         text
     };
     let root_arg = root.to_string_lossy().into_owned();
-    let said = switchyard(&["plugin", "new", "demo-router", "--root", &root_arg]);
+    let said = succeed(&["plugin", "new", "demo-router", "--root", &root_arg]);
     assert!(said.contains("cargo test -p demo-router"), "{said}");
-    let again = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["plugin", "new", "demo-router", "--root", &root_arg])
-        .output()
-        .expect("run switchyard");
-    assert!(
-        !again.status.success(),
-        "a second scaffold must not overwrite the first"
-    );
+    let (again, _) = run(&mut switchyard(&[
+        "plugin",
+        "new",
+        "demo-router",
+        "--root",
+        &root_arg,
+    ]));
+    assert!(!again, "a second scaffold must not overwrite the first");
 
     // A target directory of its own, reused across runs.
     let target = repo.join("target/scaffold-test");
     let cargo = |args: &[&str]| {
-        let out = Command::new(env!("CARGO"))
+        let (ok, text) = run(Command::new(env!("CARGO"))
             .args(args)
             .current_dir(root)
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .expect("run cargo");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "cargo {args:?}: {text}");
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"));
+        assert!(ok, "cargo {args:?}: {text}");
         text
     };
     let tested = cargo(&["test", "--offline", "-p", "demo-router"]);
@@ -272,7 +241,7 @@ fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
         "demo-router",
     ]);
     let wasm = target.join("wasm32-wasip2/release/demo_router.wasm");
-    let decisions = switchyard(&[
+    let decisions = succeed(&[
         "plugin",
         "test",
         &wasm.to_string_lossy(),

@@ -10,20 +10,28 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What to try a router with.
-#[derive(Debug, Clone, Default)]
+/// What to try a router with; also the arguments of `switchyard plugin test`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct TrialOptions {
+    /// The compiled router.
     pub file: PathBuf,
+    #[arg(long, default_value_t = 4)]
     pub backends: u32,
-    /// `KEY=V1,V2`: backend `i` gets label `KEY` = the `i`-th value, cycling.
+    /// Backend labels, KEY=V1,V2: backend i gets the i-th value, cycling.
+    #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Plugin config entries `key=value`.
+    /// Plugin config entries, KEY=VALUE.
+    #[arg(long = "config")]
     pub config: Vec<String>,
-    /// Request headers `name=value`.
+    /// Request headers, NAME=VALUE.
+    #[arg(long = "header")]
     pub headers: Vec<String>,
+    #[arg(long, default_value = "/")]
     pub path: String,
+    #[arg(long, default_value_t = 5)]
     pub requests: u32,
-    /// All backends idle instead of varied load.
+    /// All backends idle, instead of varied load.
+    #[arg(long)]
     pub idle: bool,
 }
 

@@ -3,7 +3,7 @@
 //! backend goes away only its clients move, each to its next-ranked backend.
 #![cfg_attr(not(test), no_std)]
 
-use switchyard_sdk::hash::{combine, hash_bytes};
+use switchyard_sdk::hash::{combine, hash_bytes, name_hashes};
 use switchyard_sdk::prelude::*;
 
 pub struct ClientHash {
@@ -17,10 +17,7 @@ impl Router for ClientHash {
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
-        self.names = backends
-            .iter()
-            .map(|b| hash_bytes(b.name.as_bytes()))
-            .collect();
+        self.names = name_hashes(backends);
     }
 
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {

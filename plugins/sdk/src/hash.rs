@@ -12,6 +12,15 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
+/// The hash of each backend's name, by id: the stable identity rendezvous
+/// hashing ranks, so a backend keeps its keys across pool changes.
+pub fn name_hashes(backends: &[crate::BackendInfo]) -> alloc::vec::Vec<u64> {
+    backends
+        .iter()
+        .map(|b| hash_bytes(b.name.as_bytes()))
+        .collect()
+}
+
 /// Combines two hashes; order matters.
 pub fn combine(a: u64, b: u64) -> u64 {
     mix(a ^ b.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15))

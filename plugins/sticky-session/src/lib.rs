@@ -7,7 +7,7 @@
 //! passed over. Requests without a key go to the least loaded backend.
 #![cfg_attr(not(test), no_std)]
 
-use switchyard_sdk::hash::{combine, hash_bytes};
+use switchyard_sdk::hash::{combine, hash_bytes, name_hashes};
 use switchyard_sdk::prelude::*;
 
 pub struct StickySession {
@@ -45,10 +45,7 @@ impl Router for StickySession {
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
-        self.names = backends
-            .iter()
-            .map(|b| hash_bytes(b.name.as_bytes()))
-            .collect();
+        self.names = name_hashes(backends);
     }
 
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
