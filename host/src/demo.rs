@@ -2,8 +2,10 @@
 //!
 //! A mock speaks enough of the OpenAI chat API to stand in for a model
 //! provider (JSON and SSE streaming completions with `usage`, rate-limit
-//! headers), plus a few endpoints tests use: echo, status codes, slow SSE,
-//! and a raw protocol upgrade that echoes bytes.
+//! headers), plus a few endpoints tests use: echo, status codes, slow SSE
+//! (optionally broken off mid-stream), a raw protocol upgrade that echoes
+//! bytes, and `/health` with a settable load report. Failures can be
+//! injected at run time: every n-th request a 503, or the next few a 429.
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -57,7 +59,23 @@ pub struct MockBackend {
     pub addr: SocketAddr,
     pub name: String,
     requests: Arc<AtomicU64>,
+    faults: Arc<Faults>,
     stop: watch::Sender<bool>,
+}
+
+/// Behaviour changed while the mock runs.
+#[derive(Default)]
+struct Faults {
+    /// Every n-th request (not `/health`) answers 503; 0 = never.
+    fail_every: AtomicU64,
+    /// Requests left to answer 429.
+    limited: AtomicU64,
+    /// `retry-after` seconds sent with those 429s.
+    retry_after: AtomicU64,
+    /// Body of `/health`.
+    load_report: std::sync::Mutex<String>,
+    /// Requests seen, `/health` excluded.
+    served: AtomicU64,
 }
 
 impl MockBackend {
@@ -77,6 +95,8 @@ impl MockBackend {
         let requests = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = watch::channel(false);
         let counter = requests.clone();
+        let faults = Arc::new(Faults::default());
+        let injected = faults.clone();
         let name = options.name.clone();
         let options = Arc::new(options);
         let window = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 0u64)));
@@ -99,12 +119,15 @@ impl MockBackend {
                                 let Ok((stream, _)) = accepted else { continue };
                                 let _ = stream.set_nodelay(true);
                                 let (options, counter) = (options.clone(), counter.clone());
-                                let window = window.clone();
+                                let (window, faults) = (window.clone(), injected.clone());
                                 tokio::spawn(async move {
-                                    let service = service_fn(move |req| {
+                                    let service = service_fn(move |req: Request<Incoming>| {
                                         counter.fetch_add(1, Relaxed);
+                                        if let Some(resp) = faults.answer(&req) {
+                                            return futures_ready(resp);
+                                        }
                                         let quota = options.quota.map(|q| spend(&window, q));
-                                        handle(options.clone(), counter.load(Relaxed), quota, req)
+                                        Box::pin(handle(options.clone(), counter.load(Relaxed), quota, req))
                                     });
                                     let _ = hyper::server::conn::http1::Builder::new()
                                         .serve_connection(TokioIo::new(stream), service)
@@ -121,13 +144,91 @@ impl MockBackend {
             addr,
             name,
             requests,
+            faults,
             stop,
         })
     }
 
-    /// Requests this backend has received.
+    /// Requests this backend has received, health probes included.
     pub fn requests(&self) -> u64 {
         self.requests.load(Relaxed)
+    }
+
+    /// Requests this backend has received, health probes excluded.
+    pub fn served(&self) -> u64 {
+        self.faults.served.load(Relaxed)
+    }
+
+    /// From now on every `n`-th request answers 503; 0 stops it.
+    pub fn fail_every(&self, n: u64) {
+        self.faults.fail_every.store(n, Relaxed);
+    }
+
+    /// The next `n` requests answer 429 with `retry-after: seconds`.
+    pub fn rate_limit_next(&self, n: u64, seconds: u64) {
+        self.faults.retry_after.store(seconds, Relaxed);
+        self.faults.limited.store(n, Relaxed);
+    }
+
+    /// Sets the body `/health` answers with, such as `{"cpu":0.95}`.
+    pub fn set_load_report(&self, json: &str) {
+        *self
+            .faults
+            .load_report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = json.to_string();
+    }
+}
+
+type Answer =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<MockBody>, Infallible>> + Send>>;
+
+fn futures_ready(resp: Response<MockBody>) -> Answer {
+    Box::pin(std::future::ready(Ok(resp)))
+}
+
+impl Faults {
+    /// The injected answer to `req`, if one applies.
+    fn answer(&self, req: &Request<Incoming>) -> Option<Response<MockBody>> {
+        if req.uri().path() == "/health" {
+            let report = self
+                .load_report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let report = if report.is_empty() {
+                "{}".to_string()
+            } else {
+                report
+            };
+            let mut r = Response::new(full(report));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Some(r);
+        }
+        let n = self.served.fetch_add(1, Relaxed) + 1;
+        if self
+            .limited
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1))
+            .is_ok()
+        {
+            let mut r = Response::new(full("rate limited\n"));
+            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after.load(Relaxed)),
+            );
+            return Some(r);
+        }
+        let every = self.fail_every.load(Relaxed);
+        if every != 0 && n.is_multiple_of(every) {
+            let mut r = Response::new(full("injected failure\n"));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Some(r);
+        }
+        None
     }
 }
 
@@ -137,10 +238,50 @@ impl Drop for MockBackend {
     }
 }
 
-type MockBody = BoxBody<Bytes, Infallible>;
+type MockBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 fn full(text: impl Into<Bytes>) -> MockBody {
-    Full::new(text.into()).boxed()
+    Full::new(text.into()).map_err(|e| match e {}).boxed()
+}
+
+/// Breaks the connection after `frames` body frames, as a crashing
+/// backend would.
+fn cut_short(resp: Response<MockBody>, frames: usize) -> Response<MockBody> {
+    struct CutShort {
+        inner: MockBody,
+        left: usize,
+        flushed: bool,
+    }
+    impl http_body::Body for CutShort {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.left == 0 {
+                if !self.flushed {
+                    // Let the connection write what it has, then break it.
+                    self.flushed = true;
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                return std::task::Poll::Ready(Some(Err("backend crashed mid-stream".into())));
+            }
+            let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+            if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+                self.left -= 1;
+            }
+            polled
+        }
+    }
+    resp.map(|inner| {
+        BodyExt::boxed(CutShort {
+            inner,
+            left: frames,
+            flushed: false,
+        })
+    })
 }
 
 /// Spends one request's tokens; returns what remains and the milliseconds
@@ -182,12 +323,16 @@ async fn handle(
         r
     } else if path == "/sse" {
         let n = query_number(&req, "n").unwrap_or(5);
-        sse(
+        let mut r = sse(
             &options,
             (0..n)
                 .map(|i| format!("data: {{\"event\":{i}}}\n\n"))
                 .collect(),
-        )
+        );
+        if let Some(cut) = query_number(&req, "die_after") {
+            r = cut_short(r, cut);
+        }
+        r
     } else if path.ends_with("/chat/completions") {
         let (parts, body) = req.into_parts();
         let body = Limited::new(body, 1 << 20)
@@ -296,7 +441,8 @@ fn chat(options: &MockOptions, headers: &http::HeaderMap, stream: bool) -> Respo
 /// A server-sent-event stream, one event per `chunk_interval`.
 fn sse(options: &MockOptions, events: Vec<String>) -> Response<MockBody> {
     let interval = options.chunk_interval;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
     tokio::spawn(async move {
         for (i, event) in events.into_iter().enumerate() {
             if i > 0 {

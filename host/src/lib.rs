@@ -11,6 +11,7 @@ pub mod authoring;
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod plugin;
 pub mod proxy;

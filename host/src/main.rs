@@ -267,6 +267,34 @@ fn print_status(admin: &str) -> anyhow::Result<()> {
         );
         println!("{name:<16} {pool:<12} {plugin:<28} {version:<14} {state}");
     }
+    println!(
+        "\n{:<12} {:<16} {:<10} {:<10} {:>9} {:>9} {:>6} {:>6}",
+        "POOL", "BACKEND", "HEALTH", "BREAKER", "IN-FLIGHT", "EWMA-MS", "ERR-%", "LOAD"
+    );
+    for p in status["pools"].as_array().into_iter().flatten() {
+        for b in p["backends"].as_array().into_iter().flatten() {
+            let s = &b["state"];
+            let breaker = match (
+                s["breaker"].as_str().unwrap_or(""),
+                b["breaker_open_ms"].as_u64(),
+            ) {
+                ("open", Some(ms)) if ms > 0 => format!("open {:.1}s", ms as f64 / 1000.0),
+                ("half-open", _) => format!("half({})", b["trial_permits"].as_u64().unwrap_or(0)),
+                (other, _) => other.to_string(),
+            };
+            println!(
+                "{:<12} {:<16} {:<10} {:<10} {:>9} {:>9.1} {:>6.1} {:>6}",
+                p["name"].as_str().unwrap_or(""),
+                b["name"].as_str().unwrap_or(""),
+                s["health"].as_str().unwrap_or(""),
+                breaker,
+                s["in_flight"].as_u64().unwrap_or(0),
+                s["ewma_latency_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                s["error_rate"].as_u64().unwrap_or(0) as f64 / 10.0,
+                s["load_score"].as_u64().unwrap_or(0),
+            );
+        }
+    }
     let reloads = status["reloads"].as_array().cloned().unwrap_or_default();
     if !reloads.is_empty() {
         println!("\nrecent reloads (newest last):");

@@ -3,6 +3,7 @@
 
 use crate::balance::LiveRegistry;
 use crate::config::Config;
+use crate::control::Control;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{self, RunningProxy, Shared};
 use crate::reload::{ReloadWatcher, Reloader};
@@ -31,6 +32,8 @@ pub struct Switchyard {
     /// Reloads the config and plugins: on file changes, `SIGHUP`, or call.
     pub reloader: Arc<Reloader>,
     _watcher: Option<ReloadWatcher>,
+    /// Health probes and breakers; stopped after the proxy drains.
+    control: Option<Control>,
 }
 
 impl Switchyard {
@@ -39,8 +42,10 @@ impl Switchyard {
     pub fn start(config: &Config) -> Result<Switchyard, StartError> {
         crate::admin::prometheus();
         let runtime = PluginRuntime::new(Some(config.cache_dir())).map_err(StartError::Runtime)?;
-        let mut registry = LiveRegistry::default();
+        let control = Control::start().map_err(|e| StartError::Runtime(e.into()))?;
+        let mut registry = LiveRegistry::with_control(control.sender());
         let table = RouteTable::build(config, &runtime, &mut registry, None)?;
+        control.link().apply(table.pools.clone());
         let listen_err = |addr: &str| {
             let addr = addr.to_string();
             move |source| StartError::Listen { addr, source }
@@ -56,6 +61,7 @@ impl Switchyard {
             runtime,
             shared.clone(),
             registry,
+            control.link(),
         ));
         let admin_addr = match &config.admin {
             Some(a) => {
@@ -85,6 +91,7 @@ impl Switchyard {
             admin_addr,
             reloader,
             _watcher: watcher,
+            control: Some(control),
         })
     }
 
@@ -94,8 +101,11 @@ impl Switchyard {
     }
 
     /// Stops watching, stops accepting and drains in-flight requests.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
         drop(self._watcher);
         self.proxy.shutdown();
+        if let Some(control) = self.control.take() {
+            control.stop();
+        }
     }
 }

@@ -5,5 +5,6 @@ mod library;
 mod loading;
 mod proxying;
 mod reload;
+mod resilience;
 mod routing;
 mod streaming;

@@ -108,7 +108,17 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
                     "quarantined": p.is_quarantined(),
                 })
             });
-            json!({ "name": r.name, "pool": r.pool.name, "router": plugin })
+            let limits = r.admission.as_ref().map(|a| {
+                json!({ "in_flight": a.in_flight(), "waiting": a.waiting() })
+            });
+            let fallback = r.fallback.as_ref().map(|f| {
+                json!({ "pool": f.pool.as_ref().map(|p| p.name.clone()), "status": f.status })
+            });
+            json!({
+                "name": r.name, "pool": r.pool.name, "router": plugin,
+                "limits": limits, "fallback": fallback,
+                "retries": { "attempts": r.retries.attempts, "on_429": r.retries.on_429, "on_5xx": r.retries.on_5xx },
+            })
         })
         .collect();
     let pools: Vec<_> = table
@@ -122,9 +132,24 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
                     "id": b.id, "name": b.name, "address": b.address, "weight": b.weight,
                     "labels": b.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                     "state": b.state.snapshot(),
+                    "breaker_open_ms": b.state.breaker_remaining_ms(),
+                    "trial_permits": b.state.trial_permits(),
                 }))
                 .collect();
-            json!({ "name": p.name, "backends": backends })
+            let plugin = |c: &crate::plugin::LoadedComponent, file: &str| {
+                json!({ "file": file, "version": c.hash })
+            };
+            let health = p.health.as_ref().map(|h| {
+                json!({
+                    "path": h.config.path, "interval_ms": h.config.interval.as_millis() as u64,
+                    "plugin": h.plugin.as_ref().map(|x| plugin(&x.component, x.name())),
+                })
+            });
+            let breaker = p.breaker.as_ref().map(|x| plugin(&x.component, x.name()));
+            json!({
+                "name": p.name, "backends": backends, "max_in_flight": p.max_in_flight,
+                "health": health, "breaker": breaker,
+            })
         })
         .collect();
     json!({ "routes": routes, "pools": pools })

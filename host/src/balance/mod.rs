@@ -2,9 +2,12 @@
 
 mod state;
 
-pub use state::{BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport};
+pub use state::{
+    BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport, RollingWindow,
+};
 
-use crate::config::{PoolConfig, scalar_text};
+use crate::config::{HealthConfig, PoolConfig, scalar_text};
+use crate::plugin::{BreakerPolicy, HealthPolicy};
 use http::HeaderValue;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -13,14 +16,29 @@ use std::sync::Arc;
 /// Live state that outlives any one config: each backend's state by
 /// `pool/backend`, and connection-pool keys by address, so a reload keeps
 /// in-flight counts, averages, quota and idle connections of backends that
-/// still exist.
+/// still exist; and the control thread's inbox, which pools with a breaker
+/// feed.
 #[derive(Default)]
 pub struct LiveRegistry {
     states: HashMap<String, Arc<BackendState>>,
     connection_keys: HashMap<String, usize>,
+    control: Option<tokio::sync::mpsc::Sender<ControlEvent>>,
 }
 
 impl LiveRegistry {
+    /// A registry whose pools report outcomes to `control`.
+    pub fn with_control(control: tokio::sync::mpsc::Sender<ControlEvent>) -> LiveRegistry {
+        LiveRegistry {
+            control: Some(control),
+            ..LiveRegistry::default()
+        }
+    }
+
+    /// The control thread's inbox, if one runs.
+    pub fn control(&self) -> Option<tokio::sync::mpsc::Sender<ControlEvent>> {
+        self.control.clone()
+    }
+
     /// The state of backend `name` of `pool`, created on first use.
     pub fn state(&mut self, pool: &str, name: &str) -> Arc<BackendState> {
         self.states
@@ -71,6 +89,53 @@ pub struct Backend {
 pub struct Pool {
     pub name: String,
     pub backends: Vec<Backend>,
+    /// Requests one backend may have in flight; 0 = no cap.
+    pub max_in_flight: u32,
+    /// Active health checking, if configured.
+    pub health: Option<PoolHealth>,
+    /// The circuit breaker, if configured.
+    pub breaker: Option<Arc<BreakerPolicy>>,
+    /// Where outcomes go when the pool has a breaker.
+    pub feed: Option<OutcomeFeed>,
+}
+
+/// A pool's active health checking: how to probe, and the plugin that
+/// judges the probes (none: 2xx is healthy).
+pub struct PoolHealth {
+    pub config: HealthConfig,
+    pub plugin: Option<Arc<HealthPolicy>>,
+}
+
+/// How long one exchange took, and what the backend asked of us.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub latency_us: u32,
+    pub ttfb_us: u32,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Sends a pool's request outcomes to its breaker on the control thread,
+/// without waiting: when the control thread falls behind, outcomes are
+/// dropped and counted rather than slowing requests down.
+#[derive(Clone)]
+pub struct OutcomeFeed {
+    pub tx: tokio::sync::mpsc::Sender<ControlEvent>,
+    pub pool: Arc<str>,
+}
+
+/// A message to the control thread.
+pub enum ControlEvent {
+    /// A request to a backend finished.
+    Outcome {
+        pool: Arc<str>,
+        state: Arc<BackendState>,
+        outcome: Outcome,
+        timing: Timing,
+    },
+    /// A new route table is in service: these are its pools.
+    Apply(Vec<Arc<Pool>>),
+    /// The proxy is shutting down.
+    Stop,
 }
 
 // === impl Pool ===
@@ -117,7 +182,31 @@ impl Pool {
         Ok(Pool {
             name: name.to_string(),
             backends,
+            max_in_flight: config.max_in_flight,
+            health: None,
+            breaker: None,
+            feed: None,
         })
+    }
+
+    /// Records how a request to backend `id` ended: live state and passive
+    /// health here, and the breaker's feed when the pool has one.
+    pub fn record(&self, id: u32, outcome: Outcome, timing: Timing) {
+        let Some(backend) = self.backends.get(id as usize) else {
+            return;
+        };
+        backend.state.record_outcome(outcome, timing.latency_us);
+        if let Some(feed) = &self.feed {
+            let event = ControlEvent::Outcome {
+                pool: feed.pool.clone(),
+                state: backend.state.clone(),
+                outcome,
+                timing,
+            };
+            if feed.tx.try_send(event).is_err() {
+                metrics::counter!("switchyard_breaker_outcomes_dropped_total").increment(1);
+            }
+        }
     }
 }
 
@@ -149,7 +238,9 @@ pub fn least_outstanding(pool: &Pool) -> ([u32; BUILTIN_CANDIDATES], u8) {
     });
     for i in (0..n).map(|i| (start + i) % n) {
         let state = &pool.backends[i].state;
-        if !state.is_usable() {
+        if !state.is_usable()
+            || (pool.max_in_flight != 0 && state.in_flight() >= pool.max_in_flight)
+        {
             continue;
         }
         // Insert into the sorted prefix; equal ranks keep scan order.
@@ -173,6 +264,9 @@ mod tests {
         let config = PoolConfig {
             max_fails: 3,
             fail_timeout: std::time::Duration::from_secs(10),
+            max_in_flight: 0,
+            health: None,
+            breaker: None,
             backends: (0..n)
                 .map(|i| BackendConfig {
                     name: format!("b{i}"),
@@ -200,6 +294,9 @@ mod tests {
         let config = PoolConfig {
             max_fails: 3,
             fail_timeout: std::time::Duration::from_secs(10),
+            max_in_flight: 0,
+            health: None,
+            breaker: None,
             backends: vec![BackendConfig {
                 name: "a".into(),
                 address: "127.0.0.1:1".into(),

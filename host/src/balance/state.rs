@@ -41,12 +41,60 @@ pub enum Outcome {
     Reset,
 }
 
-/// One second of the rolling error window.
+/// One second of a rolling window.
 #[derive(Default)]
 struct Bucket {
     second: AtomicU64,
     total: AtomicU32,
-    errors: AtomicU32,
+    marked: AtomicU32,
+}
+
+/// Two counts (all events, and marked ones such as errors or retries) over
+/// the last [`WINDOW_SECS`] seconds, lock-free: one bucket per second,
+/// reset by whichever thread first enters a new second.
+#[derive(Default)]
+pub struct RollingWindow {
+    buckets: [Bucket; WINDOW_SECS as usize],
+}
+
+impl RollingWindow {
+    /// Counts one event, `marked` or not.
+    pub fn add(&self, total: u32, marked: u32) {
+        let now = clock::millis() / 1000;
+        let bucket = &self.buckets[(now % WINDOW_SECS) as usize];
+        let seen = bucket.second.load(Relaxed);
+        if seen != now
+            && bucket
+                .second
+                .compare_exchange(seen, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            bucket.total.store(0, Relaxed);
+            bucket.marked.store(0, Relaxed);
+        }
+        if total != 0 {
+            bucket.total.fetch_add(total, Relaxed);
+        }
+        if marked != 0 {
+            bucket.marked.fetch_add(marked, Relaxed);
+        }
+    }
+
+    /// `(total, marked)` over the window.
+    pub fn sums(&self) -> (u64, u64) {
+        let now = clock::millis() / 1000;
+        let (mut total, mut marked) = (0u64, 0u64);
+        for b in &self.buckets {
+            if now.saturating_sub(b.second.load(Relaxed)) < WINDOW_SECS {
+                total += u64::from(b.total.load(Relaxed));
+                marked += u64::from(b.marked.load(Relaxed));
+            }
+        }
+        (total, marked)
+    }
+
+    /// Seconds the window covers.
+    pub const SECONDS: u64 = WINDOW_SECS;
 }
 
 /// Live, shared state of one backend.
@@ -54,11 +102,17 @@ pub struct BackendState {
     in_flight: AtomicU32,
     ewma_latency_us: AtomicU32,
     ewma_ttfb_us: AtomicU32,
-    window: [Bucket; WINDOW_SECS as usize],
+    window: RollingWindow,
     /// Error rate over the window in per mille, refreshed on every outcome.
     error_rate: AtomicU16,
     health: AtomicU8,
     breaker: AtomicU8,
+    /// Trial requests a half-open breaker still admits.
+    trial_permits: AtomicU32,
+    /// Clock milliseconds at which an open breaker's cool-down ends.
+    breaker_until_ms: AtomicU64,
+    /// Bumped on every breaker change, so stale timers know to do nothing.
+    breaker_epoch: AtomicU64,
     load_score: AtomicU16,
     remaining_requests: AtomicU64,
     remaining_tokens: AtomicU64,
@@ -99,6 +153,9 @@ impl Default for BackendState {
             error_rate: AtomicU16::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
             breaker: AtomicU8::new(Breaker::Closed as u8),
+            trial_permits: AtomicU32::new(0),
+            breaker_until_ms: AtomicU64::new(0),
+            breaker_epoch: AtomicU64::new(0),
             load_score: AtomicU16::new(0),
             remaining_requests: AtomicU64::new(UNKNOWN),
             remaining_tokens: AtomicU64::new(UNKNOWN),
@@ -187,13 +244,61 @@ impl BackendState {
         }
     }
 
-    pub fn set_breaker(&self, breaker: Breaker) {
+    /// Sets the breaker state: `open_ms` is the cool-down of an open
+    /// breaker, `trials` the requests a half-open one admits. Returns the
+    /// new epoch, which timers compare against [`BackendState::breaker_epoch`].
+    pub fn set_breaker(&self, breaker: Breaker, open_ms: u64, trials: u32) -> u64 {
+        self.trial_permits.store(trials, Relaxed);
+        let until = match breaker {
+            Breaker::Open => clock::millis() + open_ms,
+            _ => 0,
+        };
+        self.breaker_until_ms.store(until, Relaxed);
         self.breaker.store(breaker as u8, Relaxed);
+        self.breaker_epoch.fetch_add(1, Relaxed) + 1
     }
 
-    /// Whether the host may send traffic here at all.
+    /// Counts breaker changes; see [`BackendState::set_breaker`].
+    pub fn breaker_epoch(&self) -> u64 {
+        self.breaker_epoch.load(Relaxed)
+    }
+
+    /// Milliseconds until an open breaker's cool-down ends; 0 otherwise.
+    pub fn breaker_remaining_ms(&self) -> u64 {
+        self.breaker_until_ms
+            .load(Relaxed)
+            .saturating_sub(clock::millis())
+    }
+
+    /// Trial requests a half-open breaker still admits.
+    pub fn trial_permits(&self) -> u32 {
+        self.trial_permits.load(Relaxed)
+    }
+
+    /// Whether the host may send traffic here at all (routers use this;
+    /// a half-open backend counts as usable).
     pub fn is_usable(&self) -> bool {
         self.health() != Health::Unhealthy && self.breaker() != Breaker::Open
+    }
+
+    /// Whether this request may go here now: usable, under `cap` requests
+    /// in flight (0 = no cap), and, when half-open, holding one of the
+    /// breaker's trial permits, which this takes.
+    pub fn admit(&self, cap: u32) -> bool {
+        if self.health() == Health::Unhealthy {
+            return false;
+        }
+        if cap != 0 && self.in_flight.load(Relaxed) >= cap {
+            return false;
+        }
+        match self.breaker() {
+            Breaker::Closed => true,
+            Breaker::Open => false,
+            Breaker::HalfOpen => self
+                .trial_permits
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
     }
 
     /// Records the time to the response headers.
@@ -209,29 +314,8 @@ impl BackendState {
             Outcome::Response(status) => status >= 500,
             Outcome::ConnectError | Outcome::Timeout | Outcome::Reset => true,
         };
-        let now = clock::millis() / 1000;
-        let bucket = &self.window[(now % WINDOW_SECS) as usize];
-        let seen = bucket.second.load(Relaxed);
-        if seen != now
-            && bucket
-                .second
-                .compare_exchange(seen, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            bucket.total.store(0, Relaxed);
-            bucket.errors.store(0, Relaxed);
-        }
-        bucket.total.fetch_add(1, Relaxed);
-        if failed {
-            bucket.errors.fetch_add(1, Relaxed);
-        }
-        let (mut total, mut errors) = (0u64, 0u64);
-        for b in &self.window {
-            if now.saturating_sub(b.second.load(Relaxed)) < WINDOW_SECS {
-                total += u64::from(b.total.load(Relaxed));
-                errors += u64::from(b.errors.load(Relaxed));
-            }
-        }
+        self.window.add(1, u32::from(failed));
+        let (total, errors) = self.window.sums();
         let rate = (errors * 1000).checked_div(total).unwrap_or(0);
         self.error_rate.store(rate.min(1000) as u16, Relaxed);
     }
@@ -329,6 +413,8 @@ pub struct QuotaReport {
     pub remaining_tokens: Option<u64>,
     /// Milliseconds until the quota resets (the later of the reported resets).
     pub reset_ms: Option<u64>,
+    /// `retry-after`, in milliseconds.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl QuotaReport {
@@ -354,6 +440,9 @@ impl QuotaReport {
                             .ok()
                             .map(|d| d.as_millis() as u64)
                     };
+                    if name == "retry-after" {
+                        report.retry_after_ms = ms;
+                    }
                     if let Some(ms) = ms {
                         report.reset_ms = Some(report.reset_ms.map_or(ms, |r| r.max(ms)));
                     }

@@ -4,6 +4,7 @@
 //! is fixed at a glance and never half-applied.
 
 mod duration;
+mod size;
 
 pub use duration::parse_duration;
 
@@ -121,6 +122,73 @@ pub struct PoolConfig {
     /// How long such a backend stays out before traffic tries it again.
     #[serde(default = "default_fail_timeout", with = "duration")]
     pub fail_timeout: Duration,
+    /// Requests one backend may have in flight (all routes, all threads);
+    /// a full backend is skipped like an unusable one. 0 = no cap.
+    #[serde(default)]
+    pub max_in_flight: u32,
+    /// Active health probes, judged by a health plugin or the built-in
+    /// check (2xx = healthy).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// The pool's circuit breaker plugin, fed every request outcome.
+    #[serde(default)]
+    pub breaker: Option<PolicyPlugin>,
+}
+
+/// Active health checking of a pool's backends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_probe_method")]
+    pub method: String,
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    #[serde(default = "default_probe_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_probe_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Bytes of the probe's response body handed to the plugin; 0 = none.
+    #[serde(default, deserialize_with = "size::deserialize")]
+    pub body_limit: u64,
+    /// The health plugin's file name; without one, 2xx is healthy and
+    /// anything else unhealthy.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default = "default_deadline", with = "duration")]
+    pub deadline: Duration,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+}
+
+impl HealthConfig {
+    /// The health plugin binding, if the pool names one.
+    pub fn plugin(&self) -> Option<PolicyPlugin> {
+        Some(PolicyPlugin {
+            plugin: self.plugin.clone()?,
+            config: self.config.clone(),
+            deadline: self.deadline,
+            memory_mb: self.memory_mb,
+        })
+    }
+}
+
+/// A pool-level policy plugin (health check or circuit breaker).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPlugin {
+    /// File name in the plugin directory.
+    pub plugin: String,
+    /// Table passed to the plugin's `init`, flattened to key/value strings.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Longest one plugin call may run.
+    #[serde(default = "default_deadline", with = "duration")]
+    pub deadline: Duration,
+    /// Memory limit of the plugin instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
 }
 
 /// One backend of a pool.
@@ -157,9 +225,102 @@ pub struct RouteConfig {
     pub router: Option<RouterConfig>,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
-    /// Candidates tried when connecting fails, the first included.
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// In-flight cap and wait queue; none by default.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+    /// What answers when no backend of the pool is usable.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// When a request is tried on the next candidate. Only failures before the
+/// first response byte are retried; after it, a failure ends the response
+/// with an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Backends tried per request, the first included.
     #[serde(default = "default_attempts")]
-    pub max_connect_attempts: u32,
+    pub attempts: u32,
+    /// Retry on a 429 answer.
+    #[serde(default = "yes")]
+    pub on_429: bool,
+    /// Retry on a 502, 503 or 504 answer, or a connection broken before any
+    /// answer.
+    #[serde(default = "yes")]
+    pub on_5xx: bool,
+    /// Retry non-idempotent requests (POST, PATCH) on answers too, not only
+    /// on connect errors. LLM calls are POSTs: turn this on where a repeated
+    /// call is acceptable.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Request bodies up to this size are buffered so they can be sent
+    /// again; larger or unbounded bodies stream and are not retried.
+    #[serde(default = "default_buffer", deserialize_with = "size::deserialize")]
+    pub buffer_body: u64,
+    /// Retries allowed on top of requests, as a share of requests over the
+    /// last 10 s, so retries cannot multiply load during an outage.
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// Retries per second always allowed, however few the requests.
+    #[serde(default = "default_budget_floor")]
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: default_attempts(),
+            on_429: true,
+            on_5xx: true,
+            non_idempotent: false,
+            buffer_body: default_buffer(),
+            budget_ratio: default_budget_ratio(),
+            budget_min_per_second: default_budget_floor(),
+        }
+    }
+}
+
+/// Admission control for a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests the route serves at once (all threads); 0 = no cap.
+    pub max_in_flight: u32,
+    /// Requests that may wait for a slot; beyond it they are refused at once.
+    #[serde(default)]
+    pub queue: u32,
+    /// Longest a request waits in the queue.
+    #[serde(default = "default_queue_timeout", with = "duration")]
+    pub queue_timeout: Duration,
+    /// Status of a refusal: 503 or 429.
+    #[serde(default = "default_overload_status")]
+    pub status: u16,
+    /// `retry-after` sent with a refusal.
+    #[serde(default = "default_retry_after", with = "duration")]
+    pub retry_after: Duration,
+}
+
+/// A route's last resort: another pool (a basic agent), then a fixed reply
+/// (a maintenance message). With neither, the answer is a plain 503.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// Pool served by the built-in router when the route's pool has no
+    /// usable backend or every attempt failed to connect.
+    #[serde(default)]
+    pub pool: Option<Spanned<String>>,
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// `retry-after` of the reply; zero sends none.
+    #[serde(default, with = "duration")]
+    pub retry_after: Duration,
 }
 
 /// What a request must carry to take a route; all given parts must match.
@@ -251,6 +412,42 @@ fn default_fail_timeout() -> Duration {
 fn default_attempts() -> u32 {
     3
 }
+fn default_buffer() -> u64 {
+    64 * 1024
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    10
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_overload_status() -> u16 {
+    503
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_fallback_status() -> u16 {
+    503
+}
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".into()
+}
+fn default_probe_method() -> String {
+    "GET".into()
+}
+fn default_probe_path() -> String {
+    "/health".into()
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_plugin_dir() -> PathBuf {
     "plugins".into()
 }
@@ -332,6 +529,38 @@ impl Config {
             if pool.backends.is_empty() {
                 return Err((at, format!("pool `{name}` has no backends")));
             }
+            let plugins = pool
+                .health
+                .as_ref()
+                .and_then(HealthConfig::plugin)
+                .into_iter()
+                .chain(pool.breaker.clone());
+            for p in plugins {
+                if !is_plugin_file(&p.plugin) || p.deadline.is_zero() || p.memory_mb == 0 {
+                    let at = text.find(&p.plugin).or(at);
+                    return Err((
+                        at,
+                        format!(
+                            "pool `{name}`: plugin {:?} must be a `.wasm` file name in the plugin directory, with a deadline and memory_mb above zero",
+                            p.plugin
+                        ),
+                    ));
+                }
+            }
+            if let Some(h) = &pool.health
+                && (h.interval.is_zero()
+                    || h.timeout.is_zero()
+                    || http::Method::from_bytes(h.method.as_bytes()).is_err()
+                    || !h.path.starts_with('/')
+                    || h.path.parse::<http::Uri>().is_err())
+            {
+                return Err((
+                    at,
+                    format!(
+                        "pool `{name}`: health needs a method, a path starting with `/`, and an interval and timeout above zero"
+                    ),
+                ));
+            }
             let mut seen = HashSet::new();
             for b in &pool.backends {
                 if !seen.insert(&b.name) {
@@ -395,7 +624,7 @@ impl Config {
             }
             if let Some(router) = &r.router {
                 let name = router.plugin.get_ref();
-                if name.contains('/') || name.contains('\\') || !name.ends_with(".wasm") {
+                if !is_plugin_file(name) {
                     return Err((
                         Some(router.plugin.span().start),
                         format!(
@@ -414,14 +643,50 @@ impl Config {
                     ));
                 }
             }
-            if r.max_connect_attempts == 0 {
+            if r.retries.attempts == 0 {
                 return Err((
                     at,
-                    format!(
-                        "route `{}`: max_connect_attempts must be at least 1",
-                        r.name
-                    ),
+                    format!("route `{}`: retries.attempts must be at least 1", r.name),
                 ));
+            }
+            if !(0.0..=10.0).contains(&r.retries.budget_ratio) {
+                return Err((
+                    at,
+                    format!("route `{}`: retries.budget_ratio must be 0..=10", r.name),
+                ));
+            }
+            if let Some(limits) = &r.limits
+                && !matches!(limits.status, 429 | 503)
+            {
+                return Err((
+                    at,
+                    format!("route `{}`: limits.status must be 429 or 503", r.name),
+                ));
+            }
+            if let Some(fallback) = &r.fallback {
+                if let Some(pool) = &fallback.pool
+                    && !self.pools.contains_key(pool.get_ref())
+                {
+                    return Err((
+                        Some(pool.span().start),
+                        format!(
+                            "route `{}`: fallback pool `{}` is not defined",
+                            r.name,
+                            pool.get_ref()
+                        ),
+                    ));
+                }
+                if !(200..=599).contains(&fallback.status)
+                    || http::HeaderValue::from_str(&fallback.content_type).is_err()
+                {
+                    return Err((
+                        at,
+                        format!(
+                            "route `{}`: fallback needs a status in 200..=599 and a valid content_type",
+                            r.name
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -481,6 +746,11 @@ pub fn scalar_text(value: &toml::Value) -> String {
         toml::Value::Array(items) => items.iter().map(scalar_text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
+}
+
+/// A bare `.wasm` file name: plugins come from the plugin directory only.
+fn is_plugin_file(name: &str) -> bool {
+    !name.contains('/') && !name.contains('\\') && name.ends_with(".wasm")
 }
 
 fn is_host_port(address: &str) -> bool {

@@ -30,7 +30,7 @@ fn good_config_parses_with_defaults() {
     let r = c.routes[0].get_ref();
     assert_eq!(r.timeouts.first_byte, Duration::from_secs(600));
     assert_eq!(r.timeouts.connect, Duration::from_millis(250));
-    assert_eq!(r.max_connect_attempts, 3);
+    assert_eq!(r.retries.attempts, 3);
     let router = r.router.as_ref().unwrap();
     assert_eq!(router.on_failure, FailurePolicy::FailOpen);
     assert_eq!(

@@ -5,10 +5,14 @@
 mod cache;
 mod generated;
 mod host_api;
+mod policy;
 mod router;
 
 pub use generated::wit;
 pub use host_api::HostState;
+pub use policy::{
+    BreakerInstance, BreakerPolicy, HealthInstance, HealthPolicy, Policy, PolicySpec,
+};
 pub use router::{
     Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, RouterSpec,
     push_load_words,
@@ -65,10 +69,11 @@ pub enum PluginError {
     UnknownImport { file: PathBuf, import: String },
     #[error("{file}: cannot instantiate: {reason}")]
     Instantiate { file: PathBuf, reason: String },
-    #[error("{file}: init for route `{route}` failed: {message}")]
+    /// `owner` is `route `name`` or `pool `name``.
+    #[error("{file}: init for {owner} failed: {message}")]
     Init {
         file: PathBuf,
-        route: String,
+        owner: String,
         message: String,
     },
 }
@@ -251,6 +256,44 @@ impl PluginRuntime {
             });
         }
         Ok(())
+    }
+}
+
+/// A store for one plugin instance: host state tagged with the plugin and
+/// its owner (route or pool), the instance's memory cap, and a generous
+/// deadline for start-up (init may build tables).
+fn new_store(
+    engine: &Engine,
+    name: Arc<str>,
+    owner: Arc<str>,
+    memory_mb: u32,
+    deadline_ticks: u64,
+) -> wasmtime::Store<HostState> {
+    let limits = wasmtime::StoreLimitsBuilder::new()
+        .memory_size(memory_mb as usize * 1024 * 1024)
+        .instances(4)
+        .tables(4)
+        .memories(2)
+        .build();
+    let mut store = wasmtime::Store::new(engine, HostState::new(name, owner, limits));
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(
+        deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
+    );
+    store
+}
+
+/// File name of a plugin, as logs and metrics show it.
+fn file_name(file: &Path) -> Arc<str> {
+    file.file_name()
+        .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into())
+}
+
+/// Maps a failed call to why it failed.
+fn call_failure(e: &wasmtime::Error) -> CallFailure {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => CallFailure::Deadline,
+        _ => CallFailure::Trap(format!("{e:#}")),
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::Store;
 
 /// Consecutive failed calls after which a plugin is quarantined.
 const QUARANTINE_AFTER: u32 = 5;
@@ -120,10 +120,7 @@ impl RouterPlugin {
             .instantiate_pre(&component.component)
             .map_err(instantiate_err)?;
         let pre = RouterPluginPre::new(pre).map_err(instantiate_err)?;
-        let name: Arc<str> = spec
-            .file
-            .file_name()
-            .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into());
+        let name = super::file_name(&spec.file);
         let route: Arc<str> = spec.route.as_str().into();
         let info = metrics::gauge!("switchyard_route_plugin_info",
             "plugin" => name.to_string(), "route" => route.to_string(), "version" => component.hash[..12].to_string());
@@ -161,21 +158,12 @@ impl RouterPlugin {
 
     fn start_instance(&self) -> Result<(RouterInstance, Vec<Interest>), PluginError> {
         let file = &self.spec.file;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.spec.memory_mb as usize * 1024 * 1024)
-            .instances(4)
-            .tables(4)
-            .memories(2)
-            .build();
-        let mut store = Store::new(
+        let mut store = super::new_store(
             self.pre.engine(),
-            HostState::new(self.name.clone(), self.route.clone(), limits),
-        );
-        store.limiter(|s| &mut s.limits);
-        // Start-up gets a generous deadline: init may build tables.
-        store.set_epoch_deadline(
-            self.deadline_ticks
-                .max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
+            self.name.clone(),
+            self.route.clone(),
+            self.spec.memory_mb,
+            self.deadline_ticks,
         );
         let bindings = self
             .pre
@@ -186,7 +174,7 @@ impl RouterPlugin {
             })?;
         let init_err = |message: String| PluginError::Init {
             file: file.clone(),
-            route: self.spec.route.clone(),
+            owner: format!("route `{}`", self.spec.route),
             message,
         };
         let router = bindings.switchyard_policy_router();
@@ -310,10 +298,7 @@ impl RouterInstance {
             Err(e) => Err(e),
         };
         self.store.data_mut().attributes.clear();
-        result.map_err(|e| match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallFailure::Deadline,
-            _ => CallFailure::Trap(format!("{e:#}")),
-        })
+        result.map_err(|e| super::call_failure(&e))
     }
 }
 

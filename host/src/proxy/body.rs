@@ -3,10 +3,13 @@
 //! It enforces the idle and total timeouts, and when the exchange ends it
 //! records the outcome in the backend's live state and returns the upstream
 //! connection to the pool. A failure after the first byte ends the body with
-//! an error, so the client sees a broken response, never a clean-looking end.
+//! an error, so the client sees a broken response, never a clean-looking end;
+//! an event stream first gets a final `event: error`, which SSE clients
+//! surface to the application.
 
 use super::upstream::Lease;
-use crate::balance::{BackendState, InFlightGuard, Outcome};
+use crate::balance::{InFlightGuard, Outcome, Pool, Timing};
+use crate::route::Permit;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -21,18 +24,26 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Book-keeping of one exchange with a backend, settled when it ends.
 pub struct Exchange {
-    pub state: Arc<BackendState>,
+    pub pool: Arc<Pool>,
+    /// The backend's id in `pool`.
+    pub backend: u32,
     pub guard: InFlightGuard,
     pub lease: Option<Lease>,
     pub started: Instant,
     pub status: u16,
+    pub ttfb_us: u32,
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Exchange {
     fn settle(mut self, outcome: Option<Outcome>) {
         if let Some(outcome) = outcome {
-            let micros = self.started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-            self.state.record_outcome(outcome, micros);
+            let timing = Timing {
+                latency_us: self.started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
+                ttfb_us: self.ttfb_us,
+                retry_after_ms: self.retry_after_ms,
+            };
+            self.pool.record(self.backend, outcome, timing);
         }
         if matches!(outcome, Some(Outcome::Response(_)))
             && let Some(lease) = self.lease.take()
@@ -54,10 +65,24 @@ pub struct ProxiedBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether `timer` is set for the current wait.
     armed: bool,
+    /// The response is an event stream: failures get a final error event.
+    sse: bool,
+    /// The error to end with, after the error event went out, and whether
+    /// the connection has had a chance to flush that event.
+    failed: Option<(BodyError, bool)>,
+    /// The route's admission slot, held until the body ends.
+    _permit: Option<Permit>,
 }
 
 impl ProxiedBody {
-    pub fn new(inner: Incoming, exchange: Exchange, idle: Duration, total: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        exchange: Exchange,
+        idle: Duration,
+        total: Duration,
+        sse: bool,
+        permit: Option<Permit>,
+    ) -> Self {
         ProxiedBody {
             inner,
             deadline: (!total.is_zero()).then(|| exchange.started + total),
@@ -65,7 +90,24 @@ impl ProxiedBody {
             idle,
             timer: None,
             armed: false,
+            sse,
+            failed: None,
+            _permit: permit,
         }
+    }
+
+    /// Ends the body with `error`; an event stream first gets an error
+    /// event saying why.
+    fn fail(&mut self, error: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if !self.sse {
+            return Poll::Ready(Some(Err(error.into())));
+        }
+        let event = format!(
+            "event: error\ndata: {{\"error\":{{\"type\":\"upstream_error\",\"message\":{}}}}}\n\n",
+            json_string(&error)
+        );
+        self.failed = Some((error.into(), false));
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
     }
 
     fn finish(&mut self, outcome: Option<Outcome>) {
@@ -97,6 +139,16 @@ impl Body for ProxiedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some((error, flushed)) = this.failed.take() {
+            if flushed {
+                return Poll::Ready(Some(Err(error)));
+            }
+            // The connection aborts on the error, dropping what it has not
+            // written yet: yield once so it flushes the error event first.
+            this.failed = Some((error, true));
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
@@ -104,9 +156,7 @@ impl Body for ProxiedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.finish(Some(Outcome::Reset));
-                Poll::Ready(Some(Err(
-                    format!("upstream failed mid-response: {e}").into()
-                )))
+                this.fail(format!("upstream failed mid-response: {e}"))
             }
             Poll::Ready(None) => {
                 let status = this.status();
@@ -128,9 +178,7 @@ impl Body for ProxiedBody {
                     ready!(timer.as_mut().poll(cx));
                 }
                 this.finish(Some(Outcome::Timeout));
-                Poll::Ready(Some(Err(
-                    "upstream response timed out (idle or total timeout)".into(),
-                )))
+                this.fail("upstream response timed out (idle or total timeout)".into())
             }
         }
     }
@@ -142,6 +190,22 @@ impl Body for ProxiedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 impl Drop for ProxiedBody {

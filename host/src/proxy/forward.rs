@@ -3,19 +3,21 @@
 
 use super::body::{Exchange, ProxiedBody};
 use super::headers::{X_SWITCHYARD_BACKEND, add_forwarded_for, is_upgrade, strip_hop_by_hop};
-use super::upstream::SendError;
+use super::upstream::{Replay, SendError, UpstreamBody};
 use super::worker::{Choice, Worker};
-use crate::balance::{Backend, Outcome, QuotaReport};
-use crate::route::Route;
+use crate::balance::{Backend, Outcome, Pool, QuotaReport, Timing, least_outstanding};
+use crate::route::{Permit, Route};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{Either, Full};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Body of every response the proxy sends: streamed from a backend, or a
@@ -53,6 +55,28 @@ pub async fn serve(
             "no route matches this request\n",
         ));
     };
+    let permit = match &route.admission {
+        None => None,
+        Some(admission) => match admission.admit().await {
+            Ok(permit) => Some(permit),
+            Err(refusal) => {
+                route.metrics.local_replies.increment(1);
+                let status = StatusCode::from_u16(admission.status)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let mut resp = reply(
+                    status,
+                    format!(
+                        "route {} is at capacity ({}); try again later\n",
+                        route.name,
+                        refusal.label()
+                    ),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, admission.retry_after.clone());
+                return Ok(resp);
+            }
+        },
+    };
     match worker.decide(route, &req, client.peer.ip()) {
         Choice::Reply { status, body } => {
             route.metrics.local_replies.increment(1);
@@ -63,75 +87,223 @@ pub async fn serve(
             candidates,
             add_headers,
         } => {
-            let backend_header = table.backend_header;
-            Ok(forward(
-                &worker,
-                &client,
+            let ctx = Context {
+                worker: &worker,
                 route,
-                req,
-                candidates.as_slice(),
-                add_headers,
-                backend_header,
-            )
-            .await)
+                backend_header: table.backend_header,
+            };
+            Ok(ctx
+                .forward(&client, req, candidates.as_slice(), add_headers, permit)
+                .await)
         }
     }
 }
 
-async fn forward(
-    worker: &Worker,
-    client: &ClientConn,
-    route: &Route,
-    req: Request<Incoming>,
-    candidates: &[u32],
-    add_headers: Vec<(http::HeaderName, HeaderValue)>,
+/// What one request needs while it is forwarded.
+struct Context<'a> {
+    worker: &'a Worker,
+    route: &'a Route,
     backend_header: bool,
-) -> Response<ResponseBody> {
-    let (mut parts, body) = req.into_parts();
-    let upgrade = is_upgrade(&parts.headers);
-    let client_upgrade = if upgrade {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarded_for(&mut parts.headers, &client.forwarded_for);
-    for (name, value) in add_headers {
-        parts.headers.insert(name, value);
-    }
-    if let Some(uri) = upstream_uri(&parts.uri, route.strip_prefix.as_deref()) {
-        parts.uri = uri;
-    }
-    if route.preserve_host
-        && !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, authority);
-    }
-    parts.version = http::Version::HTTP_11;
-    let mut req = Request::from_parts(parts, Either::Left(body));
+}
 
-    let mut attempts = 0;
-    let mut last: Option<&Backend> = None;
-    for &id in candidates {
-        let backend = &route.pool.backends[id as usize];
-        if !backend.state.is_usable() {
-            continue;
+/// The request to send: held whole so it can be sent again, or streamed
+/// once.
+struct Outgoing {
+    replay: Option<Replay>,
+    /// The streamed request, until it is sent (a connect error hands it back).
+    streamed: Option<Request<UpstreamBody>>,
+    /// Whether an answer (not only a connect error) may be retried.
+    retry_answers: bool,
+    upgrade: Option<OnUpgrade>,
+}
+
+impl Outgoing {
+    /// The request for `backend`, if one can still be sent.
+    fn take(&mut self, backend: &Backend) -> Option<Request<UpstreamBody>> {
+        if let Some(replay) = &self.replay {
+            return Some(replay.build(backend));
         }
-        if attempts == route.max_connect_attempts {
-            break;
-        }
-        attempts += 1;
-        last = Some(backend);
-        if !route.preserve_host {
+        let mut req = self.streamed.take()?;
+        if !self.preserve_host() {
             req.headers_mut()
                 .insert(header::HOST, backend.host_header.clone());
         }
-        let guard = backend.state.start_request();
-        let started = Instant::now();
+        Some(req)
+    }
+
+    fn preserve_host(&self) -> bool {
+        self.replay.as_ref().is_some_and(|r| r.preserve_host)
+    }
+
+    fn can_send(&self) -> bool {
+        self.replay.is_some() || self.streamed.is_some()
+    }
+}
+
+/// How trying one pool's candidates ended without a response to return.
+struct Exhausted {
+    /// Whether any candidate was tried at all.
+    tried: bool,
+    /// Whether every attempt failed to connect (nothing reached a backend).
+    connect_only: bool,
+    /// The last retryable answer given up on, and from whom.
+    last_answer: Option<(u16, HeaderValue)>,
+}
+
+impl Context<'_> {
+    async fn forward(
+        &self,
+        client: &ClientConn,
+        req: Request<Incoming>,
+        candidates: &[u32],
+        add_headers: Vec<(http::HeaderName, HeaderValue)>,
+        permit: Option<Permit>,
+    ) -> Response<ResponseBody> {
+        let route = self.route;
+        let (mut parts, body) = req.into_parts();
+        let upgrade = is_upgrade(&parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarded_for(&mut parts.headers, &client.forwarded_for);
+        for (name, value) in add_headers {
+            parts.headers.insert(name, value);
+        }
+        if let Some(uri) = upstream_uri(&parts.uri, route.strip_prefix.as_deref()) {
+            parts.uri = uri;
+        }
+        if route.preserve_host
+            && !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, authority);
+        }
+        parts.version = http::Version::HTTP_11;
+        let retry_answers = route.retries.non_idempotent || parts.method.is_idempotent();
+        let mut out = match hold(parts, body, route.retries.buffer_body, route.preserve_host).await
+        {
+            Ok(held) => Outgoing {
+                replay: Some(held),
+                streamed: None,
+                retry_answers,
+                upgrade: client_upgrade,
+            },
+            Err(Held::Streamed(req)) => Outgoing {
+                replay: None,
+                streamed: Some(*req),
+                retry_answers: false,
+                upgrade: client_upgrade,
+            },
+            Err(Held::Failed(e)) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}\n"),
+                );
+            }
+        };
+        if route.retries.attempts > 1 {
+            route.budget.record_request();
+        }
+        let mut permit = permit;
+        let exhausted = match self
+            .attempt(&route.pool, candidates, &mut out, &mut permit)
+            .await
+        {
+            Ok(resp) => return resp,
+            Err(e) => e,
+        };
+        self.fall_back(exhausted, &mut out, &mut permit).await
+    }
+
+    /// The route's last resort once its pool could not serve: the fallback
+    /// pool if nothing reached a backend, then the fallback reply; or the
+    /// last answer given up on.
+    async fn fall_back(
+        &self,
+        exhausted: Exhausted,
+        out: &mut Outgoing,
+        permit: &mut Option<Permit>,
+    ) -> Response<ResponseBody> {
+        let route = self.route;
+        let unreachable = !exhausted.tried || exhausted.connect_only;
+        if let (true, Some(fallback)) = (unreachable, &route.fallback) {
+            if let Some(pool) = &fallback.pool
+                && out.can_send()
+            {
+                metrics::counter!("switchyard_fallbacks_total", "route" => route.name.clone(), "kind" => "pool")
+                    .increment(1);
+                let (ids, len) = least_outstanding(pool);
+                if let Ok(resp) = self
+                    .attempt(pool, &ids[..usize::from(len)], out, permit)
+                    .await
+                {
+                    return resp;
+                }
+            }
+            metrics::counter!("switchyard_fallbacks_total", "route" => route.name.clone(), "kind" => "reply")
+                .increment(1);
+            route.metrics.local_replies.increment(1);
+            let status =
+                StatusCode::from_u16(fallback.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = reply(status, fallback.body.clone());
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, fallback.content_type.clone());
+            if let Some(after) = &fallback.retry_after {
+                h.insert(header::RETRY_AFTER, after.clone());
+            }
+            return resp;
+        }
+        route.metrics.local_replies.increment(1);
+        match exhausted.last_answer {
+            Some((status, backend)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut resp = reply(
+                    status,
+                    format!(
+                        "every backend tried for route {} failed; the last answered {}\n",
+                        route.name,
+                        status.as_u16()
+                    ),
+                );
+                if self.backend_header {
+                    resp.headers_mut()
+                        .insert(X_SWITCHYARD_BACKEND.clone(), backend);
+                }
+                resp
+            }
+            None if exhausted.tried => reply(
+                StatusCode::BAD_GATEWAY,
+                format!("no backend of route {} could be reached\n", route.name),
+            ),
+            None => {
+                let mut resp = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no usable backend for route {}\n", route.name),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp
+            }
+        }
+    }
+
+    /// Tries `candidates` of `pool` in order. Returns the response to send,
+    /// or how the attempts ran out.
+    async fn attempt(
+        &self,
+        pool: &Arc<Pool>,
+        candidates: &[u32],
+        out: &mut Outgoing,
+        permit: &mut Option<Permit>,
+    ) -> Result<Response<ResponseBody>, Exhausted> {
+        let route = self.route;
+        let retries = &route.retries;
         let t = &route.timeouts;
         // The total timeout bounds the wait for headers too.
         let first_byte = match (t.first_byte.is_zero(), t.total.is_zero()) {
@@ -139,101 +311,223 @@ async fn forward(
             (true, false) => t.total,
             (false, false) => t.first_byte.min(t.total),
         };
-        match worker
-            .upstream
-            .send(backend, req, t.connect, first_byte)
-            .await
-        {
-            Ok((mut resp, lease)) => {
-                let status = resp.status().as_u16();
-                backend.state.record_ttfb(micros(started));
-                if let Some(quota) = QuotaReport::from_headers(resp.headers()) {
-                    backend.state.record_quota(&quota);
-                }
-                route.metrics.count(backend.id, status);
-                strip_hop_by_hop(resp.headers_mut(), status == 101);
-                if backend_header {
-                    resp.headers_mut()
-                        .insert(X_SWITCHYARD_BACKEND.clone(), backend.name_header.clone());
-                }
-                let exchange = Exchange {
-                    state: backend.state.clone(),
-                    guard,
-                    lease: Some(lease),
-                    started,
-                    status,
-                };
-                if status == 101 {
-                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                    if let Some(client_upgrade) = client_upgrade {
-                        tokio::task::spawn_local(tunnel(
-                            client_upgrade,
-                            upstream_upgrade,
-                            exchange,
-                        ));
+        let mut exhausted = Exhausted {
+            tried: false,
+            connect_only: true,
+            last_answer: None,
+        };
+        let mut attempts = 0;
+        // Why the previous attempt failed; connect errors retry for free.
+        let mut previous: Option<&'static str> = None;
+        for (i, &id) in candidates.iter().enumerate() {
+            let backend = &pool.backends[id as usize];
+            if attempts == retries.attempts {
+                break;
+            }
+            if !backend.state.admit(pool.max_in_flight) {
+                continue;
+            }
+            if let Some(reason) = previous
+                && reason != "connect"
+                && !route.budget.try_retry()
+            {
+                metrics::counter!("switchyard_retry_budget_exhausted_total", "route" => route.name.clone())
+                    .increment(1);
+                break;
+            }
+            let Some(req) = out.take(backend) else { break };
+            if let Some(reason) = previous {
+                metrics::counter!("switchyard_retries_total", "route" => route.name.clone(), "reason" => reason)
+                    .increment(1);
+            }
+            attempts += 1;
+            exhausted.tried = true;
+            let guard = backend.state.start_request();
+            let started = Instant::now();
+            let sent = self
+                .worker
+                .upstream
+                .send(backend, req, out.replay.as_ref(), t.connect, first_byte)
+                .await;
+            // Another candidate worth trying, should this one fail.
+            let more = attempts < retries.attempts
+                && candidates[i + 1..]
+                    .iter()
+                    .any(|&n| pool.backends[n as usize].state.is_usable());
+            match sent {
+                Ok((mut resp, lease)) => {
+                    let status = resp.status().as_u16();
+                    let ttfb_us = micros(started);
+                    backend.state.record_ttfb(ttfb_us);
+                    let quota = QuotaReport::from_headers(resp.headers());
+                    if let Some(quota) = &quota {
+                        backend.state.record_quota(quota);
                     }
-                    return resp.map(|_| Either::Right(Full::new(Bytes::new())));
+                    route.metrics.count(backend.id, status);
+                    let retry_after_ms = quota.and_then(|q| q.retry_after_ms);
+                    let retryable = (status == 429 && retries.on_429)
+                        || (matches!(status, 502..=504) && retries.on_5xx);
+                    if retryable && more && out.retry_answers && out.replay.is_some() {
+                        // Given up on before its body: the connection is not reused.
+                        drop(resp);
+                        drop(lease);
+                        drop(guard);
+                        let timing = Timing {
+                            latency_us: ttfb_us,
+                            ttfb_us,
+                            retry_after_ms,
+                        };
+                        pool.record(id, Outcome::Response(status), timing);
+                        exhausted.connect_only = false;
+                        exhausted.last_answer = Some((status, backend.name_header.clone()));
+                        previous = Some(if status == 429 { "429" } else { "5xx" });
+                        continue;
+                    }
+                    strip_hop_by_hop(resp.headers_mut(), status == 101);
+                    if self.backend_header {
+                        resp.headers_mut()
+                            .insert(X_SWITCHYARD_BACKEND.clone(), backend.name_header.clone());
+                    }
+                    let exchange = Exchange {
+                        pool: pool.clone(),
+                        backend: id,
+                        guard,
+                        lease: Some(lease),
+                        started,
+                        status,
+                        ttfb_us,
+                        retry_after_ms,
+                    };
+                    if status == 101 {
+                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                        if let Some(client_upgrade) = out.upgrade.take() {
+                            tokio::task::spawn_local(tunnel(
+                                client_upgrade,
+                                upstream_upgrade,
+                                exchange,
+                                permit.take(),
+                            ));
+                        }
+                        return Ok(resp.map(|_| Either::Right(Full::new(Bytes::new()))));
+                    }
+                    let sse = resp
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                    let permit = permit.take();
+                    return Ok(resp.map(|body| {
+                        Either::Left(ProxiedBody::new(
+                            body, exchange, t.idle, t.total, sse, permit,
+                        ))
+                    }));
                 }
-                return resp
-                    .map(|body| Either::Left(ProxiedBody::new(body, exchange, t.idle, t.total)));
-            }
-            Err(SendError::Connect(back, reason)) => {
-                backend
-                    .state
-                    .record_outcome(Outcome::ConnectError, micros(started));
-                tracing::warn!(route = %route.name, backend = %backend.name, "{reason}; trying the next candidate");
-                req = *back;
-            }
-            Err(SendError::Timeout) => {
-                backend
-                    .state
-                    .record_outcome(Outcome::Timeout, micros(started));
-                route.metrics.count(backend.id, 504);
-                let body = format!(
-                    "backend {} sent no response within {first_byte:?}\n",
-                    backend.name
-                );
-                return tagged(
-                    reply(StatusCode::GATEWAY_TIMEOUT, body),
-                    backend,
-                    backend_header,
-                );
-            }
-            Err(SendError::Failed(e)) => {
-                backend
-                    .state
-                    .record_outcome(Outcome::Reset, micros(started));
-                route.metrics.count(backend.id, 502);
-                tracing::warn!(route = %route.name, backend = %backend.name, "upstream failed: {e}");
-                let body = format!("backend {} failed: {e}\n", backend.name);
-                return tagged(
-                    reply(StatusCode::BAD_GATEWAY, body),
-                    backend,
-                    backend_header,
-                );
+                Err(SendError::Connect(back, reason)) => {
+                    drop(guard);
+                    pool.record(id, Outcome::ConnectError, timing_of(started));
+                    tracing::warn!(route = %route.name, backend = %backend.name, "{reason}; trying the next candidate");
+                    if out.replay.is_none() {
+                        out.streamed = Some(*back);
+                    }
+                    previous = Some("connect");
+                }
+                Err(SendError::Timeout) => {
+                    drop(guard);
+                    pool.record(id, Outcome::Timeout, timing_of(started));
+                    route.metrics.count(backend.id, 504);
+                    let body = format!(
+                        "backend {} sent no response within {first_byte:?}\n",
+                        backend.name
+                    );
+                    return Ok(self.tagged(reply(StatusCode::GATEWAY_TIMEOUT, body), backend));
+                }
+                Err(SendError::Failed(e)) => {
+                    drop(guard);
+                    pool.record(id, Outcome::Reset, timing_of(started));
+                    route.metrics.count(backend.id, 502);
+                    tracing::warn!(route = %route.name, backend = %backend.name, "upstream failed: {e}");
+                    if more && out.retry_answers && out.replay.is_some() && retries.on_5xx {
+                        exhausted.connect_only = false;
+                        exhausted.last_answer = Some((502, backend.name_header.clone()));
+                        previous = Some("reset");
+                        continue;
+                    }
+                    let body = format!("backend {} failed: {e}\n", backend.name);
+                    return Ok(self.tagged(reply(StatusCode::BAD_GATEWAY, body), backend));
+                }
             }
         }
+        Err(exhausted)
     }
-    route.metrics.local_replies.increment(1);
-    match last {
-        Some(backend) => tagged(
-            reply(
-                StatusCode::BAD_GATEWAY,
-                format!("no backend of route {} could be reached\n", route.name),
-            ),
-            backend,
-            backend_header,
-        ),
-        None => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no usable backend for route {}\n", route.name),
-        ),
+
+    fn tagged(
+        &self,
+        mut resp: Response<ResponseBody>,
+        backend: &Backend,
+    ) -> Response<ResponseBody> {
+        if self.backend_header {
+            resp.headers_mut()
+                .insert(X_SWITCHYARD_BACKEND.clone(), backend.name_header.clone());
+        }
+        resp
+    }
+}
+
+/// Why a request could not be held whole.
+enum Held {
+    /// Its body is too large or of unknown length: it streams, once.
+    Streamed(Box<Request<UpstreamBody>>),
+    /// The client's body broke while it was read.
+    Failed(hyper::Error),
+}
+
+/// Holds the request whole when its body is empty or declares a length
+/// within `limit`, so it can be sent more than once.
+async fn hold(
+    parts: http::request::Parts,
+    body: Incoming,
+    limit: u64,
+    preserve_host: bool,
+) -> Result<Replay, Held> {
+    let bytes = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        match body.size_hint().exact() {
+            Some(n) if n <= limit => match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => return Err(Held::Failed(e)),
+            },
+            _ => {
+                return Err(Held::Streamed(Box::new(Request::from_parts(
+                    parts,
+                    Either::Left(body),
+                ))));
+            }
+        }
+    };
+    Ok(Replay {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body: bytes,
+        preserve_host,
+    })
+}
+
+fn timing_of(started: Instant) -> Timing {
+    Timing {
+        latency_us: micros(started),
+        ..Timing::default()
     }
 }
 
 /// Relays bytes both ways after a protocol switch; the exchange (and the
 /// backend's in-flight count) lasts as long as the tunnel.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, exchange: Exchange) {
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    exchange: Exchange,
+    permit: Option<Permit>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -247,6 +541,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, exchange: Exchange) {
         tracing::debug!("tunnel ended: {e}");
     }
     drop(exchange);
+    drop(permit);
 }
 
 /// The URI to send upstream in origin form, or `None` when the client's can
@@ -279,14 +574,6 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    resp
-}
-
-fn tagged(mut resp: Response<ResponseBody>, backend: &Backend, on: bool) -> Response<ResponseBody> {
-    if on {
-        resp.headers_mut()
-            .insert(X_SWITCHYARD_BACKEND.clone(), backend.name_header.clone());
-    }
     resp
 }
 

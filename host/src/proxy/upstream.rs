@@ -6,8 +6,7 @@
 
 use crate::balance::Backend;
 use bytes::Bytes;
-use http_body::Body as _;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
@@ -18,8 +17,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// Body of a request sent upstream: the client's body, or none.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body of a request sent upstream: the client's body streamed, or held
+/// whole (empty, or buffered so it can be sent again).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Idle connections kept per backend and thread.
@@ -79,11 +79,14 @@ impl Lease {
 
 impl UpstreamPool {
     /// Sends `req` to `backend` over an idle connection, or a new one, and
-    /// waits for the response headers up to `first_byte`.
+    /// waits for the response headers up to `first_byte`. `replay` is a
+    /// copy of a request held whole, used if a reused connection turns out
+    /// to be closed.
     pub async fn send(
         self: &Rc<Self>,
         backend: &Backend,
         mut req: Request<UpstreamBody>,
+        replay: Option<&Replay>,
         connect_timeout: Duration,
         first_byte: Duration,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
@@ -93,18 +96,16 @@ impl UpstreamPool {
                 continue;
             }
             // An idle connection the backend has just closed fails only once
-            // the request is written. A request without a body can be sent
-            // again, so keep its head until the answer starts.
-            let replay = req.body().is_end_stream().then(|| head_of(&req));
+            // the request is written; a request held whole is sent again.
             match with_timeout(first_byte, conn.sender.try_send_request(req)).await {
                 None => return Err(SendError::Timeout),
                 Some(Ok(resp)) => return Ok((resp, self.lease(key, conn.sender))),
                 Some(Err(mut e)) => match (e.take_message(), replay) {
                     // Not written: try the next connection with it intact.
                     (Some(back), _) => req = back,
-                    (None, Some(head)) if is_stale(e.error()) => {
+                    (None, Some(replay)) if is_stale(e.error()) => {
                         tracing::debug!(address = %backend.address, "reused connection was closed; sending again");
-                        req = head;
+                        req = replay.build(backend);
                     }
                     (None, _) => return Err(SendError::Failed(e.into_error())),
                 },
@@ -134,14 +135,31 @@ impl UpstreamPool {
     }
 }
 
-/// A copy of a body-less request, to send again.
-fn head_of(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
-    let mut copy = Request::new(Either::Right(Empty::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
+/// A request held whole (head and a buffered or empty body), so it can be
+/// sent more than once: to the next candidate, or again over a fresh
+/// connection.
+pub struct Replay {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// Send the client's `host` rather than the backend's address.
+    pub preserve_host: bool,
+}
+
+impl Replay {
+    /// A copy of the request for `backend`.
+    pub fn build(&self, backend: &Backend) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        if !self.preserve_host {
+            req.headers_mut()
+                .insert(http::header::HOST, backend.host_header.clone());
+        }
+        req
+    }
 }
 
 /// Whether `e` says the connection went away before any response, as an

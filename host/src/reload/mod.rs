@@ -10,6 +10,7 @@ pub use watcher::ReloadWatcher;
 
 use crate::balance::LiveRegistry;
 use crate::config::Config;
+use crate::control::ControlLink;
 use crate::plugin::PluginRuntime;
 use crate::proxy::Shared;
 use crate::route::RouteTable;
@@ -41,6 +42,7 @@ pub struct Reloader {
     pub shared: Arc<Shared>,
     /// Live backend state; its lock also keeps reloads one at a time.
     registry: Mutex<LiveRegistry>,
+    control: ControlLink,
     history: Mutex<VecDeque<ReloadEvent>>,
 }
 
@@ -52,12 +54,14 @@ impl Reloader {
         runtime: Arc<PluginRuntime>,
         shared: Arc<Shared>,
         registry: LiveRegistry,
+        control: ControlLink,
     ) -> Reloader {
         Reloader {
             config_path,
             runtime,
             shared,
             registry: Mutex::new(registry),
+            control,
             history: Mutex::new(VecDeque::new()),
         }
     }
@@ -86,7 +90,9 @@ impl Reloader {
             Ok(table) => {
                 let message = describe_change(&previous, &table);
                 registry.retain(&table.pools);
+                let pools = table.pools.clone();
                 self.shared.table.store(Arc::new(table));
+                self.control.apply(pools);
                 tracing::info!(cause, "reloaded: {message}");
                 Ok(message)
             }

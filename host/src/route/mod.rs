@@ -2,8 +2,18 @@
 //! from a config with their pools and router plugins loaded.
 
 use crate::balance::{LiveRegistry, Pool};
-use crate::config::{Config, RouteConfig, TimeoutConfig, flatten_table};
-use crate::plugin::{PluginError, PluginRuntime, RouterPlugin, RouterSpec, wit};
+mod limits;
+
+pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
+
+use crate::balance::{OutcomeFeed, PoolHealth};
+use crate::config::{
+    Config, HealthConfig, PolicyPlugin, RetryConfig, RouteConfig, TimeoutConfig, flatten_table,
+};
+use crate::plugin::{
+    BreakerPolicy, HealthPolicy, PluginError, PluginRuntime, PolicySpec, RouterPlugin, RouterSpec,
+    wit,
+};
 use http::{HeaderName, HeaderValue, Request};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +29,12 @@ pub enum BuildError {
     },
     #[error("pool `{pool}`: {message}")]
     Pool { pool: String, message: String },
+    #[error("pool `{pool}`: {source}")]
+    PoolPlugin {
+        pool: String,
+        #[source]
+        source: PluginError,
+    },
 }
 
 /// What a request must carry to take a route.
@@ -141,7 +157,10 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     pub preserve_host: bool,
     pub timeouts: TimeoutConfig,
-    pub max_connect_attempts: u32,
+    pub retries: RetryConfig,
+    pub budget: RetryBudget,
+    pub admission: Option<Admission>,
+    pub fallback: Option<Fallback>,
     pub metrics: RouteMetrics,
 }
 
@@ -169,11 +188,46 @@ impl RouteTable {
         previous: Option<&RouteTable>,
     ) -> Result<RouteTable, BuildError> {
         let mut pools = HashMap::new();
-        for (name, pool) in &config.pools {
-            let pool = Pool::new(name, pool, registry).map_err(|message| BuildError::Pool {
+        for (name, pool_config) in &config.pools {
+            let mut pool =
+                Pool::new(name, pool_config, registry).map_err(|message| BuildError::Pool {
+                    pool: name.clone(),
+                    message,
+                })?;
+            let before = previous.and_then(|t| t.pools.iter().find(|p| p.name == *name));
+            let plugin_err = |source| BuildError::PoolPlugin {
                 pool: name.clone(),
-                message,
-            })?;
+                source,
+            };
+            if let Some(health) = &pool_config.health {
+                let plugin = match health.plugin() {
+                    Some(p) => {
+                        let spec = policy_spec(config, name, &p, &pool);
+                        let old = before.and_then(|b| b.health.as_ref()?.plugin.clone());
+                        Some(
+                            bind_policy(runtime, spec, old, "health-check", HealthPolicy::load)
+                                .map_err(plugin_err)?,
+                        )
+                    }
+                    None => None,
+                };
+                pool.health = Some(PoolHealth {
+                    config: HealthConfig::clone(health),
+                    plugin,
+                });
+            }
+            if let Some(breaker) = &pool_config.breaker {
+                let spec = policy_spec(config, name, breaker, &pool);
+                let old = before.and_then(|b| b.breaker.clone());
+                pool.breaker = Some(
+                    bind_policy(runtime, spec, old, "circuit-breaker", BreakerPolicy::load)
+                        .map_err(plugin_err)?,
+                );
+                pool.feed = registry.control().map(|tx| OutcomeFeed {
+                    tx,
+                    pool: name.as_str().into(),
+                });
+            }
             pools.insert(name.clone(), Arc::new(pool));
         }
         let mut routes = Vec::new();
@@ -218,7 +272,16 @@ impl RouteTable {
                     .map(|p| p.trim_end_matches('/').to_string()),
                 preserve_host: r.preserve_host,
                 timeouts: r.timeouts.clone(),
-                max_connect_attempts: r.max_connect_attempts,
+                retries: r.retries.clone(),
+                budget: RetryBudget::new(&r.retries),
+                admission: r.limits.as_ref().and_then(|l| Admission::new(&r.name, l)),
+                fallback: r.fallback.as_ref().map(|f| {
+                    let pool = f
+                        .pool
+                        .as_ref()
+                        .and_then(|p| pools.get(p.get_ref()).cloned());
+                    Fallback::new(f, pool)
+                }),
             });
         }
         Ok(RouteTable {
@@ -267,6 +330,54 @@ fn bind_router(
     tracing::info!(route = %plugin.spec.route, plugin = %plugin.name(),
         version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
     Ok(plugin)
+}
+
+fn policy_spec(config: &Config, pool: &str, plugin: &PolicyPlugin, built: &Pool) -> PolicySpec {
+    PolicySpec {
+        file: config.plugin_dir().join(&plugin.plugin),
+        pool: pool.to_string(),
+        config: flatten_table(&plugin.config),
+        deadline: plugin.deadline,
+        memory_mb: plugin.memory_mb,
+        backends: backend_infos(built),
+    }
+}
+
+/// Loads a pool's health or breaker plugin, reusing `before` (and so its
+/// running instance and counts) when neither the file nor the binding
+/// changed, or when the file is gone.
+fn bind_policy<P>(
+    runtime: &PluginRuntime,
+    spec: PolicySpec,
+    before: Option<Arc<crate::plugin::Policy<P>>>,
+    interface: &str,
+    load: impl FnOnce(&PluginRuntime, PolicySpec) -> Result<Arc<crate::plugin::Policy<P>>, PluginError>,
+) -> Result<Arc<crate::plugin::Policy<P>>, PluginError> {
+    let before = before.filter(|p| p.spec.file == spec.file);
+    match runtime.load(&spec.file, interface) {
+        Ok(component) => {
+            if let Some(before) = before
+                && Arc::ptr_eq(&before.component, &component)
+                && before.spec == spec
+            {
+                return Ok(before);
+            }
+        }
+        Err(PluginError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && before.is_some() =>
+        {
+            if let Some(before) = before.filter(|b| b.spec == spec) {
+                tracing::warn!(pool = %spec.pool, file = %spec.file.display(),
+                    "plugin file was deleted; the pool keeps the loaded version until the config stops referencing it");
+                return Ok(before);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let policy = load(runtime, spec)?;
+    tracing::info!(pool = %policy.spec.pool, plugin = %policy.name(),
+        version = %&policy.component.hash[..12], "{interface} plugin loaded");
+    Ok(policy)
 }
 
 /// A pool's static facts in the plugin interface's shape.

@@ -55,6 +55,29 @@ impl Config {
         }
     }
 
+    /// `key` as a duration in milliseconds: `"250ms"`, `"5s"`, `"2m"`, or a
+    /// bare number of milliseconds; `Ok(None)` when unset.
+    pub fn millis(&self, key: &str) -> Result<Option<u64>, String> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let v = v.trim();
+        let bad = || format!("config key `{key}`: {v:?} is not a duration such as \"5s\"");
+        let split = v
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(v.len());
+        let (number, unit) = v.split_at(split);
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        let factor = match unit {
+            "" | "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        Ok(Some((n * factor) as u64))
+    }
+
     /// The comma-separated items of `key`, trimmed; empty when unset.
     pub fn list(&self, key: &str) -> impl Iterator<Item = &str> {
         self.get(key)
@@ -97,5 +120,22 @@ mod tests {
         assert_eq!(c.parse::<u32>("n"), Ok(Some(3)));
         assert_eq!(c.parse::<u32>("missing"), Ok(None));
         assert!(c.parse::<u32>("header").unwrap_err().contains("header"));
+    }
+
+    #[test]
+    fn reads_durations() {
+        let c = Config::from_pairs(&[
+            ("a", "5s"),
+            ("b", "250ms"),
+            ("c", "1.5m"),
+            ("d", "40"),
+            ("e", "soon"),
+        ]);
+        assert_eq!(c.millis("a"), Ok(Some(5000)));
+        assert_eq!(c.millis("b"), Ok(Some(250)));
+        assert_eq!(c.millis("c"), Ok(Some(90_000)));
+        assert_eq!(c.millis("d"), Ok(Some(40)));
+        assert_eq!(c.millis("x"), Ok(None));
+        assert!(c.millis("e").is_err());
     }
 }

@@ -5,11 +5,14 @@ pub use alloc::string::String;
 pub use alloc::vec::Vec;
 
 pub use crate::bindings::exports::switchyard::policy::router::Guest as RouterGuest;
+pub use crate::breaker_bindings::exports::switchyard::policy::circuit_breaker::Guest as BreakerGuest;
+pub use crate::health_bindings::exports::switchyard::policy::health_check::Guest as HealthGuest;
 
 pub use crate::bindings::switchyard::policy::types::{
     Choice, Decision as WitDecision, Request as Facts,
 };
 
+use crate::policy::{BreakerUpdate, CircuitBreaker, HealthCheck, Outcome, ProbeResult, Verdict};
 use crate::{Attribute, BackendInfo, Config, Decision, Router};
 use core::cell::RefCell;
 
@@ -55,6 +58,64 @@ pub fn init<R: Router>(
 pub fn set_backends<R: Router>(slot: &Slot<R>, backends: &[BackendInfo]) {
     if let Some(router) = slot.0.borrow_mut().0.as_mut() {
         router.set_backends(backends);
+    }
+}
+
+/// Runs [`HealthCheck::init`] and keeps the check.
+pub fn init_health<C: HealthCheck>(
+    slot: &Slot<C>,
+    pool: &str,
+    config: Vec<(String, String)>,
+) -> Result<(), String> {
+    slot.0.borrow_mut().0 = Some(C::init(pool, &Config::new(config))?);
+    Ok(())
+}
+
+pub fn set_health_backends<C: HealthCheck>(slot: &Slot<C>, backends: &[BackendInfo]) {
+    if let Some(check) = slot.0.borrow_mut().0.as_mut() {
+        check.set_backends(backends);
+    }
+}
+
+/// Judges a probe; before `init`, only the status counts.
+pub fn check<C: HealthCheck>(slot: &Slot<C>, probe: &ProbeResult) -> Verdict {
+    match slot.0.borrow_mut().0.as_mut() {
+        Some(check) => check.check(probe),
+        None => Verdict::new(
+            if (200..300).contains(&probe.status) {
+                crate::Health::Healthy
+            } else {
+                crate::Health::Unhealthy
+            },
+            0,
+        ),
+    }
+}
+
+/// Runs [`CircuitBreaker::init`] and keeps the breaker.
+pub fn init_breaker<B: CircuitBreaker>(
+    slot: &Slot<B>,
+    pool: &str,
+    config: Vec<(String, String)>,
+) -> Result<(), String> {
+    slot.0.borrow_mut().0 = Some(B::init(pool, &Config::new(config))?);
+    Ok(())
+}
+
+pub fn set_breaker_backends<B: CircuitBreaker>(slot: &Slot<B>, backends: &[BackendInfo]) {
+    if let Some(breaker) = slot.0.borrow_mut().0.as_mut() {
+        breaker.set_backends(backends);
+    }
+}
+
+pub fn record<B: CircuitBreaker>(slot: &Slot<B>, outcome: &Outcome) -> Option<BreakerUpdate> {
+    slot.0.borrow_mut().0.as_mut()?.record(outcome)
+}
+
+pub fn cool_down_ended<B: CircuitBreaker>(slot: &Slot<B>, backend: u32) -> BreakerUpdate {
+    match slot.0.borrow_mut().0.as_mut() {
+        Some(breaker) => breaker.cool_down_ended(backend),
+        None => BreakerUpdate::Closed,
     }
 }
 

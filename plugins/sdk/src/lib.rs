@@ -1,7 +1,10 @@
-//! Write Switchyard routing policies in plain Rust.
+//! Write Switchyard policies in plain Rust.
 //!
 //! A router is a type implementing [`Router`], exported with
-//! [`export_router!`]. The same crate builds to a `wasm32-wasip2` component
+//! [`export_router!`]; a pool's health check implements
+//! [`HealthCheck`](policy::HealthCheck) ([`export_health_check!`]) and its
+//! circuit breaker [`CircuitBreaker`](policy::CircuitBreaker)
+//! ([`export_breaker!`]). The same crate builds to a `wasm32-wasip2` component
 //! the proxy loads, and natively, so a policy is unit-tested with `cargo test`
 //! like any other Rust code.
 //!
@@ -38,6 +41,8 @@ mod candidates;
 mod config;
 pub mod hash;
 pub mod host;
+pub mod json;
+pub mod policy;
 mod types;
 
 #[doc(hidden)]
@@ -61,11 +66,45 @@ pub mod bindings {
     });
 }
 
+#[doc(hidden)]
+pub mod health_bindings {
+    wit_bindgen::generate!({
+        world: "health-plugin",
+        path: "../../wit/policy@0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_health_bindings",
+        default_bindings_module: "switchyard_sdk::health_bindings",
+        with: {
+            "switchyard:policy/types@0.1.0": crate::bindings::switchyard::policy::types,
+            "switchyard:policy/host@0.1.0": crate::bindings::switchyard::policy::host,
+        },
+    });
+}
+
+#[doc(hidden)]
+pub mod breaker_bindings {
+    wit_bindgen::generate!({
+        world: "breaker-plugin",
+        path: "../../wit/policy@0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_breaker_bindings",
+        default_bindings_module: "switchyard_sdk::breaker_bindings",
+        with: {
+            "switchyard:policy/types@0.1.0": crate::bindings::switchyard::policy::types,
+            "switchyard:policy/host@0.1.0": crate::bindings::switchyard::policy::host,
+        },
+    });
+}
+
 /// Everything a plugin usually needs, including `alloc`'s collections.
 pub mod prelude {
+    pub use crate::policy::{
+        BreakerUpdate, CircuitBreaker, ErrorKind, HealthCheck, Outcome, ProbeResult, Verdict,
+    };
     pub use crate::{
         Attribute, BackendInfo, BackendLoad, BreakerState, Candidates, Config, Decision, Header,
-        Health, IpAddress, Method, Request, Router, export_router, host,
+        Health, IpAddress, Method, Request, Router, export_breaker, export_health_check,
+        export_router, host,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;

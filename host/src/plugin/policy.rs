@@ -1,0 +1,210 @@
+//! Pool policy plugins: health checks and circuit breakers. Each is bound to
+//! one pool and runs as a single instance on the control thread, off the
+//! request path, so it sees every probe and every outcome of its pool.
+
+use super::generated::{BreakerPlugin, BreakerPluginPre, HealthPlugin, HealthPluginPre, wit};
+use super::{CallFailure, HostState, LoadedComponent, PluginError, PluginRuntime};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::Store;
+
+/// What a pool asks of one of its policy plugins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySpec {
+    pub file: PathBuf,
+    pub pool: String,
+    /// The config table, flattened for `init`.
+    pub config: Vec<(String, String)>,
+    pub deadline: Duration,
+    pub memory_mb: u32,
+    /// The pool's static backend facts, for `set-backends`.
+    pub backends: Vec<wit::BackendInfo>,
+}
+
+/// Loaded, linked and validated policy plugin of one kind.
+pub struct Policy<P> {
+    pub component: Arc<LoadedComponent>,
+    pub spec: PolicySpec,
+    pre: P,
+    deadline_ticks: u64,
+    name: Arc<str>,
+}
+
+/// A health-check plugin bound to a pool.
+pub type HealthPolicy = Policy<HealthPluginPre<HostState>>;
+/// A circuit-breaker plugin bound to a pool.
+pub type BreakerPolicy = Policy<BreakerPluginPre<HostState>>;
+
+impl<P> Policy<P> {
+    /// Plugin file name, as logs and metrics show it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn store(&self, engine: &wasmtime::Engine) -> Store<HostState> {
+        super::new_store(
+            engine,
+            self.name.clone(),
+            format!("pool:{}", self.spec.pool).into(),
+            self.spec.memory_mb,
+            self.deadline_ticks,
+        )
+    }
+
+    fn init_error(&self, message: String) -> PluginError {
+        PluginError::Init {
+            file: self.spec.file.clone(),
+            owner: format!("pool `{}`", self.spec.pool),
+            message,
+        }
+    }
+
+    fn bind(
+        runtime: &PluginRuntime,
+        component: Arc<LoadedComponent>,
+        spec: PolicySpec,
+        make_pre: impl FnOnce(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
+    ) -> Result<Policy<P>, PluginError> {
+        let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
+            file: spec.file.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component.component)
+            .map_err(instantiate_err)?;
+        let pre = make_pre(pre).map_err(instantiate_err)?;
+        Ok(Policy {
+            name: super::file_name(&spec.file),
+            deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
+            component,
+            spec,
+            pre,
+        })
+    }
+}
+
+// === impl HealthPolicy ===
+
+impl Policy<HealthPluginPre<HostState>> {
+    /// Loads `spec.file` as a health plugin and starts one instance to
+    /// validate it, so a broken plugin is refused at load.
+    pub fn load(runtime: &PluginRuntime, spec: PolicySpec) -> Result<Arc<Self>, PluginError> {
+        let component = runtime.load(&spec.file, "health-check")?;
+        let policy = Policy::bind(runtime, component, spec, HealthPluginPre::new)?;
+        policy.instantiate()?;
+        Ok(Arc::new(policy))
+    }
+
+    /// Creates an instance, `init` and `set-backends` run.
+    pub fn instantiate(&self) -> Result<HealthInstance, PluginError> {
+        let mut store = self.store(self.pre.engine());
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Instantiate {
+                file: self.spec.file.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let check = bindings.switchyard_policy_health_check();
+        check
+            .call_init(&mut store, &self.spec.pool, &self.spec.config)
+            .map_err(|e| self.init_error(format!("trapped: {e:#}")))?
+            .map_err(|m| self.init_error(m))?;
+        check
+            .call_set_backends(&mut store, &self.spec.backends)
+            .map_err(|e| self.init_error(format!("set-backends trapped: {e:#}")))?;
+        Ok(HealthInstance {
+            store,
+            bindings,
+            deadline_ticks: self.deadline_ticks,
+        })
+    }
+}
+
+/// A live health-check instance.
+pub struct HealthInstance {
+    store: Store<HostState>,
+    bindings: HealthPlugin,
+    deadline_ticks: u64,
+}
+
+impl HealthInstance {
+    /// Judges one probe. After an `Err` the instance must be replaced.
+    pub fn check(&mut self, probe: &wit::ProbeResult) -> Result<wit::Verdict, CallFailure> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.bindings
+            .switchyard_policy_health_check()
+            .call_check(&mut self.store, probe)
+            .map_err(|e| super::call_failure(&e))
+    }
+}
+
+// === impl BreakerPolicy ===
+
+impl Policy<BreakerPluginPre<HostState>> {
+    /// Loads `spec.file` as a circuit-breaker plugin and starts one
+    /// instance to validate it.
+    pub fn load(runtime: &PluginRuntime, spec: PolicySpec) -> Result<Arc<Self>, PluginError> {
+        let component = runtime.load(&spec.file, "circuit-breaker")?;
+        let policy = Policy::bind(runtime, component, spec, BreakerPluginPre::new)?;
+        policy.instantiate()?;
+        Ok(Arc::new(policy))
+    }
+
+    /// Creates an instance, `init` and `set-backends` run.
+    pub fn instantiate(&self) -> Result<BreakerInstance, PluginError> {
+        let mut store = self.store(self.pre.engine());
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Instantiate {
+                file: self.spec.file.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let breaker = bindings.switchyard_policy_circuit_breaker();
+        breaker
+            .call_init(&mut store, &self.spec.pool, &self.spec.config)
+            .map_err(|e| self.init_error(format!("trapped: {e:#}")))?
+            .map_err(|m| self.init_error(m))?;
+        breaker
+            .call_set_backends(&mut store, &self.spec.backends)
+            .map_err(|e| self.init_error(format!("set-backends trapped: {e:#}")))?;
+        Ok(BreakerInstance {
+            store,
+            bindings,
+            deadline_ticks: self.deadline_ticks,
+        })
+    }
+}
+
+/// A live circuit-breaker instance.
+pub struct BreakerInstance {
+    store: Store<HostState>,
+    bindings: BreakerPlugin,
+    deadline_ticks: u64,
+}
+
+impl BreakerInstance {
+    /// Feeds one outcome; `Some` changes the backend's breaker state.
+    pub fn record_outcome(
+        &mut self,
+        outcome: wit::Outcome,
+    ) -> Result<Option<wit::BreakerUpdate>, CallFailure> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.bindings
+            .switchyard_policy_circuit_breaker()
+            .call_record_outcome(&mut self.store, outcome)
+            .map_err(|e| super::call_failure(&e))
+    }
+
+    /// Asks what follows the end of `backend`'s open period.
+    pub fn cool_down_ended(&mut self, backend: u32) -> Result<wit::BreakerUpdate, CallFailure> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.bindings
+            .switchyard_policy_circuit_breaker()
+            .call_cool_down_ended(&mut self.store, backend)
+            .map_err(|e| super::call_failure(&e))
+    }
+}
