@@ -549,12 +549,16 @@ backends = [
   {{ name = "cheap-1", address = "{c1}", labels = {{ tier = "cheap", cost = 1 }} }},
   {{ name = "cheap-2", address = "{c2}", labels = {{ tier = "cheap", cost = 1 }} }},
 ]
+# Trip a model backend above 5 % failures; a 429 cools it for its retry-after.
+breaker = {{ plugin = "error-rate-breaker.wasm", config = {{ threshold = 0.05, cool_down = "5s" }} }}
 
 [pools.tools]
 backends = [
   {{ name = "tool-1", address = "{t1}" }},
   {{ name = "tool-2", address = "{t2}" }},
 ]
+# Tools report their load on /health; busy ones are degraded or taken out.
+health = {{ path = "/health", interval = "1s", body_limit = "4KiB", plugin = "resource-health.wasm" }}
 
 # The research graph: priority decides the tier.
 [[routes]]
@@ -571,6 +575,8 @@ match = {{ path_prefix = "/graphs/tools" }}
 strip_prefix = true
 pool = "tools"
 router = {{ plugin = "round-robin.wasm" }}
+limits = {{ max_in_flight = 64, queue = 128, queue_timeout = "5s" }}
+fallback = {{ status = 503, body = "tools are down for maintenance\n", retry_after = "30s" }}
 
 # Everything else: also by priority, the x-graph header selecting nothing special.
 [[routes]]

@@ -123,12 +123,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None,
             )
             .with_context(|| format!("{}", path.display()))?;
+            let pool_plugins: usize = table
+                .pools
+                .iter()
+                .map(|p| {
+                    usize::from(p.breaker.is_some())
+                        + usize::from(p.health.as_ref().is_some_and(|h| h.plugin.is_some()))
+                })
+                .sum();
             println!(
                 "{}: ok ({} routes, {} pools, {} plugins loaded)",
                 path.display(),
                 table.routes.len(),
                 table.pools.len(),
-                table.routes.iter().filter(|r| r.router.is_some()).count()
+                table.routes.iter().filter(|r| r.router.is_some()).count() + pool_plugins
             );
             Ok(())
         }

@@ -107,7 +107,7 @@ fn shipped_example_config_checks() {
     let (ok, stdout) = run(switchyard(&["check", "--config"]).arg(&example));
     assert!(ok, "{stdout}");
     assert!(
-        stdout.contains("ok (3 routes, 2 pools, 2 plugins loaded)"),
+        stdout.contains("ok (3 routes, 3 pools, 4 plugins loaded)"),
         "{stdout}"
     );
 }

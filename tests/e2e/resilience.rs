@@ -418,3 +418,77 @@ async fn retries_follow_method_body_and_status_rules() {
     let both = get(&proxy.url("/x"), &[]).await;
     assert_eq!(both.status, 503, "{}", both.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_pool_plugins_are_refused_naming_file_and_pool() {
+    let b = mock("b");
+    let good = pool(
+        "p",
+        &[&b],
+        "breaker = { plugin = \"error-rate-breaker.wasm\" }",
+    ) + "[[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let bad_config = pool(
+        "p",
+        &[&b],
+        "breaker = { plugin = \"error-rate-breaker.wasm\", config = { threshold = 5 } }",
+    ) + "[[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let err = TestProxy::try_start(&bad_config).err().expect("refused");
+    assert!(
+        err.contains("error-rate-breaker.wasm")
+            && err.contains("pool `p`")
+            && err.contains("threshold"),
+        "{err}"
+    );
+    let wrong_world = pool("p", &[&b], "health = { plugin = \"round-robin.wasm\" }")
+        + "[[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let err = TestProxy::try_start(&wrong_world).err().expect("refused");
+    assert!(
+        err.contains("round-robin.wasm") && err.contains("switchyard:policy/health-check@0.1.0"),
+        "{err}"
+    );
+
+    // On reload, the last good config keeps serving.
+    let proxy = TestProxy::start(&good);
+    proxy.write_config(&bad_config);
+    eventually(Duration::from_secs(5), "the refused reload", || async {
+        let status = proxy.status().await;
+        status["reloads"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|e| e["ok"] == false))
+    })
+    .await;
+    assert_eq!(get(&proxy.url("/x"), &[]).await.status, 200);
+    let status = proxy.status().await;
+    assert_eq!(
+        status["pools"][0]["breaker"]["file"], "error-rate-breaker.wasm",
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_config_serves_with_its_health_checks_and_breaker() {
+    let backends = switchyard::demo::demo_backends().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.toml");
+    let text = switchyard::demo::demo_config(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &plugin_dir().to_string_lossy(),
+        &backends,
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = switchyard::config::Config::load(&path).unwrap();
+    let proxy = switchyard::Switchyard::start(&config).unwrap();
+    let url = |p: &str| format!("http://{}{p}", proxy.addr());
+    let r = get(&url("/graphs/research/v1/x"), &[("x-priority", "high")]).await;
+    assert!(r.backend().starts_with("fast-"), "{}", r.backend());
+    let r = get(&url("/graphs/tools/x"), &[]).await;
+    assert!(r.backend().starts_with("tool-"), "{}", r.backend());
+    let admin = proxy.admin_addr.unwrap();
+    eventually(Duration::from_secs(5), "probes of the tools", || async {
+        let m = get(&format!("http://{admin}/metrics"), &[]).await.text();
+        m.contains("switchyard_health_probes_total{pool=\"tools\",result=\"ok\"}")
+    })
+    .await;
+    proxy.shutdown();
+}
