@@ -9,6 +9,10 @@
 # when missing, and stops every process it started.
 #
 #   THREADS=1 DURATION=10 CONNS=64 ROUNDS=3 PROFILE=release benches/e2e.sh
+#
+# BASELINE=path/to/an/older/switchyard adds that binary (Wasm router) as a
+# sixth target, to tell a regression from machine noise; the table then goes
+# to benches/results/e2e-<threads>t-vs-baseline.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -135,9 +139,17 @@ done = function(summary, latency, requests)
 end
 EOF
 
-sleep 1
 names=(direct builtin wasm nginx haproxy)
 ports=($b1 $p_builtin $p_wasm $p_nginx $p_haproxy)
+if [ -n "${BASELINE:-}" ]; then
+  p_base=$((BASE_PORT + 14))
+  sed "s/127.0.0.1:$p_wasm/127.0.0.1:$p_base/" "$work/wasm.toml" > "$work/baseline.toml"
+  RUST_LOG=warn taskset -c "$proxy_cpus" "$BASELINE" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
+  pids+=($!)
+  names+=(baseline); ports+=($p_base)
+fi
+
+sleep 1
 for i in "${!ports[@]}"; do
   curl -sf "http://127.0.0.1:${ports[$i]}/ok" >/dev/null || { echo "${names[$i]} is not answering"; exit 1; }
 done
@@ -159,6 +171,7 @@ pid_of() {
     wasm) echo "${pids[3]}" ;;
     nginx) echo "${pids[4]}" ;;
     haproxy) echo "${pids[5]}" ;;
+    baseline) echo "${pids[6]}" ;;
   esac
 }
 hz=$(getconf CLK_TCK)
@@ -180,7 +193,7 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 mkdir -p benches/results
-file="benches/results/e2e-${THREADS}t.md"
+file="benches/results/e2e-${THREADS}t${BASELINE:+-vs-baseline}.md"
 {
   echo "# End-to-end, $THREADS proxy thread(s)/worker(s)"
   echo
@@ -199,4 +212,8 @@ file="benches/results/e2e-${THREADS}t.md"
   echo "Ratios of req/s: Wasm / built-in = $(awk -v a="$w" -v b="$b" 'BEGIN{printf "%.3f", a/b}'),"\
     "Wasm / nginx = $(awk -v a="$w" -v b="$ng" 'BEGIN{printf "%.3f", a/b}'),"\
     "Wasm / HAProxy = $(awk -v a="$w" -v b="$hp" 'BEGIN{printf "%.3f", a/b}')."
+  if [ -n "${BASELINE:-}" ]; then
+    bl=$(echo "${rps[baseline]}" | median)
+    echo "Wasm / baseline ($BASELINE) = $(awk -v a="$w" -v b="$bl" 'BEGIN{printf "%.3f", a/b}')."
+  fi
 } | tee "$file"

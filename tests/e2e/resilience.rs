@@ -336,6 +336,45 @@ async fn a_burst_beyond_cap_and_queue_is_refused_fast_and_nothing_hangs() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_at_their_in_flight_cap_are_skipped_then_refused() {
+    let (a, b) = (
+        mock_with(MockOptions {
+            latency: Duration::from_millis(300),
+            ..MockOptions::new("a")
+        }),
+        mock_with(MockOptions {
+            latency: Duration::from_millis(300),
+            ..MockOptions::new("b")
+        }),
+    );
+    let config =
+        pool("p", &[&a, &b], "max_in_flight = 1") + "[[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let proxy = TestProxy::start(&config);
+    let burst: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(get_owned(proxy.url("/x"))))
+        .collect();
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for r in burst {
+        let r = r.await.unwrap();
+        match r.status.as_u16() {
+            200 => served.push(r.backend().to_string()),
+            503 => {
+                assert!(r.text().contains("at capacity"), "{}", r.text());
+                assert_eq!(r.headers["retry-after"], "1");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    served.sort();
+    assert_eq!(
+        (served, refused),
+        (vec!["a".to_string(), "b".to_string()], 2)
+    );
+}
+
 async fn get_owned(url: String) -> Reply {
     get(&url, &[]).await
 }

@@ -170,7 +170,11 @@ impl Pool {
                         .collect(),
                     state: {
                         let state = registry.state(name, &b.name);
-                        state.set_passive_health(config.max_fails, config.fail_timeout);
+                        state.set_passive_health(
+                            config.max_fails,
+                            config.fail_timeout,
+                            config.fail_on_5xx,
+                        );
                         state
                     },
                     name_header,
@@ -238,9 +242,7 @@ pub fn least_outstanding(pool: &Pool) -> ([u32; BUILTIN_CANDIDATES], u8) {
     });
     for i in (0..n).map(|i| (start + i) % n) {
         let state = &pool.backends[i].state;
-        if !state.is_usable()
-            || (pool.max_in_flight != 0 && state.in_flight() >= pool.max_in_flight)
-        {
+        if !state.is_usable() {
             continue;
         }
         // Insert into the sorted prefix; equal ranks keep scan order.
@@ -264,6 +266,7 @@ mod tests {
         let config = PoolConfig {
             max_fails: 3,
             fail_timeout: std::time::Duration::from_secs(10),
+            fail_on_5xx: false,
             max_in_flight: 0,
             health: None,
             breaker: None,
@@ -294,6 +297,7 @@ mod tests {
         let config = PoolConfig {
             max_fails: 3,
             fail_timeout: std::time::Duration::from_secs(10),
+            fail_on_5xx: false,
             max_in_flight: 0,
             health: None,
             breaker: None,

@@ -5,7 +5,7 @@
 //! load/store; a lost update under a race shifts an average by one sample.
 
 use crate::clock;
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// Seconds covered by the rolling error window.
 const WINDOW_SECS: u64 = 10;
@@ -126,6 +126,8 @@ pub struct BackendState {
     /// Passive health settings: failures in a row that eject, and for how long.
     max_fails: AtomicU32,
     fail_timeout_ms: AtomicU64,
+    /// Whether 502/503/504 answers count as passive failures.
+    fail_on_5xx: AtomicBool,
 }
 
 /// A snapshot of a backend's state, as routers and the admin API see it.
@@ -164,6 +166,7 @@ impl Default for BackendState {
             ejected_until_ms: AtomicU64::new(0),
             max_fails: AtomicU32::new(0),
             fail_timeout_ms: AtomicU64::new(0),
+            fail_on_5xx: AtomicBool::new(false),
         }
     }
 }
@@ -191,10 +194,17 @@ impl BackendState {
     }
 
     /// Sets passive health: after `max_fails` connect errors, timeouts or
-    /// resets in a row the backend is out for `fail_timeout` (nginx's
-    /// `max_fails` / `fail_timeout`); 0 turns it off.
-    pub fn set_passive_health(&self, max_fails: u32, fail_timeout: std::time::Duration) {
+    /// resets (and, with `fail_on_5xx`, 502/503/504 answers) in a row the
+    /// backend is out for `fail_timeout` (nginx's `max_fails` /
+    /// `fail_timeout`); 0 turns it off.
+    pub fn set_passive_health(
+        &self,
+        max_fails: u32,
+        fail_timeout: std::time::Duration,
+        fail_on_5xx: bool,
+    ) {
         self.max_fails.store(max_fails, Relaxed);
+        self.fail_on_5xx.store(fail_on_5xx, Relaxed);
         self.fail_timeout_ms
             .store(fail_timeout.as_millis() as u64, Relaxed);
     }
@@ -321,14 +331,16 @@ impl BackendState {
     }
 
     /// Counts connect errors, timeouts and resets in a row; ejects the
-    /// backend when they reach `max_fails`. 5xx answers are the breaker's
-    /// business, not passive health's.
+    /// backend when they reach `max_fails`. 5xx answers count only with
+    /// `fail_on_5xx`; otherwise they are the breaker's business.
     fn record_passive(&self, outcome: Outcome) {
         let max_fails = self.max_fails.load(Relaxed);
         if max_fails == 0 {
             return;
         }
-        if let Outcome::Response(_) = outcome {
+        if let Outcome::Response(status) = outcome
+            && !(matches!(status, 502..=504) && self.fail_on_5xx.load(Relaxed))
+        {
             if self.consecutive_failures.load(Relaxed) != 0 {
                 self.consecutive_failures.store(0, Relaxed);
             }
@@ -495,7 +507,7 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_until_the_timeout() {
         let s = BackendState::default();
-        s.set_passive_health(2, std::time::Duration::from_millis(40));
+        s.set_passive_health(2, std::time::Duration::from_millis(40), false);
         s.record_outcome(Outcome::ConnectError, 0);
         s.record_outcome(Outcome::Response(200), 100);
         s.record_outcome(Outcome::ConnectError, 0);
@@ -508,6 +520,10 @@ mod tests {
         s.record_outcome(Outcome::Response(503), 100);
         s.record_outcome(Outcome::Response(503), 100);
         assert!(s.is_usable(), "5xx is not passive health's business");
+        s.set_passive_health(2, std::time::Duration::from_millis(40), true);
+        s.record_outcome(Outcome::Response(503), 100);
+        s.record_outcome(Outcome::Response(502), 100);
+        assert!(!s.is_usable(), "unless fail_on_5xx says so");
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub struct PoolConfig {
     /// How long such a backend stays out before traffic tries it again.
     #[serde(default = "default_fail_timeout", with = "duration")]
     pub fail_timeout: Duration,
+    /// Count 502, 503 and 504 answers toward `max_fails` too (nginx's
+    /// `proxy_next_upstream http_50x`). Off by default: a breaker judges
+    /// error rates better than a streak does.
+    #[serde(default)]
+    pub fail_on_5xx: bool,
     /// Requests one backend may have in flight (all routes, all threads);
     /// a full backend is skipped like an unusable one. 0 = no cap.
     #[serde(default)]

@@ -148,6 +148,8 @@ struct Exhausted {
     connect_only: bool,
     /// The last retryable answer given up on, and from whom.
     last_answer: Option<(u16, HeaderValue)>,
+    /// Whether a candidate was skipped for being at its in-flight cap.
+    saw_full: bool,
 }
 
 impl Context<'_> {
@@ -281,6 +283,17 @@ impl Context<'_> {
                 StatusCode::BAD_GATEWAY,
                 format!("no backend of route {} could be reached\n", route.name),
             ),
+            None if exhausted.saw_full => {
+                metrics::counter!("switchyard_admission_refused_total", "route" => route.name.clone(), "reason" => "backends_full")
+                    .increment(1);
+                let mut resp = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("every backend of route {} is at capacity\n", route.name),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp
+            }
             None => {
                 let mut resp = reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -315,6 +328,7 @@ impl Context<'_> {
             tried: false,
             connect_only: true,
             last_answer: None,
+            saw_full: false,
         };
         let mut attempts = 0;
         // Why the previous attempt failed; connect errors retry for free.
@@ -325,6 +339,8 @@ impl Context<'_> {
                 break;
             }
             if !backend.state.admit(pool.max_in_flight) {
+                exhausted.saw_full |=
+                    pool.max_in_flight != 0 && backend.state.in_flight() >= pool.max_in_flight;
                 continue;
             }
             if let Some(reason) = previous
