@@ -38,6 +38,8 @@ pub struct TestProxy {
     pub dir: tempfile::TempDir,
     plugins: PathBuf,
     cache: PathBuf,
+    /// Extra lines of the `[admin]` table, such as a token.
+    admin_extra: String,
 }
 
 impl TestProxy {
@@ -47,8 +49,18 @@ impl TestProxy {
         TestProxy::try_start(config).unwrap_or_else(|e| panic!("proxy did not start: {e}"))
     }
 
+    /// Like [`TestProxy::start`], with `admin` added to the `[admin]` table.
+    pub fn start_with_admin(config: &str, admin: &str) -> TestProxy {
+        TestProxy::try_start_with(config, admin)
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+    }
+
     /// Like [`TestProxy::start`], returning the start-up error.
     pub fn try_start(config: &str) -> Result<TestProxy, String> {
+        TestProxy::try_start_with(config, "")
+    }
+
+    fn try_start_with(config: &str, admin: &str) -> Result<TestProxy, String> {
         init_logging();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let plugins = dir.path().join("plugins");
@@ -60,15 +72,21 @@ impl TestProxy {
                 std::fs::copy(&path, target).map_err(|e| e.to_string())?;
             }
         }
-        TestProxy::launch(dir, plugins, shared_cache(), config)
+        TestProxy::launch(dir, plugins, shared_cache(), config, admin)
     }
 
     /// Starts a proxy whose plugin directory (and compile cache, in its
     /// `.cache`) is `plugins`, which the caller fills.
     pub fn start_in(plugins: &Path, config: &str) -> TestProxy {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        TestProxy::launch(dir, plugins.to_path_buf(), plugins.join(".cache"), config)
-            .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+        TestProxy::launch(
+            dir,
+            plugins.to_path_buf(),
+            plugins.join(".cache"),
+            config,
+            "",
+        )
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
     }
 
     fn launch(
@@ -76,12 +94,14 @@ impl TestProxy {
         plugins: PathBuf,
         cache: PathBuf,
         config: &str,
+        admin: &str,
     ) -> Result<TestProxy, String> {
         let mut proxy = TestProxy {
             proxy: None,
             dir,
             plugins,
             cache,
+            admin_extra: admin.to_string(),
         };
         let path = proxy.config_path();
         std::fs::write(&path, proxy.full_config(config)).map_err(|e| e.to_string())?;
@@ -96,8 +116,9 @@ impl TestProxy {
 
     fn full_config(&self, body: &str) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\n\
              [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n{body}",
+            self.admin_extra,
             self.plugins.display(),
             self.cache.display()
         )
@@ -245,10 +266,10 @@ impl Load {
     }
 
     /// Stops the loops and sums what they saw.
-    pub async fn stop(self) -> LoadStats {
+    pub async fn stop(mut self) -> LoadStats {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = LoadStats::default();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let s = task.await.unwrap_or_else(|e| panic!("load task: {e}"));
             total.ok += s.ok;
             total.failed += s.failed;
@@ -257,6 +278,13 @@ impl Load {
             }
         }
         total
+    }
+}
+
+impl Drop for Load {
+    /// A test that fails midway still stops its load, so the proxy can drain.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

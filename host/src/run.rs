@@ -69,7 +69,10 @@ impl Switchyard {
                     .listen
                     .parse()
                     .map_err(|e| listen_err(&a.listen)(std::io::Error::other(e)))?;
-                Some(crate::admin::start(addr, reloader.clone()).map_err(listen_err(&a.listen))?)
+                Some(
+                    crate::admin::start(addr, reloader.clone(), a.bearer_token())
+                        .map_err(listen_err(&a.listen))?,
+                )
             }
             None => None,
         };

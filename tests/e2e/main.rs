@@ -1,8 +1,10 @@
 //! End-to-end tests: one binary, real sockets on 127.0.0.1, compiled plugins.
 
+mod dashboard;
 mod failures;
 mod library;
 mod loading;
+mod observability;
 mod proxying;
 mod reload;
 mod resilience;

@@ -246,7 +246,7 @@ async fn a_429_cools_its_backend_for_its_retry_after_only() {
         "p",
         &[&limited, &other],
         "breaker = { plugin = \"rate-limit-cooldown.wasm\" }",
-    ) + "[[routes]]\nname = \"r\"\npool = \"p\"\n";
+    ) + "[[routes]]\nname = \"r\"\npool = \"p\"\nrouter = { plugin = \"round-robin.wasm\" }\n";
     let proxy = TestProxy::start(&config);
     limited.rate_limit_next(1, 2);
     // The 429 is retried on the other backend, so the client sees 200.

@@ -19,7 +19,21 @@ use std::sync::{Arc, OnceLock};
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Histograms (all in seconds) get buckets from 100 µs to 10 min:
+        // plugin calls at the low end, agent runs at the high end.
+        let buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ];
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets(&buckets) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("histogram buckets refused, exporting summaries: {e}");
+                PrometheusBuilder::new()
+            }
+        };
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
@@ -28,8 +42,16 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Binds `addr` and serves admin requests on a thread of its own.
-pub fn start(addr: SocketAddr, reloader: Arc<Reloader>) -> std::io::Result<SocketAddr> {
+/// Binds `addr` and serves admin requests on a thread of its own. With a
+/// `token`, every request but `/healthz` must carry it, as
+/// `authorization: Bearer TOKEN` or (for the dashboard in a browser)
+/// `?token=TOKEN`.
+pub fn start(
+    addr: SocketAddr,
+    reloader: Arc<Reloader>,
+    token: Option<String>,
+) -> std::io::Result<SocketAddr> {
+    let token: Option<Arc<str>> = token.map(Into::into);
     prometheus();
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -52,11 +74,27 @@ pub fn start(addr: SocketAddr, reloader: Arc<Reloader>) -> std::io::Result<Socke
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    let reloader = reloader.clone();
+                    let (reloader, token) = (reloader.clone(), token.clone());
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
                             let reloader = reloader.clone();
-                            async move { Ok::<_, std::convert::Infallible>(handle(&reloader, &req)) }
+                            let allowed = authorized(token.as_deref(), &req);
+                            async move {
+                                Ok::<_, std::convert::Infallible>(if allowed {
+                                    handle(&reloader, &req)
+                                } else {
+                                    let mut r = respond(
+                                        StatusCode::UNAUTHORIZED,
+                                        "text/plain",
+                                        "admin token required\n".into(),
+                                    );
+                                    r.headers_mut().insert(
+                                        header::WWW_AUTHENTICATE,
+                                        header::HeaderValue::from_static("Bearer"),
+                                    );
+                                    r
+                                })
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -69,13 +107,58 @@ pub fn start(addr: SocketAddr, reloader: Arc<Reloader>) -> std::io::Result<Socke
     Ok(bound)
 }
 
+/// Whether `req` may see the admin API: no token set, `/healthz`, or the
+/// token given as a bearer header or a `token` query parameter.
+fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
+    let Some(token) = token else { return true };
+    if req.uri().path() == "/healthz" {
+        return true;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    bearer
+        .or(query)
+        .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            prometheus().render(),
-        ),
+        "/metrics" => {
+            publish_state(&reloader.shared.table.load());
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                prometheus().render(),
+            )
+        }
+        "/plugins" => {
+            let table = reloader.shared.table.load();
+            respond(
+                StatusCode::OK,
+                "application/json",
+                plugins_json(&table).to_string(),
+            )
+        }
+        "/" | "/dashboard" => {
+            let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into());
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/status" => {
             let table = reloader.shared.table.load();
@@ -86,9 +169,107 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /status or /healthz\n".into(),
+            "try /dashboard, /metrics, /status, /plugins or /healthz\n".into(),
         ),
     }
+}
+
+/// The dashboard page: one self-contained file, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Sets the gauges of live backend state just before a scrape, so the data
+/// path pays nothing for them.
+fn publish_state(table: &RouteTable) {
+    for r in &table.routes {
+        if let Some(p) = &r.router {
+            p.stats.publish();
+        }
+    }
+    for p in &table.pools {
+        if let Some(h) = p.health.as_ref().and_then(|h| h.plugin.as_ref()) {
+            h.stats.publish();
+        }
+        if let Some(b) = &p.breaker {
+            b.stats.publish();
+        }
+        for b in &p.backends {
+            let s = b.state.snapshot();
+            let labels = [("pool", p.name.clone()), ("backend", b.name.clone())];
+            metrics::gauge!("switchyard_backend_in_flight", &labels).set(f64::from(s.in_flight));
+            metrics::gauge!("switchyard_backend_latency_ewma_seconds", &labels)
+                .set(f64::from(s.ewma_latency_us) / 1e6);
+            metrics::gauge!("switchyard_backend_ttfb_ewma_seconds", &labels)
+                .set(f64::from(s.ewma_ttfb_us) / 1e6);
+            metrics::gauge!("switchyard_backend_error_ratio", &labels)
+                .set(f64::from(s.error_rate) / 1000.0);
+            metrics::gauge!("switchyard_backend_health", &labels).set(f64::from(s.health as u8));
+            metrics::gauge!("switchyard_breaker_state", &labels).set(f64::from(s.breaker as u8));
+            metrics::gauge!("switchyard_backend_load_score", &labels).set(f64::from(s.load_score));
+            if let Some(r) = s.remaining_requests {
+                metrics::gauge!("switchyard_backend_quota_remaining_requests", &labels)
+                    .set(r as f64);
+            }
+            if let Some(t) = s.remaining_tokens {
+                metrics::gauge!("switchyard_backend_quota_remaining_tokens", &labels).set(t as f64);
+            }
+        }
+    }
+}
+
+/// Every loaded plugin: routers by route, health checks and breakers by
+/// pool, with version, load time, call counts and the last error.
+pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
+    use crate::plugin::{CallStats, LoadedComponent};
+    let entry = |kind: &str,
+                 owner: String,
+                 file: &str,
+                 c: &LoadedComponent,
+                 stats: &CallStats,
+                 quarantined: bool| {
+        json!({
+            "kind": kind, "owner": owner, "file": file, "version": c.hash,
+            "loaded_at_unix": c.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "from_cache": c.from_cache,
+            "calls": stats.calls(), "failures": stats.failures(), "last_error": stats.last_error(),
+            "quarantined": quarantined,
+        })
+    };
+    let mut out = Vec::new();
+    for r in &table.routes {
+        if let Some(p) = &r.router {
+            out.push(entry(
+                "router",
+                format!("route:{}", r.name),
+                p.name(),
+                &p.component,
+                &p.stats,
+                p.is_quarantined(),
+            ));
+        }
+    }
+    for pool in &table.pools {
+        if let Some(h) = pool.health.as_ref().and_then(|h| h.plugin.as_ref()) {
+            out.push(entry(
+                "health-check",
+                format!("pool:{}", pool.name),
+                h.name(),
+                &h.component,
+                &h.stats,
+                false,
+            ));
+        }
+        if let Some(b) = &pool.breaker {
+            out.push(entry(
+                "circuit-breaker",
+                format!("pool:{}", pool.name),
+                b.name(),
+                &b.component,
+                &b.stats,
+                false,
+            ));
+        }
+    }
+    json!(out)
 }
 
 /// Routes with their plugins and versions, pools with live backend state.

@@ -83,6 +83,9 @@ pub struct Backend {
     pub host_header: HeaderValue,
     /// Key of this backend's connections in the per-thread upstream pool.
     pub connection_key: usize,
+    /// USD per million prompt and completion tokens, from the labels
+    /// `input_price` and `output_price`; for cost accounting.
+    pub prices: (f64, f64),
 }
 
 /// A named set of backends.
@@ -180,6 +183,7 @@ impl Pool {
                     name_header,
                     host_header,
                     connection_key: registry.connection_key(&b.address),
+                    prices: (price(b, "input_price"), price(b, "output_price")),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -191,6 +195,14 @@ impl Pool {
             breaker: None,
             feed: None,
         })
+    }
+
+    /// Requests the pool's backends finished over the last 10 s.
+    pub fn recent_requests(&self) -> u64 {
+        self.backends
+            .iter()
+            .map(|b| b.state.recent_requests())
+            .sum()
     }
 
     /// Records how a request to backend `id` ended: live state and passive
@@ -211,6 +223,16 @@ impl Pool {
                 metrics::counter!("switchyard_breaker_outcomes_dropped_total").increment(1);
             }
         }
+    }
+}
+
+/// A numeric price label of a backend; 0 when absent or not a number.
+fn price(b: &crate::config::BackendConfig, label: &str) -> f64 {
+    match b.labels.get(label) {
+        Some(toml::Value::Float(f)) => *f,
+        Some(toml::Value::Integer(i)) => *i as f64,
+        Some(toml::Value::String(s)) => s.parse().unwrap_or(0.0),
+        _ => 0.0,
     }
 }
 

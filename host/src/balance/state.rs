@@ -311,6 +311,11 @@ impl BackendState {
         }
     }
 
+    /// Requests that finished over the rolling window.
+    pub fn recent_requests(&self) -> u64 {
+        self.window.sums().0
+    }
+
     /// Records the time to the response headers.
     pub fn record_ttfb(&self, micros: u32) {
         update_ewma(&self.ewma_ttfb_us, micros);

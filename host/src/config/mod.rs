@@ -64,6 +64,14 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_timeout: Duration,
+    /// Log one line per request (target `switchyard::access`) when its
+    /// response headers go out.
+    #[serde(default)]
+    pub access_log: bool,
+    /// Answer requests carrying `x-switchyard-debug` with the decision's
+    /// details in `x-switchyard-route`, `-plugin` and `-candidates`.
+    #[serde(default = "yes")]
+    pub debug_header: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,15 +82,35 @@ impl Default for ServerConfig {
             backend_header: true,
             header_read_timeout: default_header_read(),
             drain_timeout: default_drain(),
+            access_log: false,
+            debug_header: true,
         }
     }
 }
 
-/// The admin listener: `/metrics`, `/status`, `/healthz`.
+/// The admin listener: `/metrics`, `/status`, `/plugins`, `/dashboard`,
+/// `/healthz`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: String,
+    /// Bearer token every admin request but `/healthz` must carry. Required
+    /// when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Environment variable holding the token, so it stays out of the file.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl AdminConfig {
+    /// The bearer token, from `token` or `token_env`.
+    pub fn bearer_token(&self) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| std::env::var(self.token_env.as_ref()?).ok())
+            .filter(|t| !t.is_empty())
+    }
 }
 
 /// Where plugins come from.
@@ -524,10 +552,20 @@ impl Config {
                 (at, format!("server.listen {:?}: {e}", self.server.listen))
             })?;
         if let Some(admin) = &self.admin {
-            admin.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            let addr = admin.listen.parse::<std::net::SocketAddr>().map_err(|e| {
                 let at = text.find(&admin.listen);
                 (at, format!("admin.listen {:?}: {e}", admin.listen))
             })?;
+            if !addr.ip().is_loopback() && admin.bearer_token().is_none() {
+                let at = text.find(&admin.listen);
+                return Err((
+                    at,
+                    format!(
+                        "admin.listen {:?} is not a loopback address: set admin.token (or admin.token_env) so metrics and state are not open to the network",
+                        admin.listen
+                    ),
+                ));
+            }
         }
         for (name, pool) in &self.pools {
             let at = text.find(&format!("pools.{name}"));

@@ -303,9 +303,13 @@ fn with_breaker<T>(
         *slot = start_breaker(policy);
     }
     let instance = slot.as_mut()?;
-    match call(instance) {
+    let timer = policy.stats.start();
+    let result = call(instance);
+    policy.stats.finish(timer);
+    match result {
         Ok(v) => Some(v),
         Err(failure) => {
+            policy.stats.failed(failure.kind(), format!("{failure:?}"));
             metrics::counter!("switchyard_plugin_failures_total",
                 "plugin" => policy.name().to_string(), "route" => format!("pool:{}", policy.spec.pool), "kind" => failure.kind())
             .increment(1);

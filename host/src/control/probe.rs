@@ -198,9 +198,13 @@ impl Judge {
         let Some(instance) = self.instance.as_mut() else {
             return builtin;
         };
-        match instance.check(probe) {
+        let timer = policy.stats.start();
+        let result = instance.check(probe);
+        policy.stats.finish(timer);
+        match result {
             Ok(v) => v,
             Err(failure) => {
+                policy.stats.failed(failure.kind(), format!("{failure:?}"));
                 metrics::counter!("switchyard_plugin_failures_total",
                     "plugin" => policy.name().to_string(), "route" => format!("pool:{pool}"), "kind" => failure.kind())
                 .increment(1);

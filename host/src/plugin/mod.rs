@@ -7,6 +7,7 @@ mod generated;
 mod host_api;
 mod policy;
 mod router;
+mod stats;
 
 pub use generated::wit;
 pub use host_api::HostState;
@@ -17,6 +18,7 @@ pub use router::{
     Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, RouterSpec,
     push_load_words,
 };
+pub use stats::{CallStats, CallTimer, LastError};
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

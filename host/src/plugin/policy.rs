@@ -3,7 +3,7 @@
 //! request path, so it sees every probe and every outcome of its pool.
 
 use super::generated::{BreakerPlugin, BreakerPluginPre, HealthPlugin, HealthPluginPre, wit};
-use super::{CallFailure, HostState, LoadedComponent, PluginError, PluginRuntime};
+use super::{CallFailure, CallStats, HostState, LoadedComponent, PluginError, PluginRuntime};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,8 @@ pub struct Policy<P> {
     pre: P,
     deadline_ticks: u64,
     name: Arc<str>,
+    /// Calls, failures, last error and sampled call times.
+    pub stats: CallStats,
 }
 
 /// A health-check plugin bound to a pool.
@@ -75,8 +77,10 @@ impl<P> Policy<P> {
             .instantiate_pre(&component.component)
             .map_err(instantiate_err)?;
         let pre = make_pre(pre).map_err(instantiate_err)?;
+        let name = super::file_name(&spec.file);
         Ok(Policy {
-            name: super::file_name(&spec.file),
+            stats: CallStats::new(&name, &format!("pool:{}", spec.pool), &component.hash[..12]),
+            name,
             deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
             component,
             spec,

@@ -2,7 +2,7 @@
 //! per-thread instances that make decisions.
 
 use super::generated::{RouterPlugin as Bindings, RouterPluginPre, wit};
-use super::{HostState, LoadedComponent, PluginError, PluginRuntime};
+use super::{CallStats, HostState, LoadedComponent, PluginError, PluginRuntime};
 use crate::balance::LoadSnapshot;
 use crate::config::FailurePolicy;
 use std::path::PathBuf;
@@ -83,7 +83,8 @@ pub struct RouterPlugin {
     route: Arc<str>,
     consecutive_failures: AtomicU32,
     quarantined_until_ms: AtomicU64,
-    calls: metrics::Counter,
+    /// Calls, failures, last error and sampled call times.
+    pub stats: CallStats,
     /// `switchyard_route_plugin_info{route, plugin, version}`: how many live
     /// bindings run this version on this route (1 while it serves).
     info: metrics::Gauge,
@@ -125,8 +126,7 @@ impl RouterPlugin {
         let info = metrics::gauge!("switchyard_route_plugin_info",
             "plugin" => name.to_string(), "route" => route.to_string(), "version" => component.hash[..12].to_string());
         info.increment(1.0);
-        let calls = metrics::counter!("switchyard_plugin_calls_total",
-            "plugin" => name.to_string(), "route" => route.to_string(), "version" => component.hash[..12].to_string());
+        let stats = CallStats::new(&name, &route, &component.hash[..12]);
         let mut plugin = RouterPlugin {
             id: NEXT_ID.fetch_add(1, Relaxed),
             component,
@@ -138,7 +138,7 @@ impl RouterPlugin {
             route,
             consecutive_failures: AtomicU32::new(0),
             quarantined_until_ms: AtomicU64::new(0),
-            calls,
+            stats,
             info,
         };
         let (_, interest) = plugin.start_instance()?;
@@ -218,7 +218,6 @@ impl RouterPlugin {
 
     /// Records a successful call.
     pub fn record_success(&self) {
-        self.calls.increment(1);
         if self.consecutive_failures.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
@@ -227,7 +226,7 @@ impl RouterPlugin {
     /// Records a failed call: logs it, counts it, and quarantines the plugin
     /// once failures repeat.
     pub fn record_failure(&self, failure: &CallFailure) {
-        self.calls.increment(1);
+        self.stats.failed(failure.kind(), format!("{failure:?}"));
         metrics::counter!("switchyard_plugin_failures_total",
             "plugin" => self.name.to_string(), "route" => self.route.to_string(), "kind" => failure.kind())
         .increment(1);

@@ -8,6 +8,7 @@
 //! surface to the application.
 
 use super::upstream::Lease;
+use super::usage::UsageScan;
 use crate::balance::{InFlightGuard, Outcome, Pool, Timing};
 use crate::route::Permit;
 use bytes::Bytes;
@@ -33,6 +34,45 @@ pub struct Exchange {
     pub status: u16,
     pub ttfb_us: u32,
     pub retry_after_ms: Option<u64>,
+    /// `switchyard_request_duration_seconds` of the route and backend.
+    pub duration: Option<metrics::Histogram>,
+    /// Token accounting, for JSON and event-stream answers.
+    pub meter: Option<Box<UsageMeter>>,
+}
+
+/// Reads a response's `usage` as it streams and counts it when it ends.
+pub struct UsageMeter {
+    pub scan: UsageScan,
+    pub route: String,
+    pub backend: String,
+    /// USD per million prompt and completion tokens.
+    pub prices: (f64, f64),
+}
+
+impl UsageMeter {
+    fn record(&self) {
+        let Some(usage) = self.scan.found else { return };
+        let labels = |kind: &'static str| {
+            [
+                ("route", self.route.clone()),
+                ("backend", self.backend.clone()),
+                ("kind", kind.to_string()),
+            ]
+        };
+        metrics::counter!("switchyard_tokens_total", &labels("prompt")).increment(usage.prompt);
+        metrics::counter!("switchyard_tokens_total", &labels("completion"))
+            .increment(usage.completion);
+        let usd =
+            (usage.prompt as f64 * self.prices.0 + usage.completion as f64 * self.prices.1) / 1e6;
+        if usd > 0.0 {
+            let labels = [
+                ("route", self.route.clone()),
+                ("backend", self.backend.clone()),
+            ];
+            metrics::counter!("switchyard_cost_microdollars_total", &labels)
+                .increment((usd * 1e6).round() as u64);
+        }
+    }
 }
 
 impl Exchange {
@@ -44,6 +84,12 @@ impl Exchange {
                 retry_after_ms: self.retry_after_ms,
             };
             self.pool.record(self.backend, outcome, timing);
+            if let Some(h) = &self.duration {
+                h.record(f64::from(timing.latency_us) / 1e6);
+            }
+            if let (Outcome::Response(_), Some(meter)) = (outcome, &self.meter) {
+                meter.record();
+            }
         }
         if matches!(outcome, Some(Outcome::Response(_)))
             && let Some(lease) = self.lease.take()
@@ -152,6 +198,11 @@ impl Body for ProxiedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
+                if let Some(meter) = this.exchange.as_mut().and_then(|e| e.meter.as_mut())
+                    && let Some(data) = frame.data_ref()
+                {
+                    meter.scan.scan(data);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -1,9 +1,12 @@
 //! The data path of one request: match a route, decide, forward to the first
 //! candidate that takes it, stream the response back.
 
-use super::body::{Exchange, ProxiedBody};
-use super::headers::{X_SWITCHYARD_BACKEND, add_forwarded_for, is_upgrade, strip_hop_by_hop};
+use super::body::{Exchange, ProxiedBody, UsageMeter};
+use super::headers::{
+    X_SWITCHYARD_BACKEND, X_SWITCHYARD_DEBUG, add_forwarded_for, is_upgrade, strip_hop_by_hop,
+};
 use super::upstream::{Replay, SendError, UpstreamBody};
+use super::usage::UsageScan;
 use super::worker::{Choice, Worker};
 use crate::balance::{Backend, Outcome, Pool, QuotaReport, Timing, least_outstanding};
 use crate::route::{Permit, Route};
@@ -77,11 +80,17 @@ pub async fn serve(
             }
         },
     };
-    match worker.decide(route, &req, client.peer.ip()) {
+    let debug = table.debug_header && req.headers().contains_key(&X_SWITCHYARD_DEBUG);
+    let logged = table
+        .access_log
+        .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+    let choice = worker.decide(route, &req, client.peer.ip());
+    let details = debug.then(|| decision_details(route, &choice));
+    let mut resp = match choice {
         Choice::Reply { status, body } => {
             route.metrics.local_replies.increment(1);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            Ok(reply(status, body))
+            reply(status, body)
         }
         Choice::Forward {
             candidates,
@@ -92,11 +101,67 @@ pub async fn serve(
                 route,
                 backend_header: table.backend_header,
             };
-            Ok(ctx
-                .forward(&client, req, candidates.as_slice(), add_headers, permit)
-                .await)
+            ctx.forward(&client, req, candidates.as_slice(), add_headers, permit)
+                .await
+        }
+    };
+    if let Some(details) = details {
+        let h = resp.headers_mut();
+        for (name, value) in details {
+            h.insert(name, value);
         }
     }
+    if let Some((method, uri, started)) = logged {
+        let backend = resp
+            .headers()
+            .get(&X_SWITCHYARD_BACKEND)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(target: "switchyard::access", route = %route.name, %method, %uri,
+            status = resp.status().as_u16(), backend, ms = started.elapsed().as_secs_f64() * 1000.0,
+            client = %client.peer.ip());
+    }
+    Ok(resp)
+}
+
+/// The `x-switchyard-debug` answer: the route, its router plugin and
+/// version, and the candidates it chose in order.
+fn decision_details(route: &Route, choice: &Choice) -> Vec<(http::HeaderName, HeaderValue)> {
+    let plugin = match &route.router {
+        Some(p) if p.is_quarantined() => {
+            format!("{}@{} (quarantined)", p.name(), &p.component.hash[..12])
+        }
+        Some(p) => format!("{}@{}", p.name(), &p.component.hash[..12]),
+        None => "built-in".to_string(),
+    };
+    let candidates = match choice {
+        Choice::Forward { candidates, .. } => candidates
+            .as_slice()
+            .iter()
+            .filter_map(|&id| {
+                route
+                    .pool
+                    .backends
+                    .get(id as usize)
+                    .map(|b| b.name.as_str())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Choice::Reply { status, .. } => format!("reply {status}"),
+    };
+    [
+        ("x-switchyard-route", route.name.clone()),
+        ("x-switchyard-plugin", plugin),
+        ("x-switchyard-candidates", candidates),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| {
+        Some((
+            http::HeaderName::from_static(n),
+            HeaderValue::from_str(&v).ok()?,
+        ))
+    })
+    .collect()
 }
 
 /// What one request needs while it is forwarded.
@@ -209,9 +274,6 @@ impl Context<'_> {
                 );
             }
         };
-        if route.retries.attempts > 1 {
-            route.budget.record_request();
-        }
         let mut permit = permit;
         let exhausted = match self
             .attempt(&route.pool, candidates, &mut out, &mut permit)
@@ -330,6 +392,7 @@ impl Context<'_> {
             last_answer: None,
             saw_full: false,
         };
+        let own = Arc::ptr_eq(pool, &route.pool);
         let mut attempts = 0;
         // Why the previous attempt failed; connect errors retry for free.
         let mut previous: Option<&'static str> = None;
@@ -345,7 +408,7 @@ impl Context<'_> {
             }
             if let Some(reason) = previous
                 && reason != "connect"
-                && !route.budget.try_retry()
+                && !route.budget.try_retry(pool.recent_requests())
             {
                 metrics::counter!("switchyard_retry_budget_exhausted_total", "route" => route.name.clone())
                     .increment(1);
@@ -379,7 +442,10 @@ impl Context<'_> {
                     if let Some(quota) = &quota {
                         backend.state.record_quota(quota);
                     }
-                    route.metrics.count(backend.id, status);
+                    route.metrics.count(pool, own, backend.id, status);
+                    if own {
+                        route.metrics.ttfb(id, f64::from(ttfb_us) / 1e6);
+                    }
                     let retry_after_ms = quota.and_then(|q| q.retry_after_ms);
                     let retryable = (status == 429 && retries.on_429)
                         || (matches!(status, 502..=504) && retries.on_5xx);
@@ -413,6 +479,12 @@ impl Context<'_> {
                         status,
                         ttfb_us,
                         retry_after_ms,
+                        duration: if own {
+                            route.metrics.duration(id)
+                        } else {
+                            None
+                        },
+                        meter: None,
                     };
                     if status == 101 {
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -426,10 +498,22 @@ impl Context<'_> {
                         }
                         return Ok(resp.map(|_| Either::Right(Full::new(Bytes::new()))));
                     }
-                    let sse = resp
+                    let content_type = resp
                         .headers()
                         .get(header::CONTENT_TYPE)
-                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                        .map_or(&b""[..], |v| v.as_bytes());
+                    let sse = content_type.starts_with(b"text/event-stream");
+                    let mut exchange = exchange;
+                    if (sse || content_type.starts_with(b"application/json"))
+                        && (200..300).contains(&status)
+                    {
+                        exchange.meter = Some(Box::new(UsageMeter {
+                            scan: UsageScan::default(),
+                            route: route.name.clone(),
+                            backend: backend.name.clone(),
+                            prices: backend.prices,
+                        }));
+                    }
                     let permit = permit.take();
                     return Ok(resp.map(|body| {
                         Either::Left(ProxiedBody::new(
@@ -449,7 +533,7 @@ impl Context<'_> {
                 Err(SendError::Timeout) => {
                     drop(guard);
                     pool.record(id, Outcome::Timeout, timing_of(started));
-                    route.metrics.count(backend.id, 504);
+                    route.metrics.count(pool, own, backend.id, 504);
                     let body = format!(
                         "backend {} sent no response within {first_byte:?}\n",
                         backend.name
@@ -459,7 +543,7 @@ impl Context<'_> {
                 Err(SendError::Failed(e)) => {
                     drop(guard);
                     pool.record(id, Outcome::Reset, timing_of(started));
-                    route.metrics.count(backend.id, 502);
+                    route.metrics.count(pool, own, backend.id, 502);
                     tracing::warn!(route = %route.name, backend = %backend.name, "upstream failed: {e}");
                     if more && out.retry_answers && out.replay.is_some() && retries.on_5xx {
                         exhausted.connect_only = false;

@@ -5,6 +5,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Response header naming the backend that served the request.
 pub static X_SWITCHYARD_BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
+/// Request header asking for the routing decision's details in the answer.
+pub static X_SWITCHYARD_DEBUG: HeaderName = HeaderName::from_static("x-switchyard-debug");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");

@@ -5,6 +5,7 @@ mod body;
 mod forward;
 mod headers;
 mod upstream;
+mod usage;
 mod worker;
 
 pub use headers::X_SWITCHYARD_BACKEND;

@@ -143,7 +143,10 @@ impl Worker {
                 }
             },
         };
-        let failure = match instance.route(facts, &loads, attributes) {
+        let timer = plugin.stats.start();
+        let answer = instance.route(facts, &loads, attributes);
+        plugin.stats.finish(timer);
+        let failure = match answer {
             Ok(decision) => match check(decision, route.pool.backends.len()) {
                 Ok(choice) => {
                     plugin.record_success();

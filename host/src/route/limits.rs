@@ -14,8 +14,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Retries allowed as a share of recent requests, plus a floor: retries
 /// can add at most that much load on top of the requests themselves, so a
 /// failing pool is not hammered by retries of retries.
+///
+/// The requests are the pool's, counted by its backends' live state over the
+/// same 10 s window, so a request that is not retried costs nothing here.
 pub struct RetryBudget {
-    window: RollingWindow,
+    retries: RollingWindow,
     ratio: f64,
     floor: u64,
 }
@@ -23,25 +26,21 @@ pub struct RetryBudget {
 impl RetryBudget {
     pub fn new(config: &RetryConfig) -> RetryBudget {
         RetryBudget {
-            window: RollingWindow::default(),
+            retries: RollingWindow::default(),
             ratio: config.budget_ratio,
             floor: u64::from(config.budget_min_per_second) * RollingWindow::SECONDS,
         }
     }
 
-    /// Counts one request toward the budget.
-    pub fn record_request(&self) {
-        self.window.add(1, 0);
-    }
-
-    /// Takes one retry from the budget, if any is left.
-    pub fn try_retry(&self) -> bool {
-        let (requests, retries) = self.window.sums();
+    /// Takes one retry from the budget, if any is left; `requests` is the
+    /// number of requests over the window.
+    pub fn try_retry(&self, requests: u64) -> bool {
+        let (retries, _) = self.retries.sums();
         let allowed = self.floor + (requests as f64 * self.ratio) as u64;
         if retries >= allowed {
             return false;
         }
-        self.window.add(0, 1);
+        self.retries.add(1, 0);
         true
     }
 }
@@ -215,13 +214,10 @@ mod tests {
             ..RetryConfig::default()
         };
         let budget = RetryBudget::new(&config);
-        assert!(!budget.try_retry(), "no requests, no floor: no retry");
-        for _ in 0..4 {
-            budget.record_request();
-        }
-        assert!(budget.try_retry());
-        assert!(budget.try_retry());
-        assert!(!budget.try_retry(), "half of 4 requests is 2 retries");
+        assert!(!budget.try_retry(0), "no requests, no floor: no retry");
+        assert!(budget.try_retry(4));
+        assert!(budget.try_retry(4));
+        assert!(!budget.try_retry(4), "half of 4 requests is 2 retries");
     }
 
     #[tokio::test]

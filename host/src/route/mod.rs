@@ -113,8 +113,13 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// Pre-registered request counters of one route, by backend and status class,
 /// so the data path never builds label sets.
 pub struct RouteMetrics {
+    route: String,
     /// `[backend][class]`, class 0 = 1xx ... 4 = 5xx.
     by_backend: Vec<[metrics::Counter; 5]>,
+    /// Time to the response headers, by backend.
+    ttfb: Vec<metrics::Histogram>,
+    /// Whole exchange, headers and body, by backend.
+    duration: Vec<metrics::Histogram>,
     /// Requests answered without a backend (no candidate, reject, errors).
     pub local_replies: metrics::Counter,
 }
@@ -133,16 +138,54 @@ impl RouteMetrics {
                     })
                 })
                 .collect(),
+            ttfb: pool
+                .backends
+                .iter()
+                .map(|b| {
+                    metrics::histogram!("switchyard_ttfb_seconds",
+                        "route" => route.to_string(), "backend" => b.name.clone())
+                })
+                .collect(),
+            duration: pool
+                .backends
+                .iter()
+                .map(|b| {
+                    metrics::histogram!("switchyard_request_duration_seconds",
+                        "route" => route.to_string(), "backend" => b.name.clone())
+                })
+                .collect(),
             local_replies: metrics::counter!("switchyard_local_replies_total", "route" => route.to_string()),
+            route: route.to_string(),
         }
     }
 
-    /// Counts one response from `backend` with `status`.
-    pub fn count(&self, backend: u32, status: u16) {
+    /// Counts one response from `backend` of `pool` with `status`. The
+    /// route's own pool has its counters ready; a fallback pool's are
+    /// looked up.
+    pub fn count(&self, pool: &Pool, own: bool, backend: u32, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        if let Some(row) = self.by_backend.get(backend as usize) {
-            row[class].increment(1);
+        if own {
+            if let Some(row) = self.by_backend.get(backend as usize) {
+                row[class].increment(1);
+            }
+        } else if let Some(b) = pool.backends.get(backend as usize) {
+            const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+            metrics::counter!("switchyard_requests_total",
+                "route" => self.route.clone(), "backend" => b.name.clone(), "class" => CLASSES[class])
+            .increment(1);
         }
+    }
+
+    /// Records the time to first byte of a response from the route's pool.
+    pub fn ttfb(&self, backend: u32, seconds: f64) {
+        if let Some(h) = self.ttfb.get(backend as usize) {
+            h.record(seconds);
+        }
+    }
+
+    /// The duration histogram of `backend` of the route's pool.
+    pub fn duration(&self, backend: u32) -> Option<metrics::Histogram> {
+        self.duration.get(backend as usize).cloned()
     }
 }
 
@@ -171,6 +214,10 @@ pub struct RouteTable {
     pub pools: Vec<Arc<Pool>>,
     /// Tag responses with `x-switchyard-backend`.
     pub backend_header: bool,
+    /// Log each request (`server.access_log`).
+    pub access_log: bool,
+    /// Honour `x-switchyard-debug` (`server.debug_header`).
+    pub debug_header: bool,
 }
 
 // === impl RouteTable ===
@@ -288,6 +335,8 @@ impl RouteTable {
             routes,
             pools: pools.into_values().collect(),
             backend_header: config.server.backend_header,
+            access_log: config.server.access_log,
+            debug_header: config.server.debug_header,
         })
     }
 

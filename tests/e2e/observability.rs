@@ -1,0 +1,273 @@
+//! What operators see: Prometheus metrics after known traffic, the admin
+//! API, its token, trace propagation and the debug header.
+
+use bytes::Bytes;
+use std::time::Duration;
+use switchyard_tests::*;
+
+/// Sum of the samples of `name` whose labels include every `labels` pair.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+async fn scrape(proxy: &TestProxy) -> String {
+    let admin = proxy.proxy().admin_addr.expect("tests enable admin");
+    get(&format!("http://{admin}/metrics"), &[]).await.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_known_traffic_tokens_and_cost() {
+    let (a, b) = (mock("m-a"), mock("m-b"));
+    let config = format!(
+        "[pools.p]\nbackends = [{}, {}]\n\
+         [[routes]]\nname = \"metered\"\npool = \"p\"\nrouter = {{ plugin = \"round-robin.wasm\" }}\n",
+        backend_entry(&a, "input_price = 2.5, output_price = 10"),
+        backend_entry(&b, "input_price = 2.5, output_price = 10"),
+    );
+    let proxy = TestProxy::start(&config);
+    for _ in 0..10 {
+        assert_eq!(get(&proxy.url("/x"), &[]).await.status, 200);
+    }
+    let chat = |stream: bool| {
+        Bytes::from(format!(
+            "{{\"model\":\"m\",\"stream\":{stream},\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}"
+        ))
+    };
+    for stream in [false, false, false, true, true] {
+        let r = send(
+            "POST",
+            &proxy.url("/v1/chat/completions"),
+            &[("content-type", "application/json")],
+            chat(stream),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    // Outcomes are recorded when bodies end; give the last one a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = scrape(&proxy).await;
+    let route = [("route", "metered")];
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_requests_total",
+            &[("route", "metered"), ("class", "2xx")]
+        ),
+        15.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "switchyard_request_duration_seconds_count", &route),
+        15.0
+    );
+    assert_eq!(metric(&m, "switchyard_ttfb_seconds_count", &route), 15.0);
+    assert!(
+        m.contains(
+            "switchyard_ttfb_seconds_bucket{route=\"metered\",backend=\"m-a\",le=\"0.005\"}"
+        ),
+        "{m}"
+    );
+    // The mock reports 12 prompt and 6 completion tokens per chat, whole or
+    // streamed (in the final chunk).
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_tokens_total",
+            &[("route", "metered"), ("kind", "prompt")]
+        ),
+        60.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_tokens_total",
+            &[("route", "metered"), ("kind", "completion")]
+        ),
+        30.0
+    );
+    // 60 x $2.5/M + 30 x $10/M = $0.00045.
+    assert_eq!(
+        metric(&m, "switchyard_cost_microdollars_total", &route),
+        450.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_plugin_calls_total",
+            &[("plugin", "round-robin.wasm"), ("route", "metered")]
+        ),
+        15.0
+    );
+    assert!(
+        metric(
+            &m,
+            "switchyard_plugin_call_seconds_count",
+            &[("route", "metered")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(&m, "switchyard_backend_in_flight", &[("pool", "p")]),
+        0.0
+    );
+    assert!(
+        m.contains("switchyard_backend_quota_remaining_tokens{pool=\"p\",backend=\"m-b\"}"),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "switchyard_breaker_state", &[("pool", "p")]),
+        0.0
+    );
+    for line in m.lines().filter(|l| l.starts_with("# TYPE")) {
+        let name = line.split_whitespace().nth(2).unwrap_or("");
+        assert!(name.starts_with("switchyard_"), "{line}");
+        if line.ends_with(" counter") {
+            assert!(name.ends_with("_total"), "counter without _total: {line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_shows_routes_pools_and_plugins() {
+    let (a, b) = (mock("s-a"), mock("s-b"));
+    let config = format!(
+        "[pools.p]\nbackends = [{}, {}]\nbreaker = {{ plugin = \"error-rate-breaker.wasm\" }}\n\
+         [[routes]]\nname = \"seen\"\npool = \"p\"\nrouter = {{ plugin = \"least-outstanding.wasm\" }}\n\
+         limits = {{ max_in_flight = 8 }}\n",
+        backend_entry(&a, "tier = \"fast\""),
+        backend_entry(&b, ""),
+    );
+    let proxy = TestProxy::start(&config);
+    for _ in 0..6 {
+        get(&proxy.url("/x"), &[]).await;
+    }
+    let status = proxy.status().await;
+    assert_eq!(status["routes"][0]["name"], "seen");
+    assert_eq!(
+        status["routes"][0]["router"]["file"],
+        "least-outstanding.wasm"
+    );
+    assert_eq!(status["routes"][0]["limits"]["in_flight"], 0);
+    let backends = status["pools"][0]["backends"].as_array().unwrap();
+    assert_eq!(backends[0]["name"], "s-a");
+    assert_eq!(backends[0]["labels"]["tier"], "fast");
+    assert_eq!(backends[1]["address"], b.addr.to_string());
+    assert!(backends[0]["state"]["ewma_latency_us"].as_u64() > Some(0));
+
+    let admin = proxy.proxy().admin_addr.unwrap();
+    let plugins = get(&format!("http://{admin}/plugins"), &[]).await.json();
+    let plugins = plugins.as_array().unwrap();
+    let router = plugins.iter().find(|p| p["kind"] == "router").unwrap();
+    assert_eq!(router["owner"], "route:seen");
+    assert_eq!(router["calls"], 6);
+    assert_eq!(router["version"].as_str().map(str::len), Some(64));
+    let breaker = plugins
+        .iter()
+        .find(|p| p["kind"] == "circuit-breaker")
+        .unwrap();
+    assert_eq!(breaker["owner"], "pool:p");
+    eventually(Duration::from_secs(2), "breaker calls", || async {
+        let p = get(&format!("http://{admin}/plugins"), &[]).await.json();
+        p.as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["kind"] == "circuit-breaker" && x["calls"] == 6)
+    })
+    .await;
+    let page = get(&format!("http://{admin}/dashboard"), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<title>Switchyard</title>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_is_required_and_public_binds_need_one() {
+    let text = "[admin]\nlisten = \"0.0.0.0:9901\"\n";
+    let err = switchyard::config::Config::parse(text, "pub.toml".as_ref(), ".".into())
+        .expect_err("a public admin bind without a token is refused");
+    assert!(
+        err.to_string().starts_with("pub.toml:2:") && err.to_string().contains("admin.token"),
+        "{err}"
+    );
+    let with_token = "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n";
+    assert!(switchyard::config::Config::parse(with_token, "pub.toml".as_ref(), ".".into()).is_ok());
+
+    let b = mock("t");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_with_admin(&config, "token = \"s3cret\"");
+    let admin = proxy.proxy().admin_addr.unwrap();
+    assert_eq!(
+        get(&format!("http://{admin}/status"), &[]).await.status,
+        401
+    );
+    assert_eq!(
+        get(
+            &format!("http://{admin}/metrics"),
+            &[("authorization", "Bearer wrong")]
+        )
+        .await
+        .status,
+        401
+    );
+    let ok = get(
+        &format!("http://{admin}/status"),
+        &[("authorization", "Bearer s3cret")],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        get(&format!("http://{admin}/dashboard?token=s3cret"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&format!("http://{admin}/healthz"), &[]).await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_passes_through_and_debug_header_explains_the_decision() {
+    let (a, b) = (mock("d-a"), mock("d-b"));
+    let config = format!(
+        "[pools.p]\nbackends = [{}, {}]\n[[routes]]\nname = \"explained\"\npool = \"p\"\n\
+         router = {{ plugin = \"fallback-chain.wasm\", config = {{ order = [\"d-b\", \"d-a\"] }} }}\n",
+        backend_entry(&a, ""),
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start(&config);
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get(
+        &proxy.url("/x"),
+        &[
+            ("traceparent", trace),
+            ("tracestate", "vendor=1"),
+            ("x-switchyard-debug", "1"),
+        ],
+    )
+    .await;
+    let echoed = r.json();
+    assert_eq!(echoed["headers"]["traceparent"], trace);
+    assert_eq!(echoed["headers"]["tracestate"], "vendor=1");
+    assert_eq!(r.headers["x-switchyard-route"], "explained");
+    let plugin = r.headers["x-switchyard-plugin"].to_str().unwrap();
+    assert!(plugin.starts_with("fallback-chain.wasm@"), "{plugin}");
+    assert_eq!(r.headers["x-switchyard-candidates"], "d-b,d-a");
+    assert_eq!(r.backend(), "d-b");
+    let plain = get(&proxy.url("/x"), &[]).await;
+    assert!(!plain.headers.contains_key("x-switchyard-route"));
+}
