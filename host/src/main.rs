@@ -32,11 +32,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show the running routes, their plugin versions and recent reloads,
-    /// from a running proxy's admin listener.
+    /// Show the running routes, their plugin versions, every backend's
+    /// health and breaker state, and recent reloads, from a running proxy's
+    /// admin listener.
     Status {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+        /// The admin bearer token, if the listener has one.
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run a mock backend (OpenAI-style chat, SSE, echo, and `/ok`) until Ctrl-C.
     Mock {
@@ -140,7 +144,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Status { admin } => print_status(&admin),
+        Command::Status { admin, token } => print_status(&admin, token.as_deref()),
         Command::Mock {
             listen,
             name,
@@ -229,14 +233,21 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Prints `/status` of the admin listener at `admin` as a short report.
-fn print_status(admin: &str) -> anyhow::Result<()> {
+fn print_status(admin: &str, token: Option<&str>) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(admin)
         .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
-    stream.write_all(b"GET /status HTTP/1.0\r\nhost: switchyard\r\n\r\n")?;
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET /status HTTP/1.0\r\nhost: switchyard\r\n{auth}\r\n"
+    )?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    if head.starts_with("HTTP/1.1 401") || head.starts_with("HTTP/1.0 401") {
+        anyhow::bail!("{admin} wants the admin token: pass --token or set SWITCHYARD_ADMIN_TOKEN");
+    }
     let status: serde_json::Value =
         serde_json::from_str(body).with_context(|| format!("{admin}/status is not JSON"))?;
     println!(

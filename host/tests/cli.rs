@@ -119,7 +119,7 @@ fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("switchyard.toml");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\n\
          [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\nwatch = false\n\n\
          [pools.p]\nbackends = [{{ name = \"b\", address = \"{}\" }}]\n\n\
          [[routes]]\nname = \"graph-a\"\npool = \"p\"\nrouter = {{ plugin = \"round-robin.wasm\" }}\n",
@@ -131,8 +131,23 @@ fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
     let config = switchyard::config::Config::load(&path).expect("config");
     let proxy = switchyard::Switchyard::start(&config).expect("proxy starts");
     let admin = proxy.admin_addr.expect("admin listener").to_string();
-    let (ok, stdout) = run(&mut switchyard(&["status", "--admin", &admin]));
+    let (ok, refused) = run(&mut switchyard(&["status", "--admin", &admin]));
+    assert!(
+        !ok && refused.contains("SWITCHYARD_ADMIN_TOKEN"),
+        "{refused}"
+    );
+    let (ok, stdout) = run(&mut switchyard(&[
+        "status", "--admin", &admin, "--token", "t0ken",
+    ]));
     assert!(ok, "{stdout}");
+    let backend_line = stdout
+        .lines()
+        .find(|l| l.starts_with("p ") && l.contains(" b "))
+        .unwrap_or_else(|| panic!("no backend line: {stdout}"));
+    assert!(
+        backend_line.contains("healthy") && backend_line.contains("closed"),
+        "{backend_line}"
+    );
     let line = stdout
         .lines()
         .find(|l| l.starts_with("graph-a"))

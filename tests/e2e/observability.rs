@@ -271,3 +271,79 @@ async fn traceparent_passes_through_and_debug_header_explains_the_decision() {
     let plain = get(&proxy.url("/x"), &[]).await;
     assert!(!plain.headers.contains_key("x-switchyard-route"));
 }
+
+/// Metric names mentioned in `text`: `switchyard_` and word characters,
+/// without the `_bucket`/`_count`/`_sum` series suffixes of histograms.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("switchyard_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn grafana_and_the_metrics_table_name_only_metrics_the_proxy_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let grafana = metric_names(&read("examples/grafana-dashboard.json"));
+    let doc = read("docs/observability.md");
+    let table: String = doc
+        .lines()
+        .filter(|l| l.starts_with("| `switchyard_"))
+        .collect();
+    let documented = metric_names(&table);
+    let mut source = String::new();
+    for dir in [
+        "host/src",
+        "host/src/admin",
+        "host/src/balance",
+        "host/src/control",
+        "host/src/plugin",
+        "host/src/proxy",
+        "host/src/reload",
+        "host/src/route",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let exported: std::collections::BTreeSet<String> = metric_names(&source)
+        .into_iter()
+        .filter(|n| source.contains(&format!("\"{n}\"")))
+        .collect();
+    assert!(grafana.len() >= 15, "{grafana:?}");
+    for name in &grafana {
+        assert!(
+            documented.contains(name),
+            "{name} is on the Grafana dashboard but not in docs/observability.md"
+        );
+    }
+    for name in &documented {
+        assert!(
+            exported.contains(name),
+            "{name} is documented but the proxy does not export it"
+        );
+    }
+    for name in &exported {
+        assert!(
+            documented.contains(name),
+            "{name} is exported but not documented in docs/observability.md"
+        );
+    }
+}

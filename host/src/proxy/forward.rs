@@ -581,36 +581,34 @@ enum Held {
 }
 
 /// Holds the request whole when its body is empty or declares a length
-/// within `limit`, so it can be sent more than once.
+/// within `limit`, so it can be sent more than once. A body-less request
+/// (the common GET) is held without awaiting anything.
 async fn hold(
     parts: http::request::Parts,
     body: Incoming,
     limit: u64,
     preserve_host: bool,
 ) -> Result<Replay, Held> {
-    let bytes = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        match body.size_hint().exact() {
-            Some(n) if n <= limit => match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => return Err(Held::Failed(e)),
-            },
-            _ => {
-                return Err(Held::Streamed(Box::new(Request::from_parts(
-                    parts,
-                    Either::Left(body),
-                ))));
-            }
-        }
-    };
-    Ok(Replay {
+    let held = |parts: http::request::Parts, body| Replay {
         method: parts.method,
         uri: parts.uri,
         headers: parts.headers,
-        body: bytes,
+        body,
         preserve_host,
-    })
+    };
+    if body.is_end_stream() {
+        return Ok(held(parts, Bytes::new()));
+    }
+    match body.size_hint().exact() {
+        Some(n) if n <= limit => match body.collect().await {
+            Ok(collected) => Ok(held(parts, collected.to_bytes())),
+            Err(e) => Err(Held::Failed(e)),
+        },
+        _ => Err(Held::Streamed(Box::new(Request::from_parts(
+            parts,
+            Either::Left(body),
+        )))),
+    }
 }
 
 fn timing_of(started: Instant) -> Timing {
