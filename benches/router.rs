@@ -148,6 +148,23 @@ fn call_floor(c: &mut Criterion) {
     c.bench_function("call-floor/round-robin/wasm/0", |b| {
         b.iter(|| black_box(instance.route(request, &[], Vec::new())))
     });
+    // The same call, and a 16-backend decision, compiled without epoch
+    // checks: what the per-call deadline costs.
+    let unbounded = PluginRuntime::with_deadlines(None, false)
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let (_plugin, mut free) = wasm_router(&unbounded, "round-robin.wasm", 0);
+    c.bench_function("call-floor/round-robin/wasm/0/no-deadline", |b| {
+        b.iter(|| black_box(free.route(request, &[], Vec::new())))
+    });
+    let loads = wasm_loads(16);
+    let (_p, mut with) = wasm_router(&runtime, "priority-router.wasm", 16);
+    let (_q, mut without) = wasm_router(&unbounded, "priority-router.wasm", 16);
+    c.bench_function("deadline/priority-router/wasm/16/with", |b| {
+        b.iter(|| black_box(with.route(request, &loads, vec![Some("high".into())])))
+    });
+    c.bench_function("deadline/priority-router/wasm/16/without", |b| {
+        b.iter(|| black_box(without.route(request, &loads, vec![Some("high".into())])))
+    });
 }
 
 /// Loading a plugin: compiling it, loading it from the on-disk cache, and

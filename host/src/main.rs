@@ -216,8 +216,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!(
                 "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%header{{x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done"
             );
-            println!("  # live state and metrics:");
-            println!("  curl -s http://{admin}/status; curl -s http://{admin}/metrics\n");
+            println!("  # why a request went where it went:");
+            println!(
+                "  curl -s -o /dev/null -D - http://{a}/graphs/research/v1/chat/completions -H 'x-switchyard-debug: 1' -d '{{}}' | grep -i x-switchyard"
+            );
+            println!("  # live dashboard, state and metrics:");
+            println!("  open http://{admin}/dashboard");
+            println!("  curl -s http://{admin}/status; curl -s http://{admin}/metrics");
+            println!("  cargo run --release -p switchyard -- status --admin {admin}\n");
             println!(
                 "Edit {} or replace a plugin in {} and it reloads; Ctrl-C stops it.",
                 path.display(),

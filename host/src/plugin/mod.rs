@@ -106,9 +106,19 @@ impl PluginRuntime {
     /// Creates the engine and starts its epoch ticker. `cache_dir` holds
     /// compiled components; `None` compiles every time.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginRuntime>> {
+        PluginRuntime::with_deadlines(cache_dir, true)
+    }
+
+    /// Like [`PluginRuntime::new`]; with `deadlines` off, compiled code has
+    /// no epoch checks and calls run unbounded. Only for measuring what the
+    /// deadline costs: the proxy always runs with deadlines.
+    pub fn with_deadlines(
+        cache_dir: Option<PathBuf>,
+        deadlines: bool,
+    ) -> anyhow::Result<Arc<PluginRuntime>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(deadlines);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);

@@ -1,0 +1,490 @@
+//! Balancing quality under agent traffic: a reproducible mix of short
+//! requests (tens of ms) and long ones (seconds: agent runs, scaled down)
+//! against backends that serve a bounded number at once and queue the rest.
+//! A router that piles long requests onto one backend makes the short ones
+//! behind them wait; one that watches in-flight counts does not.
+//!
+//! The same arrival sequence (fixed seed, open loop) runs through
+//! Switchyard with `round-robin`, `least-outstanding` and `p2c-ewma` (Wasm
+//! plugins), and through nginx `least_conn` when nginx is installed. Prints
+//! a table, writes it to `benches/results/balance.md`, and draws the latency
+//! distributions to `benches/results/balance.svg`.
+//!
+//!   cargo bench -p switchyard-benches --bench balance
+//!   RATE=40 SECONDS=20 cargo bench -p switchyard-benches --bench balance
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Backends in the pool.
+const BACKENDS: usize = 4;
+/// Requests one backend serves at once; the rest wait in its queue.
+const SLOTS: usize = 4;
+/// Share of long requests, and their and the short ones' service times.
+const LONG_SHARE: f64 = 0.1;
+const LONG_MS: (u64, u64) = (1000, 3000);
+const SHORT_MS: (u64, u64) = (20, 60);
+/// A request slower than this counts as timed out.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn main() {
+    let rate: f64 = env_or("RATE", 40.0);
+    let seconds: f64 = env_or("SECONDS", 20.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(rate, seconds));
+}
+
+fn env_or(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One request of the workload: when it is sent, and how long it works.
+#[derive(Clone, Copy)]
+struct Job {
+    at: Duration,
+    work_ms: u64,
+}
+
+impl Job {
+    fn is_long(&self) -> bool {
+        self.work_ms >= LONG_MS.0
+    }
+}
+
+/// Poisson arrivals at `rate` per second for `seconds`, from a fixed seed.
+fn workload(rate: f64, seconds: f64) -> Vec<Job> {
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut jobs = Vec::new();
+    let mut t = 0.0;
+    loop {
+        t += -(1.0 - next()).ln() / rate;
+        if t >= seconds {
+            return jobs;
+        }
+        let (lo, hi) = if next() < LONG_SHARE { LONG_MS } else { SHORT_MS };
+        let work_ms = lo + ((hi - lo) as f64 * next()) as u64;
+        jobs.push(Job {
+            at: Duration::from_secs_f64(t),
+            work_ms,
+        });
+    }
+}
+
+/// A backend with `SLOTS` workers: `/work?ms=N` holds a slot for N ms.
+struct Backend {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+}
+
+async fn start_backend() -> Backend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let slots = Arc::new(Semaphore::new(SLOTS));
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (slots, counter) = (slots.clone(), counter.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (slots, counter) = (slots.clone(), counter.clone());
+                    async move {
+                        let ms = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("ms="))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(10);
+                        let _slot = slots.acquire().await;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        counter.fetch_add(1, Relaxed);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"done\n")),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, served }
+}
+
+/// What one policy did with the workload.
+struct Outcome {
+    name: String,
+    /// Latencies of answered requests, ms, short and long apart.
+    short: Vec<f64>,
+    long: Vec<f64>,
+    failed: usize,
+    per_backend: Vec<u64>,
+}
+
+async fn drive(name: &str, url: &str, jobs: &[Job], backends: &[Backend]) -> Outcome {
+    let before: Vec<u64> = backends.iter().map(|b| b.served.load(Relaxed)).collect();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http();
+    let started = Instant::now();
+    let tasks: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let (client, job) = (client.clone(), *job);
+            let uri: http::Uri = format!("{url}/work?ms={}", job.work_ms)
+                .parse()
+                .expect("uri");
+            tokio::spawn(async move {
+                tokio::time::sleep_until((started + job.at).into()).await;
+                let sent = Instant::now();
+                let answer = tokio::time::timeout(TIMEOUT, async {
+                    let resp = client.get(uri).await.ok()?;
+                    let ok = resp.status().is_success();
+                    resp.into_body().collect().await.ok()?;
+                    ok.then_some(())
+                })
+                .await;
+                let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                (job.is_long(), matches!(answer, Ok(Some(()))).then_some(ms))
+            })
+        })
+        .collect();
+    let mut outcome = Outcome {
+        name: name.to_string(),
+        short: Vec::new(),
+        long: Vec::new(),
+        failed: 0,
+        per_backend: Vec::new(),
+    };
+    for t in tasks {
+        match t.await.expect("request task") {
+            (_, None) => outcome.failed += 1,
+            (true, Some(ms)) => outcome.long.push(ms),
+            (false, Some(ms)) => outcome.short.push(ms),
+        }
+    }
+    outcome.per_backend = backends
+        .iter()
+        .zip(before)
+        .map(|(b, n)| b.served.load(Relaxed) - n)
+        .collect();
+    outcome.short.sort_by(f64::total_cmp);
+    outcome.long.sort_by(f64::total_cmp);
+    outcome
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn run(rate: f64, seconds: f64) {
+    let jobs = workload(rate, seconds);
+    let mut backends = Vec::new();
+    for _ in 0..BACKENDS {
+        backends.push(start_backend().await);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = root.join("target/plugins");
+    assert!(
+        plugins.join("p2c-ewma.wasm").exists(),
+        "build the plugins first: ./scripts/build-plugins.sh"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let entries: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{{ name = \"b{i}\", address = \"{}\" }}", b.addr))
+        .collect();
+    let policies = ["round-robin", "least-outstanding", "p2c-ewma"];
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\nwatch = false\n\
+         [pools.p]\nbackends = [{}]\n",
+        plugins.display(),
+        dir.path().join("cache").display(),
+        entries.join(", ")
+    );
+    for p in policies {
+        let _ = write!(
+            config,
+            "[[routes]]\nname = \"{p}\"\nmatch = {{ path_prefix = \"/{p}\" }}\nstrip_prefix = true\npool = \"p\"\n\
+             router = {{ plugin = \"{p}.wasm\" }}\ntimeouts = {{ first_byte = \"30s\" }}\n"
+        );
+    }
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, config).expect("write config");
+    let proxy =
+        switchyard::Switchyard::start(&switchyard::config::Config::load(&path).expect("config"))
+            .expect("proxy starts");
+    let long = jobs.iter().filter(|j| j.is_long()).count();
+    eprintln!(
+        "{} requests over {seconds} s ({long} long), {BACKENDS} backends x {SLOTS} slots",
+        jobs.len()
+    );
+    let mut outcomes = Vec::new();
+    for p in policies {
+        eprintln!("running {p}");
+        let url = format!("http://{}/{p}", proxy.addr());
+        outcomes.push(drive(p, &url, &jobs, &backends).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Some(nginx) = Nginx::start(&backends, dir.path()) {
+        eprintln!("running nginx least_conn");
+        let url = format!("http://{}", nginx.addr);
+        outcomes.push(drive("nginx least_conn", &url, &jobs, &backends).await);
+    } else {
+        eprintln!("nginx not installed; skipping it");
+    }
+    proxy.shutdown();
+    report(&root, &outcomes, &jobs, rate, seconds);
+}
+
+/// nginx with `least_conn` over the same backends, run for the bench only.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(backends: &[Backend], dir: &Path) -> Option<Nginx> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?;
+        let servers: String = backends
+            .iter()
+            .map(|b| format!("    server {};\n", b.addr))
+            .collect();
+        let conf = dir.join("nginx.conf");
+        let text = format!(
+            "worker_processes 1;\ndaemon off;\npid {0}/nginx.pid;\nerror_log {0}/nginx-error.log warn;\n\
+             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {0};\n\
+               upstream backends {{\n    least_conn;\n{servers}    keepalive 64;\n  }}\n\
+               server {{\n    listen {port};\n    location / {{\n      proxy_pass http://backends;\n\
+                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_read_timeout 60s;\n    }}\n  }}\n}}\n",
+            dir.display()
+        );
+        std::fs::write(&conf, text).ok()?;
+        let child = std::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let nginx = Nginx { addr: port, child };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(port).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn report(root: &Path, outcomes: &[Outcome], jobs: &[Job], rate: f64, seconds: f64) {
+    let mut table = String::new();
+    let _ = writeln!(table, "# Balancing quality under agent traffic\n");
+    let _ = writeln!(
+        table,
+        "`RATE={rate} SECONDS={seconds} cargo bench -p switchyard-benches --bench balance` on {} cores, one proxy worker.",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let _ = writeln!(
+        table,
+        "{} requests, Poisson arrivals at {rate}/s from a fixed seed; {:.0} % long ({}–{} ms of work), the rest short ({}–{} ms).",
+        jobs.len(),
+        LONG_SHARE * 100.0,
+        LONG_MS.0,
+        LONG_MS.1,
+        SHORT_MS.0,
+        SHORT_MS.1
+    );
+    let _ = writeln!(
+        table,
+        "{BACKENDS} backends serving {SLOTS} requests at once each, queueing the rest. Latency in ms, as the client saw it.\n"
+    );
+    let _ = writeln!(
+        table,
+        "| policy | short p50 | short p99 | long p50 | long p99 | all p99 | failed | requests per backend |"
+    );
+    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for o in outcomes {
+        let mut all: Vec<f64> = o.short.iter().chain(&o.long).copied().collect();
+        all.sort_by(f64::total_cmp);
+        let spread: Vec<String> = o.per_backend.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            o.name,
+            quantile(&o.short, 0.5),
+            quantile(&o.short, 0.99),
+            quantile(&o.long, 0.5),
+            quantile(&o.long, 0.99),
+            quantile(&all, 0.99),
+            o.failed,
+            spread.join(" / ")
+        );
+    }
+    let p99 = |name: &str| {
+        outcomes.iter().find(|o| o.name == name).map(|o| {
+            let mut all: Vec<f64> = o.short.iter().chain(&o.long).copied().collect();
+            all.sort_by(f64::total_cmp);
+            quantile(&all, 0.99)
+        })
+    };
+    let shortp99 = |name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| quantile(&o.short, 0.99))
+    };
+    if let (Some(lo), Some(rr), Some(lo_s), Some(rr_s)) = (
+        p99("least-outstanding"),
+        p99("round-robin"),
+        shortp99("least-outstanding"),
+        shortp99("round-robin"),
+    ) {
+        let _ = writeln!(
+            table,
+            "\np99 of least-outstanding / round-robin: all requests {:.2}, short requests {:.2} (target: at most 0.33).",
+            lo / rr,
+            lo_s / rr_s
+        );
+    }
+    let _ = writeln!(table, "\n![Latency distributions](balance.svg)");
+    print!("{table}");
+    let results = root.join("benches/results");
+    let _ = std::fs::create_dir_all(&results);
+    let _ = std::fs::write(results.join("balance.md"), &table);
+    let _ = std::fs::write(results.join("balance.svg"), svg(outcomes));
+    eprintln!("wrote benches/results/balance.md and balance.svg");
+}
+
+/// Latency CDFs (log scale), one line per policy, short requests left and
+/// all requests right.
+fn svg(outcomes: &[Outcome]) -> String {
+    const W: f64 = 440.0;
+    const H: f64 = 300.0;
+    const PAD: f64 = 50.0;
+    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#7f7f7f"];
+    let (lo, hi) = (10.0f64.log10(), 100_000.0f64.log10());
+    let x = |ms: f64| PAD + (ms.max(10.0).log10() - lo) / (hi - lo) * (W - PAD - 10.0);
+    let y = |q: f64| H - PAD + 10.0 - q * (H - PAD - 20.0);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
+        W * 2.0 + 20.0,
+        H + 30.0
+    );
+    for (panel, title) in ["short requests", "all requests"].iter().enumerate() {
+        let dx = panel as f64 * (W + 20.0);
+        let _ = write!(out, "<g transform=\"translate({dx},0)\">");
+        let _ = write!(
+            out,
+            "<text x=\"{}\" y=\"16\" font-size=\"13\" font-weight=\"bold\">Latency CDF, {title}</text>",
+            PAD
+        );
+        for decade in [10.0, 100.0, 1000.0, 10_000.0, 100_000.0] {
+            let gx = x(decade);
+            let label = if decade >= 1000.0 {
+                format!("{} s", decade / 1000.0)
+            } else {
+                format!("{decade} ms")
+            };
+            let _ = write!(
+                out,
+                "<line x1=\"{gx}\" y1=\"{}\" x2=\"{gx}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{gx}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+                y(1.0),
+                y(0.0),
+                y(0.0) + 14.0
+            );
+        }
+        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            let gy = y(q);
+            let _ = write!(
+                out,
+                "<line x1=\"{PAD}\" y1=\"{gy}\" x2=\"{}\" y2=\"{gy}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{q}</text>",
+                W - 10.0,
+                PAD - 4.0,
+                gy + 4.0
+            );
+        }
+        for (i, o) in outcomes.iter().enumerate() {
+            let mut data: Vec<f64> = if panel == 0 {
+                o.short.clone()
+            } else {
+                o.short.iter().chain(&o.long).copied().collect()
+            };
+            data.sort_by(f64::total_cmp);
+            let n = data.len().max(1) as f64;
+            let points: Vec<String> = data
+                .iter()
+                .enumerate()
+                .map(|(k, ms)| format!("{:.1},{:.1}", x(*ms), y((k + 1) as f64 / n)))
+                .collect();
+            let color = colors[i % colors.len()];
+            let _ = write!(
+                out,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>",
+                points.join(" ")
+            );
+            let ly = 40.0 + i as f64 * 15.0;
+            let _ = write!(
+                out,
+                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                W - 150.0,
+                W - 132.0,
+                W - 127.0,
+                ly + 4.0,
+                o.name
+            );
+        }
+        out.push_str("</g>");
+    }
+    out.push_str("</svg>\n");
+    out
+}
