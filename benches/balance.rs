@@ -146,6 +146,9 @@ struct Outcome {
     /// Latencies of answered requests, ms, short and long apart.
     short: Vec<f64>,
     long: Vec<f64>,
+    /// Time each answered request spent waiting (latency minus its own
+    /// work), ms: what balancing controls, comparable across lengths.
+    wait: Vec<f64>,
     failed: usize,
     per_backend: Vec<u64>,
 }
@@ -174,7 +177,8 @@ async fn drive(name: &str, url: &str, jobs: &[Job], backends: &[Backend]) -> Out
                 })
                 .await;
                 let ms = sent.elapsed().as_secs_f64() * 1000.0;
-                (job.is_long(), matches!(answer, Ok(Some(()))).then_some(ms))
+                let work = job.work_ms as f64;
+                (job.is_long(), matches!(answer, Ok(Some(()))).then_some((ms, ms - work)))
             })
         })
         .collect();
@@ -182,14 +186,21 @@ async fn drive(name: &str, url: &str, jobs: &[Job], backends: &[Backend]) -> Out
         name: name.to_string(),
         short: Vec::new(),
         long: Vec::new(),
+        wait: Vec::new(),
         failed: 0,
         per_backend: Vec::new(),
     };
     for t in tasks {
         match t.await.expect("request task") {
             (_, None) => outcome.failed += 1,
-            (true, Some(ms)) => outcome.long.push(ms),
-            (false, Some(ms)) => outcome.short.push(ms),
+            (long, Some((ms, wait))) => {
+                outcome.wait.push(wait.max(0.0));
+                if long {
+                    outcome.long.push(ms);
+                } else {
+                    outcome.short.push(ms);
+                }
+            }
         }
     }
     outcome.per_backend = backends
@@ -199,6 +210,7 @@ async fn drive(name: &str, url: &str, jobs: &[Job], backends: &[Backend]) -> Out
         .collect();
     outcome.short.sort_by(f64::total_cmp);
     outcome.long.sort_by(f64::total_cmp);
+    outcome.wait.sort_by(f64::total_cmp);
     outcome
 }
 
@@ -301,6 +313,7 @@ impl Nginx {
             .arg(&conf)
             .arg("-e")
             .arg(dir.join("nginx-error.log"))
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .ok()?;
@@ -317,8 +330,16 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, so the master stops its workers too (SIGKILL would orphan
+    /// them).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let stopped = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -347,52 +368,44 @@ fn report(root: &Path, outcomes: &[Outcome], jobs: &[Job], rate: f64, seconds: f
     );
     let _ = writeln!(
         table,
-        "| policy | short p50 | short p99 | long p50 | long p99 | all p99 | failed | requests per backend |"
+        "| policy | short p50 | short p99 | long p50 | long p99 | wait p50 | wait p99 | failed | requests per backend |"
     );
-    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for o in outcomes {
-        let mut all: Vec<f64> = o.short.iter().chain(&o.long).copied().collect();
-        all.sort_by(f64::total_cmp);
         let spread: Vec<String> = o.per_backend.iter().map(u64::to_string).collect();
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
             o.name,
             quantile(&o.short, 0.5),
             quantile(&o.short, 0.99),
             quantile(&o.long, 0.5),
             quantile(&o.long, 0.99),
-            quantile(&all, 0.99),
+            quantile(&o.wait, 0.5),
+            quantile(&o.wait, 0.99),
             o.failed,
             spread.join(" / ")
         );
     }
-    let p99 = |name: &str| {
-        outcomes.iter().find(|o| o.name == name).map(|o| {
-            let mut all: Vec<f64> = o.short.iter().chain(&o.long).copied().collect();
-            all.sort_by(f64::total_cmp);
-            quantile(&all, 0.99)
-        })
-    };
-    let shortp99 = |name: &str| {
+    let p99 = |name: &str, pick: fn(&Outcome) -> &Vec<f64>| {
         outcomes
             .iter()
             .find(|o| o.name == name)
-            .map(|o| quantile(&o.short, 0.99))
+            .map(|o| quantile(pick(o), 0.99))
     };
-    if let (Some(lo), Some(rr), Some(lo_s), Some(rr_s)) = (
-        p99("least-outstanding"),
-        p99("round-robin"),
-        shortp99("least-outstanding"),
-        shortp99("round-robin"),
-    ) {
-        let _ = writeln!(
-            table,
-            "\np99 of least-outstanding / round-robin: all requests {:.2}, short requests {:.2} (target: at most 0.33).",
-            lo / rr,
-            lo_s / rr_s
-        );
-    }
+    let ratio = |pick: fn(&Outcome) -> &Vec<f64>| {
+        match (p99("least-outstanding", pick), p99("round-robin", pick)) {
+            (Some(a), Some(b)) => a / b,
+            _ => f64::NAN,
+        }
+    };
+    let _ = writeln!(
+        table,
+        "\np99 of least-outstanding / round-robin: short requests {:.2}, wait of all requests {:.2}, long requests {:.2} (target: at most 0.33).",
+        ratio(|o| &o.short),
+        ratio(|o| &o.wait),
+        ratio(|o| &o.long)
+    );
     let _ = writeln!(table, "\n![Latency distributions](balance.svg)");
     print!("{table}");
     let results = root.join("benches/results");
@@ -402,15 +415,15 @@ fn report(root: &Path, outcomes: &[Outcome], jobs: &[Job], rate: f64, seconds: f
     eprintln!("wrote benches/results/balance.md and balance.svg");
 }
 
-/// Latency CDFs (log scale), one line per policy, short requests left and
-/// all requests right.
+/// CDFs on a log scale, one line per policy: short requests' latency on
+/// the left, every request's waiting time on the right.
 fn svg(outcomes: &[Outcome]) -> String {
     const W: f64 = 440.0;
     const H: f64 = 300.0;
     const PAD: f64 = 50.0;
     let colors = ["#d62728", "#1f77b4", "#2ca02c", "#7f7f7f"];
-    let (lo, hi) = (10.0f64.log10(), 100_000.0f64.log10());
-    let x = |ms: f64| PAD + (ms.max(10.0).log10() - lo) / (hi - lo) * (W - PAD - 10.0);
+    let (lo, hi) = (0.0f64, 10_000.0f64.log10());
+    let x = |ms: f64| PAD + (ms.clamp(1.0, 10_000.0).log10() - lo) / (hi - lo) * (W - PAD - 10.0);
     let y = |q: f64| H - PAD + 10.0 - q * (H - PAD - 20.0);
     let mut out = String::new();
     let _ = write!(
@@ -420,15 +433,18 @@ fn svg(outcomes: &[Outcome]) -> String {
         W * 2.0 + 20.0,
         H + 30.0
     );
-    for (panel, title) in ["short requests", "all requests"].iter().enumerate() {
+    for (panel, title) in ["latency of short requests", "waiting time of all requests"]
+        .iter()
+        .enumerate()
+    {
         let dx = panel as f64 * (W + 20.0);
         let _ = write!(out, "<g transform=\"translate({dx},0)\">");
         let _ = write!(
             out,
-            "<text x=\"{}\" y=\"16\" font-size=\"13\" font-weight=\"bold\">Latency CDF, {title}</text>",
+            "<text x=\"{}\" y=\"16\" font-size=\"13\" font-weight=\"bold\">CDF, {title} (ms, log)</text>",
             PAD
         );
-        for decade in [10.0, 100.0, 1000.0, 10_000.0, 100_000.0] {
+        for decade in [1.0, 10.0, 100.0, 1000.0, 10_000.0] {
             let gx = x(decade);
             let label = if decade >= 1000.0 {
                 format!("{} s", decade / 1000.0)
@@ -443,7 +459,7 @@ fn svg(outcomes: &[Outcome]) -> String {
                 y(0.0) + 14.0
             );
         }
-        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+        for q in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
             let gy = y(q);
             let _ = write!(
                 out,
@@ -457,7 +473,7 @@ fn svg(outcomes: &[Outcome]) -> String {
             let mut data: Vec<f64> = if panel == 0 {
                 o.short.clone()
             } else {
-                o.short.iter().chain(&o.long).copied().collect()
+                o.wait.clone()
             };
             data.sort_by(f64::total_cmp);
             let n = data.len().max(1) as f64;
@@ -467,12 +483,18 @@ fn svg(outcomes: &[Outcome]) -> String {
                 .map(|(k, ms)| format!("{:.1},{:.1}", x(*ms), y((k + 1) as f64 / n)))
                 .collect();
             let color = colors[i % colors.len()];
+            // Peers dashed, so a Switchyard line they coincide with shows.
+            let dash = if o.name.starts_with("nginx") {
+                " stroke-dasharray=\"6 4\""
+            } else {
+                ""
+            };
             let _ = write!(
                 out,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>",
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{dash} points=\"{}\"/>",
                 points.join(" ")
             );
-            let ly = 40.0 + i as f64 * 15.0;
+            let ly = y(0.0) - 75.0 + i as f64 * 15.0;
             let _ = write!(
                 out,
                 "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>",
