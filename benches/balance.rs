@@ -84,7 +84,11 @@ fn workload(rate: f64, seconds: f64) -> Vec<Job> {
         if t >= seconds {
             return jobs;
         }
-        let (lo, hi) = if next() < LONG_SHARE { LONG_MS } else { SHORT_MS };
+        let (lo, hi) = if next() < LONG_SHARE {
+            LONG_MS
+        } else {
+            SHORT_MS
+        };
         let work_ms = lo + ((hi - lo) as f64 * next()) as u64;
         jobs.push(Job {
             at: Duration::from_secs_f64(t),
@@ -178,7 +182,10 @@ async fn drive(name: &str, url: &str, jobs: &[Job], backends: &[Backend]) -> Out
                 .await;
                 let ms = sent.elapsed().as_secs_f64() * 1000.0;
                 let work = job.work_ms as f64;
-                (job.is_long(), matches!(answer, Ok(Some(()))).then_some((ms, ms - work)))
+                (
+                    job.is_long(),
+                    matches!(answer, Ok(Some(()))).then_some((ms, ms - work)),
+                )
             })
         })
         .collect();
@@ -393,11 +400,12 @@ fn report(root: &Path, outcomes: &[Outcome], jobs: &[Job], rate: f64, seconds: f
             .find(|o| o.name == name)
             .map(|o| quantile(pick(o), 0.99))
     };
-    let ratio = |pick: fn(&Outcome) -> &Vec<f64>| {
-        match (p99("least-outstanding", pick), p99("round-robin", pick)) {
-            (Some(a), Some(b)) => a / b,
-            _ => f64::NAN,
-        }
+    let ratio = |pick: fn(&Outcome) -> &Vec<f64>| match (
+        p99("least-outstanding", pick),
+        p99("round-robin", pick),
+    ) {
+        (Some(a), Some(b)) => a / b,
+        _ => f64::NAN,
     };
     let _ = writeln!(
         table,

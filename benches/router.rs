@@ -150,8 +150,8 @@ fn call_floor(c: &mut Criterion) {
     });
     // The same call, and a 16-backend decision, compiled without epoch
     // checks: what the per-call deadline costs.
-    let unbounded = PluginRuntime::with_deadlines(None, false)
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let unbounded =
+        PluginRuntime::with_deadlines(None, false).unwrap_or_else(|e| panic!("runtime: {e}"));
     let (_plugin, mut free) = wasm_router(&unbounded, "round-robin.wasm", 0);
     c.bench_function("call-floor/round-robin/wasm/0/no-deadline", |b| {
         b.iter(|| black_box(free.route(request, &[], Vec::new())))

@@ -35,6 +35,20 @@ pub fn prometheus() -> &'static PrometheusHandle {
         };
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
+        // Histogram samples pile up until upkeep folds them into buckets;
+        // without it, memory grows with every request when nobody scrapes.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("switchyard-metrics".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start metrics upkeep; histograms grow until scraped: {e}");
+        }
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
