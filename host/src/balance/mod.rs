@@ -284,8 +284,9 @@ mod tests {
     use super::*;
     use crate::config::BackendConfig;
 
-    fn pool(n: usize) -> Pool {
-        let config = PoolConfig {
+    /// A pool config with default settings and `n` backends `b0`, `b1`, ...
+    fn pool_config(n: usize) -> PoolConfig {
+        PoolConfig {
             max_fails: 3,
             fail_timeout: std::time::Duration::from_secs(10),
             fail_on_5xx: false,
@@ -300,8 +301,11 @@ mod tests {
                     labels: Default::default(),
                 })
                 .collect(),
-        };
-        Pool::new("p", &config, &mut LiveRegistry::default()).unwrap()
+        }
+    }
+
+    fn pool(n: usize) -> Pool {
+        Pool::new("p", &pool_config(n), &mut LiveRegistry::default()).unwrap()
     }
 
     #[test]
@@ -316,20 +320,7 @@ mod tests {
     #[test]
     fn registry_keeps_state_and_keys_across_pools() {
         let mut registry = LiveRegistry::default();
-        let config = PoolConfig {
-            max_fails: 3,
-            fail_timeout: std::time::Duration::from_secs(10),
-            fail_on_5xx: false,
-            max_in_flight: 0,
-            health: None,
-            breaker: None,
-            backends: vec![BackendConfig {
-                name: "a".into(),
-                address: "127.0.0.1:1".into(),
-                weight: 1,
-                labels: Default::default(),
-            }],
-        };
+        let config = pool_config(1);
         let first = Pool::new("p", &config, &mut registry).unwrap();
         let _busy = first.backends[0].state.start_request();
         let again = Pool::new("p", &config, &mut registry).unwrap();

@@ -170,6 +170,18 @@ impl PluginRuntime {
         Ok(loaded)
     }
 
+    /// Links `component` against the host's imports, ready to instantiate;
+    /// errors name `file`.
+    fn pre_instantiate(
+        &self,
+        file: &Path,
+        component: &Component,
+    ) -> Result<wasmtime::component::InstancePre<HostState>, PluginError> {
+        self.linker
+            .instantiate_pre(component)
+            .map_err(|e| instantiate_error(file, &e))
+    }
+
     fn loaded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -293,6 +305,14 @@ fn new_store(
         deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
     );
     store
+}
+
+/// A failed instantiation of `file`.
+fn instantiate_error(file: &Path, e: &wasmtime::Error) -> PluginError {
+    PluginError::Instantiate {
+        file: file.into(),
+        reason: format!("{e:#}"),
+    }
 }
 
 /// File name of a plugin, as logs and metrics show it.

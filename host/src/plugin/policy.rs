@@ -62,21 +62,26 @@ impl<P> Policy<P> {
         }
     }
 
+    /// Checks what `init` and `set-backends` returned when an instance
+    /// started: a trap in either, or `init`'s own refusal, refuses it.
+    fn started(
+        &self,
+        init: wasmtime::Result<Result<(), String>>,
+        set_backends: impl FnOnce() -> wasmtime::Result<()>,
+    ) -> Result<(), PluginError> {
+        init.map_err(|e| self.init_error(format!("trapped: {e:#}")))?
+            .map_err(|m| self.init_error(m))?;
+        set_backends().map_err(|e| self.init_error(format!("set-backends trapped: {e:#}")))
+    }
+
     fn bind(
         runtime: &PluginRuntime,
         component: Arc<LoadedComponent>,
         spec: PolicySpec,
         make_pre: impl FnOnce(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
     ) -> Result<Policy<P>, PluginError> {
-        let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
-            file: spec.file.clone(),
-            reason: format!("{e:#}"),
-        };
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component.component)
-            .map_err(instantiate_err)?;
-        let pre = make_pre(pre).map_err(instantiate_err)?;
+        let pre = runtime.pre_instantiate(&spec.file, &component.component)?;
+        let pre = make_pre(pre).map_err(|e| super::instantiate_error(&spec.file, &e))?;
         let name = super::file_name(&spec.file);
         Ok(Policy {
             stats: CallStats::new(&name, &format!("pool:{}", spec.pool), &component.hash[..12]),
@@ -107,18 +112,12 @@ impl Policy<HealthPluginPre<HostState>> {
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate {
-                file: self.spec.file.clone(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| super::instantiate_error(&self.spec.file, &e))?;
         let check = bindings.switchyard_policy_health_check();
-        check
-            .call_init(&mut store, &self.spec.pool, &self.spec.config)
-            .map_err(|e| self.init_error(format!("trapped: {e:#}")))?
-            .map_err(|m| self.init_error(m))?;
-        check
-            .call_set_backends(&mut store, &self.spec.backends)
-            .map_err(|e| self.init_error(format!("set-backends trapped: {e:#}")))?;
+        let init = check.call_init(&mut store, &self.spec.pool, &self.spec.config);
+        self.started(init, || {
+            check.call_set_backends(&mut store, &self.spec.backends)
+        })?;
         Ok(HealthInstance {
             store,
             bindings,
@@ -163,18 +162,12 @@ impl Policy<BreakerPluginPre<HostState>> {
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate {
-                file: self.spec.file.clone(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| super::instantiate_error(&self.spec.file, &e))?;
         let breaker = bindings.switchyard_policy_circuit_breaker();
-        breaker
-            .call_init(&mut store, &self.spec.pool, &self.spec.config)
-            .map_err(|e| self.init_error(format!("trapped: {e:#}")))?
-            .map_err(|m| self.init_error(m))?;
-        breaker
-            .call_set_backends(&mut store, &self.spec.backends)
-            .map_err(|e| self.init_error(format!("set-backends trapped: {e:#}")))?;
+        let init = breaker.call_init(&mut store, &self.spec.pool, &self.spec.config);
+        self.started(init, || {
+            breaker.call_set_backends(&mut store, &self.spec.backends)
+        })?;
         Ok(BreakerInstance {
             store,
             bindings,

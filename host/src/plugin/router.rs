@@ -112,15 +112,9 @@ impl RouterPlugin {
         spec: RouterSpec,
     ) -> Result<Arc<RouterPlugin>, PluginError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
-            file: spec.file.clone(),
-            reason: format!("{e:#}"),
-        };
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component.component)
-            .map_err(instantiate_err)?;
-        let pre = RouterPluginPre::new(pre).map_err(instantiate_err)?;
+        let pre = runtime.pre_instantiate(&spec.file, &component.component)?;
+        let pre =
+            RouterPluginPre::new(pre).map_err(|e| super::instantiate_error(&spec.file, &e))?;
         let name = super::file_name(&spec.file);
         let route: Arc<str> = spec.route.as_str().into();
         let info = metrics::gauge!("switchyard_route_plugin_info",
