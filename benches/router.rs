@@ -33,6 +33,7 @@ fn wasm_router(
         on_failure: FailurePolicy::FailOpen,
         deadline: Duration::from_millis(10),
         memory_mb: 16,
+        body_peek: 0,
         backends: (0..n)
             .map(|i| wit::BackendInfo {
                 id: i,

@@ -340,17 +340,27 @@ async fn handle(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let text = String::from_utf8_lossy(&body).replace(' ', "");
-        chat(&options, &parts.headers, text.contains("\"stream\":true"))
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        chat(&options, &parts.headers, &request)
     } else {
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
             .collect();
+        let (method, query) = (
+            req.method().to_string(),
+            req.uri().query().map(String::from),
+        );
+        let received = Limited::new(req.into_body(), 64 << 20)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let body = json!({
-            "backend": options.name, "method": req.method().as_str(), "path": path,
-            "query": req.uri().query(), "headers": headers,
+            "backend": options.name, "method": method, "path": path,
+            "query": query, "headers": headers, "body_len": received.len(),
+            "body_sha256": hex_sha256(&received),
         });
         let mut r = Response::new(full(format!("{body}\n")));
         r.headers_mut().insert(
@@ -394,10 +404,31 @@ fn query_number(req: &Request<Incoming>, key: &str) -> Option<usize> {
         .ok()
 }
 
-/// An OpenAI-style chat completion, whole or streamed with `usage` in the
-/// final chunk.
-fn chat(options: &MockOptions, headers: &http::HeaderMap, stream: bool) -> Response<MockBody> {
-    let model = format!("mock-{}", options.name);
+/// Hex SHA-256 of `bytes`, so the echo can prove a body arrived unchanged.
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An OpenAI-style chat completion of the requested `model`, whole or
+/// streamed with `usage` in the final chunk.
+fn chat(
+    options: &MockOptions,
+    headers: &http::HeaderMap,
+    request: &serde_json::Value,
+) -> Response<MockBody> {
+    let model = match request["model"].as_str() {
+        Some(m) => m.to_string(),
+        None => format!("mock-{}", options.name),
+    };
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let id = format!("chatcmpl-{}-{created}", options.name);
     let priority = headers
         .get("x-priority")
         .and_then(|v| v.to_str().ok())
@@ -414,19 +445,19 @@ fn chat(options: &MockOptions, headers: &http::HeaderMap, stream: bool) -> Respo
         let mut events: Vec<String> = words
             .iter()
             .map(|w| {
-                let chunk = json!({"object": "chat.completion.chunk", "model": model,
+                let chunk = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]});
                 format!("data: {chunk}\n\n")
             })
             .collect();
-        let last = json!({"object": "chat.completion.chunk", "model": model, "choices": [],
+        let last = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
             "usage": {"prompt_tokens": 12, "completion_tokens": words.len(), "total_tokens": 12 + words.len()}});
         events.push(format!("data: {last}\n\n"));
         events.push("data: [DONE]\n\n".into());
         return sse(options, events);
     }
     let body = json!({
-        "id": "chatcmpl-mock", "object": "chat.completion", "model": model,
+        "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": words.len(), "total_tokens": 12 + words.len()},
     });

@@ -18,5 +18,6 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 mod run;
+pub mod shared;
 
 pub use run::{StartError, Switchyard};

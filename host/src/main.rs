@@ -51,6 +51,12 @@ enum Command {
         /// Delay before each response, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Gap between the chunks of a streamed answer, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        chunk_interval_ms: u64,
+        /// Answer every N-th request with 503 (0: never), to try failover.
+        #[arg(long, default_value_t = 0)]
+        fail_every: u64,
     },
     /// Create or try out router plugins.
     Plugin {
@@ -149,10 +155,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             listen,
             name,
             latency_ms,
+            chunk_interval_ms,
+            fail_every,
         } => {
             let mut options = demo::MockOptions::new(&name);
             options.latency = std::time::Duration::from_millis(latency_ms);
+            options.chunk_interval = std::time::Duration::from_millis(chunk_interval_ms);
             let mock = demo::MockBackend::start_on(listen, options)?;
+            mock.fail_every(fail_every);
             println!("mock backend {name} on http://{}", mock.addr);
             wait_for_signal(None)?;
             Ok(())

@@ -44,6 +44,10 @@ impl Switchyard {
         let runtime = PluginRuntime::new(Some(config.cache_dir())).map_err(StartError::Runtime)?;
         let control = Control::start().map_err(|e| StartError::Runtime(e.into()))?;
         let mut registry = LiveRegistry::with_control(control.sender());
+        runtime
+            .shared()
+            .configure(&config.shared)
+            .map_err(|e| StartError::Runtime(anyhow::anyhow!(e)))?;
         let table = RouteTable::build(config, &runtime, &mut registry, None)?;
         control.link().apply(table.pools.clone());
         let listen_err = |addr: &str| {

@@ -3,6 +3,7 @@
 mod dashboard;
 mod failures;
 mod library;
+mod llm;
 mod loading;
 mod observability;
 mod proxying;

@@ -73,6 +73,7 @@ pub fn trial(options: &TrialOptions) -> anyhow::Result<String> {
         on_failure: FailurePolicy::FailClosed,
         deadline: Duration::from_millis(50),
         memory_mb: 64,
+        body_peek: 64 * 1024,
         backends: infos.clone(),
     };
     let plugin = RouterPlugin::load(&runtime, spec)?;
@@ -87,7 +88,7 @@ pub fn trial(options: &TrialOptions) -> anyhow::Result<String> {
     let attributes: Vec<Option<String>> = plugin
         .interest
         .iter()
-        .map(|i| crate::proxy::request_attribute(i, &request))
+        .map(|i| crate::proxy::request_attribute(i, &request, None))
         .collect();
 
     let mut out = String::new();
@@ -199,5 +200,6 @@ fn describe(interest: &Interest) -> String {
         Interest::Query => "query".into(),
         Interest::Cookie(c) => format!("cookie {c}"),
         Interest::Host => "host".into(),
+        Interest::JsonBody(f) => format!("json-body {f}"),
     }
 }

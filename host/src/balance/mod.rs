@@ -109,12 +109,15 @@ pub struct PoolHealth {
     pub plugin: Option<Arc<HealthPolicy>>,
 }
 
-/// How long one exchange took, and what the backend asked of us.
+/// How long one exchange took, what the backend asked of us, and the tokens
+/// its `usage` reported.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
     pub latency_us: u32,
     pub ttfb_us: u32,
     pub retry_after_ms: Option<u64>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
 }
 
 /// Sends a pool's request outcomes to its breaker on the control thread,

@@ -37,12 +37,71 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// The store behind the plugins' `shared` interface.
+    #[serde(default)]
+    pub shared: SharedConfig,
     /// Directory relative paths in the file resolve against.
     #[serde(skip)]
     pub base_dir: PathBuf,
     /// The file this config was read from.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Where plugins' shared counters and values live.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// `memory` (this process only, the default) or a `redis://host:port/db`
+    /// URL that every replica names, so they share one budget.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Prefix of every key in Redis, so several deployments can share one.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Longest a call waits for Redis (connect, send or answer).
+    #[serde(default = "default_shared_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        SharedConfig {
+            store: default_store(),
+            prefix: default_prefix(),
+            timeout: default_shared_timeout(),
+        }
+    }
+}
+
+impl SharedConfig {
+    /// The Redis URL, or `None` for the in-process store.
+    pub fn redis_url(&self) -> Option<&str> {
+        (self.store != "memory").then_some(self.store.as_str())
+    }
+
+    /// The store for logs and `/status`, without any password in the URL.
+    pub fn describe(&self) -> String {
+        match self.redis_url() {
+            None => "memory".into(),
+            Some(url) => match url.rsplit_once('@') {
+                Some((_, host)) => format!("redis://…@{host}"),
+                None => url.to_string(),
+            },
+        }
+    }
+}
+
+fn default_store() -> String {
+    "memory".into()
+}
+
+fn default_prefix() -> String {
+    "switchyard".into()
+}
+
+fn default_shared_timeout() -> Duration {
+    Duration::from_millis(50)
 }
 
 /// The proxy listener.
@@ -385,6 +444,14 @@ pub struct RouterConfig {
     /// Memory limit of one plugin instance, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
+    /// How much of a JSON request body is read to find the `json-body`
+    /// attributes the router asks for; the body is sent on unchanged.
+    #[serde(default = "default_body_peek", deserialize_with = "size::deserialize")]
+    pub body_peek: u64,
+}
+
+fn default_body_peek() -> u64 {
+    64 * 1024
 }
 
 /// What happens when a plugin traps, runs past its deadline, or answers
@@ -566,6 +633,24 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.shared.redis_url().is_some()
+            && (!self.shared.store.starts_with("redis://")
+                || redis::Client::open(self.shared.store.as_str()).is_err())
+        {
+            return Err((
+                text.find(&self.shared.store),
+                format!(
+                    "shared.store {:?}: expected \"memory\" or a redis:// URL such as redis://127.0.0.1:6379/0",
+                    self.shared.store
+                ),
+            ));
+        }
+        if self.shared.timeout.is_zero() {
+            return Err((
+                text.find("[shared]"),
+                "shared.timeout must be above zero".into(),
+            ));
         }
         for (name, pool) in &self.pools {
             let at = text.find(&format!("pools.{name}"));

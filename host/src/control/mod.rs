@@ -271,6 +271,8 @@ fn on_outcome(
         retry_after_ms: timing
             .retry_after_ms
             .map(|ms| ms.min(u64::from(u32::MAX)) as u32),
+        prompt_tokens: timing.prompt_tokens,
+        completion_tokens: timing.completion_tokens,
     };
     let update = with_breaker(c, |b| b.record_outcome(event));
     if let Some(Some(update)) = update {

@@ -17,6 +17,7 @@ mod health_bindings {
         with: {
             "switchyard:policy/types": super::bindings::switchyard::policy::types,
             "switchyard:policy/host": super::bindings::switchyard::policy::host,
+            "switchyard:policy/shared": super::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -28,6 +29,7 @@ mod breaker_bindings {
         with: {
             "switchyard:policy/types": super::bindings::switchyard::policy::types,
             "switchyard:policy/host": super::bindings::switchyard::policy::host,
+            "switchyard:policy/shared": super::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -39,9 +41,11 @@ pub mod wit {
 }
 
 pub use bindings::switchyard::policy::host::Host;
+pub use bindings::switchyard::policy::shared as shared_wit;
 pub use bindings::{RouterPlugin, RouterPluginPre};
 pub use breaker_bindings::{BreakerPlugin, BreakerPluginPre};
 pub use health_bindings::{HealthPlugin, HealthPluginPre};
+pub use shared_wit::Host as SharedHost;
 
 use super::HostState;
 use wasmtime::component::{HasSelf, Linker};

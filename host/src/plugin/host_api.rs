@@ -1,8 +1,10 @@
 //! The host side of `switchyard:policy/host`: what a plugin may call.
 
-use super::generated::{Host, wit};
+use super::generated::{Host, SharedHost, shared_wit, wit};
+use crate::shared::{SharedError, SharedStore};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::StoreLimits;
 
 /// Log lines one instance may write per second; the rest are counted, not
@@ -21,10 +23,19 @@ pub struct HostState {
     log_lines: u32,
     /// The current request's declared attributes, set for one `route` call.
     pub(crate) attributes: Vec<Option<String>>,
+    shared: Arc<SharedStore>,
+    /// Time spent waiting on the shared store since the deadline was last
+    /// checked; it extends the deadline rather than counting against it.
+    pub(crate) waited: Duration,
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<str>, route: Arc<str>, limits: StoreLimits) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        route: Arc<str>,
+        limits: StoreLimits,
+        shared: Arc<SharedStore>,
+    ) -> Self {
         HostState {
             limits,
             plugin,
@@ -35,7 +46,62 @@ impl HostState {
             log_second: 0,
             log_lines: 0,
             attributes: Vec::new(),
+            shared,
+            waited: Duration::ZERO,
         }
+    }
+
+    /// Runs a shared-store call, crediting its wait to the deadline and
+    /// logging failures at debug level (the store logs outages itself).
+    fn shared_call<T>(
+        &mut self,
+        op: &str,
+        call: impl FnOnce(&SharedStore) -> Result<T, SharedError>,
+    ) -> Result<T, shared_wit::SharedError> {
+        let started = Instant::now();
+        let result = call(&self.shared);
+        self.waited += started.elapsed();
+        result.map_err(|e| {
+            tracing::debug!(plugin = %self.plugin, route = %self.route, "shared {op}: {e}");
+            match e {
+                SharedError::Unavailable(m) => shared_wit::SharedError::Unavailable(m),
+                SharedError::Invalid(m) => shared_wit::SharedError::Invalid(m),
+            }
+        })
+    }
+}
+
+impl SharedHost for HostState {
+    fn counter_add(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: u32,
+    ) -> Result<i64, shared_wit::SharedError> {
+        self.shared_call("counter-add", |s| s.counter_add(&key, delta, ttl_ms))
+    }
+
+    fn counter_get(&mut self, key: String) -> Result<i64, shared_wit::SharedError> {
+        self.shared_call("counter-get", |s| s.counter_get(&key))
+    }
+
+    fn get(&mut self, key: String) -> Result<Option<String>, shared_wit::SharedError> {
+        self.shared_call("get", |s| s.get(&key))
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: u32,
+    ) -> Result<(), shared_wit::SharedError> {
+        self.shared_call("set", |s| s.set(&key, &value, ttl_ms))
+    }
+
+    fn wall_clock_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 

@@ -20,6 +20,7 @@ pub use router::{
 };
 pub use stats::{CallStats, CallTimer, LastError};
 
+use crate::shared::SharedStore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,8 @@ pub struct PluginRuntime {
     cache_dir: Option<PathBuf>,
     /// Components by content hash, so routes sharing a plugin compile once.
     loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+    /// The store behind the plugins' `shared` interface.
+    shared: Arc<SharedStore>,
 }
 
 // === impl PluginRuntime ===
@@ -129,11 +132,18 @@ impl PluginRuntime {
             linker,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
+            shared: SharedStore::in_process(),
         }))
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The store behind the plugins' `shared` interface; in process until
+    /// a config names Redis.
+    pub fn shared(&self) -> &Arc<SharedStore> {
+        &self.shared
     }
 
     /// Converts a call deadline into epoch ticks, rounding up, plus one tick
@@ -253,8 +263,9 @@ impl PluginRuntime {
         }
         let host_import = format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}");
         let types_import = format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}");
+        let shared_import = format!("{INTERFACE_PACKAGE}/shared@{INTERFACE_VERSION}");
         for (import, _) in ty.imports(&self.engine) {
-            if import == host_import || import == types_import {
+            if import == host_import || import == types_import || import == shared_import {
                 continue;
             }
             if import.starts_with("wasi:") {
@@ -267,6 +278,7 @@ impl PluginRuntime {
                 .strip_prefix(INTERFACE_PACKAGE)
                 .and_then(|rest| rest.split_once('@'))
                 .map(|(_, v)| v)
+                .filter(|v| *v != INTERFACE_VERSION)
             {
                 return Err(PluginError::Version {
                     file: file.into(),
@@ -286,8 +298,12 @@ impl PluginRuntime {
 /// A store for one plugin instance: host state tagged with the plugin and
 /// its owner (route or pool), the instance's memory cap, and a generous
 /// deadline for start-up (init may build tables).
+///
+/// Time spent waiting on the shared store is not the plugin's: when the
+/// deadline passes during a call that waited, the call gets that much more.
 fn new_store(
     engine: &Engine,
+    shared: Arc<SharedStore>,
     name: Arc<str>,
     owner: Arc<str>,
     memory_mb: u32,
@@ -299,8 +315,17 @@ fn new_store(
         .tables(4)
         .memories(2)
         .build();
-    let mut store = wasmtime::Store::new(engine, HostState::new(name, owner, limits));
+    let mut store = wasmtime::Store::new(engine, HostState::new(name, owner, limits, shared));
     store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_callback(|mut ctx| {
+        let waited = std::mem::take(&mut ctx.data_mut().waited);
+        if waited.is_zero() {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(wasmtime::UpdateDeadline::Continue(
+            PluginRuntime::deadline_ticks(waited),
+        ))
+    });
     store.set_epoch_deadline(
         deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
     );

@@ -27,6 +27,7 @@ pub struct Policy<P> {
     pub component: Arc<LoadedComponent>,
     pub spec: PolicySpec,
     pre: P,
+    shared: Arc<crate::shared::SharedStore>,
     deadline_ticks: u64,
     name: Arc<str>,
     /// Calls, failures, last error and sampled call times.
@@ -47,6 +48,7 @@ impl<P> Policy<P> {
     fn store(&self, engine: &wasmtime::Engine) -> Store<HostState> {
         super::new_store(
             engine,
+            self.shared.clone(),
             self.name.clone(),
             format!("pool:{}", self.spec.pool).into(),
             self.spec.memory_mb,
@@ -90,6 +92,7 @@ impl<P> Policy<P> {
             component,
             spec,
             pre,
+            shared: runtime.shared().clone(),
         })
     }
 }

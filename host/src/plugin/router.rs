@@ -28,6 +28,8 @@ pub struct RouterSpec {
     pub memory_mb: u32,
     /// The pool's static backend facts, for `set-backends`.
     pub backends: Vec<wit::BackendInfo>,
+    /// Bytes of a JSON request body read to find `json-body` attributes.
+    pub body_peek: usize,
 }
 
 /// A request attribute the plugin declared it needs.
@@ -38,6 +40,8 @@ pub enum Interest {
     Query,
     Cookie(String),
     Host,
+    /// A top-level field of the JSON body, read from its first bytes.
+    JsonBody(String),
 }
 
 /// Why a plugin call produced no usable decision.
@@ -78,6 +82,7 @@ pub struct RouterPlugin {
     /// Attributes to extract for each request, in the plugin's order.
     pub interest: Vec<Interest>,
     pre: RouterPluginPre<HostState>,
+    shared: Arc<crate::shared::SharedStore>,
     deadline_ticks: u64,
     name: Arc<str>,
     route: Arc<str>,
@@ -126,6 +131,7 @@ impl RouterPlugin {
             component,
             interest: Vec::new(),
             pre,
+            shared: runtime.shared().clone(),
             deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
             spec,
             name,
@@ -154,6 +160,7 @@ impl RouterPlugin {
         let file = &self.spec.file;
         let mut store = super::new_store(
             self.pre.engine(),
+            self.shared.clone(),
             self.name.clone(),
             self.route.clone(),
             self.spec.memory_mb,
@@ -193,6 +200,7 @@ impl RouterPlugin {
                 wit::Attribute::Query => Ok(Interest::Query),
                 wit::Attribute::Cookie(c) => Ok(Interest::Cookie(c)),
                 wit::Attribute::Host => Ok(Interest::Host),
+                wit::Attribute::JsonBody(f) => Ok(Interest::JsonBody(f)),
             })
             .collect::<Result<_, _>>()?;
         let instance = RouterInstance {
@@ -202,6 +210,14 @@ impl RouterPlugin {
             deadline_ticks: self.deadline_ticks,
         };
         Ok((instance, interest))
+    }
+
+    /// Whether the router asks for a field of the request body, which is
+    /// then read (up to `body_peek` bytes) before the decision.
+    pub fn reads_body(&self) -> bool {
+        self.interest
+            .iter()
+            .any(|i| matches!(i, Interest::JsonBody(_)))
     }
 
     /// Whether the plugin is bypassed after repeated failures.

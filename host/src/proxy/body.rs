@@ -78,10 +78,14 @@ impl UsageMeter {
 impl Exchange {
     fn settle(mut self, outcome: Option<Outcome>) {
         if let Some(outcome) = outcome {
+            let usage = self.meter.as_ref().and_then(|m| m.scan.found);
+            let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
             let timing = Timing {
                 latency_us: self.started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
                 ttfb_us: self.ttfb_us,
                 retry_after_ms: self.retry_after_ms,
+                prompt_tokens: usage.map_or(0, |u| clamp(u.prompt)),
+                completion_tokens: usage.map_or(0, |u| clamp(u.completion)),
             };
             self.pool.record(self.backend, outcome, timing);
             if let Some(h) = &self.duration {

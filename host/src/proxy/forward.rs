@@ -5,7 +5,7 @@ use super::body::{Exchange, ProxiedBody, UsageMeter};
 use super::headers::{
     X_SWITCHYARD_BACKEND, X_SWITCHYARD_DEBUG, add_forwarded_for, is_upgrade, strip_hop_by_hop,
 };
-use super::upstream::{Replay, SendError, UpstreamBody};
+use super::upstream::{Replay, SendError, StreamedBody, UpstreamBody};
 use super::usage::UsageScan;
 use super::worker::{Choice, Worker};
 use crate::balance::{Backend, Outcome, Pool, QuotaReport, Timing, least_outstanding};
@@ -84,13 +84,41 @@ pub async fn serve(
     let logged = table
         .access_log
         .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
-    let choice = worker.decide(route, &req, client.peer.ip());
+    let (req, peeked) = match &route.router {
+        Some(p) if p.reads_body() && is_json(&req) => match peek(req, p.spec.body_peek).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                return Ok(reply(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}\n"),
+                ));
+            }
+        },
+        _ => (req, None),
+    };
+    let choice = worker.decide(
+        route,
+        &req,
+        peeked.as_ref().map(Peeked::prefix),
+        client.peer.ip(),
+    );
     let details = debug.then(|| decision_details(route, &choice));
     let mut resp = match choice {
         Choice::Reply { status, body } => {
             route.metrics.local_replies.increment(1);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            reply(status, body)
+            // A router answering like an API (an OpenAI-style error object)
+            // is labelled JSON, so clients parse the error.
+            let json = body.starts_with('{')
+                && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok();
+            let mut resp = reply(status, body);
+            if json {
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            resp
         }
         Choice::Forward {
             candidates,
@@ -101,8 +129,15 @@ pub async fn serve(
                 route,
                 backend_header: table.backend_header,
             };
-            ctx.forward(&client, req, candidates.as_slice(), add_headers, permit)
-                .await
+            ctx.forward(
+                &client,
+                req,
+                peeked,
+                candidates.as_slice(),
+                add_headers,
+                permit,
+            )
+            .await
         }
     };
     if let Some(details) = details {
@@ -222,6 +257,7 @@ impl Context<'_> {
         &self,
         client: &ClientConn,
         req: Request<Incoming>,
+        peeked: Option<Peeked>,
         candidates: &[u32],
         add_headers: Vec<(http::HeaderName, HeaderValue)>,
         permit: Option<Permit>,
@@ -253,8 +289,15 @@ impl Context<'_> {
         }
         parts.version = http::Version::HTTP_11;
         let retry_answers = route.retries.non_idempotent || parts.method.is_idempotent();
-        let mut out = match hold(parts, body, route.retries.buffer_body, route.preserve_host).await
-        {
+        let held = hold(
+            parts,
+            body,
+            peeked,
+            route.retries.buffer_body,
+            route.preserve_host,
+        )
+        .await;
+        let mut out = match held {
             Ok(held) => Outgoing {
                 replay: Some(held),
                 streamed: None,
@@ -458,6 +501,7 @@ impl Context<'_> {
                             latency_us: ttfb_us,
                             ttfb_us,
                             retry_after_ms,
+                            ..Timing::default()
                         };
                         pool.record(id, Outcome::Response(status), timing);
                         exhausted.connect_only = false;
@@ -586,6 +630,7 @@ enum Held {
 async fn hold(
     parts: http::request::Parts,
     body: Incoming,
+    peeked: Option<Peeked>,
     limit: u64,
     preserve_host: bool,
 ) -> Result<Replay, Held> {
@@ -596,6 +641,21 @@ async fn hold(
         body,
         preserve_host,
     };
+    match peeked {
+        // Read whole to find a body attribute: held, whatever its size.
+        Some(Peeked {
+            head,
+            complete: true,
+            ..
+        }) => return Ok(held(parts, head)),
+        Some(Peeked { head, .. }) => {
+            return Err(Held::Streamed(Box::new(Request::from_parts(
+                parts,
+                Either::Left(StreamedBody::after(head, body)),
+            ))));
+        }
+        None => {}
+    }
     if body.is_end_stream() {
         return Ok(held(parts, Bytes::new()));
     }
@@ -606,9 +666,65 @@ async fn hold(
         },
         _ => Err(Held::Streamed(Box::new(Request::from_parts(
             parts,
-            Either::Left(body),
+            Either::Left(StreamedBody::after(Bytes::new(), body)),
         )))),
     }
+}
+
+/// The start of a request body, read before the routing decision for a
+/// router that routes on a field of it.
+pub struct Peeked {
+    /// What was read: at least `limit` bytes unless the body is shorter;
+    /// its last frame may run past `limit`.
+    pub head: Bytes,
+    /// Whether `head` is the whole body.
+    pub complete: bool,
+    limit: usize,
+}
+
+impl Peeked {
+    /// The part a router may see: the first `limit` bytes.
+    fn prefix(&self) -> &[u8] {
+        &self.head[..self.head.len().min(self.limit)]
+    }
+}
+
+/// Whether `req` declares a JSON body.
+fn is_json<B>(req: &Request<B>) -> bool {
+    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json")
+    })
+}
+
+/// Reads up to `limit` bytes of `req`'s body, stopping early at its end.
+/// The bytes read go upstream ahead of the rest, so the body is sent on
+/// unchanged.
+async fn peek(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(Request<Incoming>, Option<Peeked>), hyper::Error> {
+    let (parts, mut body) = req.into_parts();
+    let mut head = bytes::BytesMut::new();
+    let mut complete = body.is_end_stream();
+    while !complete && head.len() < limit {
+        match body.frame().await {
+            None => complete = true,
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    head.extend_from_slice(&data);
+                }
+                // Request trailers are rare and not forwarded.
+                complete = body.is_end_stream();
+            }
+        }
+    }
+    let peeked = Peeked {
+        head: head.freeze(),
+        complete,
+        limit,
+    };
+    Ok((Request::from_parts(parts, body), Some(peeked)))
 }
 
 fn timing_of(started: Instant) -> Timing {

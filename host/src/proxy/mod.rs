@@ -4,6 +4,7 @@
 mod body;
 mod forward;
 mod headers;
+mod json_field;
 mod upstream;
 mod usage;
 mod worker;

@@ -19,7 +19,55 @@ use tokio::net::TcpStream;
 
 /// Body of a request sent upstream: the client's body streamed, or held
 /// whole (empty, or buffered so it can be sent again).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<StreamedBody, Full<Bytes>>;
+
+/// A client's body streamed upstream once, after the bytes already read
+/// from it (to route on a field of it).
+#[derive(Debug)]
+pub struct StreamedBody {
+    head: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl StreamedBody {
+    /// `head` (possibly empty), then the rest of `rest`.
+    pub fn after(head: Bytes, rest: Incoming) -> StreamedBody {
+        StreamedBody {
+            head: (!head.is_empty()).then_some(head),
+            rest,
+        }
+    }
+}
+
+impl http_body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let extra = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + extra);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
 type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Idle connections kept per backend and thread.

@@ -114,7 +114,15 @@ impl Worker {
 
     /// Decides where a request goes: the route's plugin, or the built-in
     /// router when there is none or the plugin fails under `fail-open`.
-    pub fn decide<B>(&self, route: &Route, req: &Request<B>, client: IpAddr) -> Choice {
+    /// `body` is the start of a JSON request body, read for routers that
+    /// route on one of its fields.
+    pub fn decide<B>(
+        &self,
+        route: &Route,
+        req: &Request<B>,
+        body: Option<&[u8]>,
+        client: IpAddr,
+    ) -> Choice {
         let Some(plugin) = &route.router else {
             return builtin(&route.pool);
         };
@@ -125,7 +133,11 @@ impl Worker {
             method: method(req.method()),
             client_ip: ip(client),
         };
-        let attributes = plugin.interest.iter().map(|i| attribute(i, req)).collect();
+        let attributes = plugin
+            .interest
+            .iter()
+            .map(|i| attribute(i, req, body))
+            .collect();
         let mut loads = self.loads.borrow_mut();
         loads.clear();
         loads.reserve(route.pool.backends.len() * LOAD_WORDS);
@@ -269,9 +281,11 @@ fn ip(addr: IpAddr) -> wit::IpAddress {
     }
 }
 
-/// The value of one declared attribute in `req`.
-pub fn attribute<B>(interest: &Interest, req: &Request<B>) -> Option<String> {
+/// The value of one declared attribute in `req`, whose body starts with
+/// `body` when it was read.
+pub fn attribute<B>(interest: &Interest, req: &Request<B>, body: Option<&[u8]>) -> Option<String> {
     match interest {
+        Interest::JsonBody(field) => super::json_field::top_level_field(body?, field),
         Interest::Header(name) => req.headers().get(name)?.to_str().ok().map(String::from),
         Interest::Path => Some(req.uri().path().to_string()),
         Interest::Query => req.uri().query().map(String::from),
@@ -301,7 +315,7 @@ mod tests {
             .header("cookie", "a=1; thread=t-42")
             .body(())
             .unwrap();
-        let get = |i: Interest| attribute(&i, &req);
+        let get = |i: Interest| attribute(&i, &req, None);
         assert_eq!(
             get(Interest::Header(HeaderName::from_static("x-priority"))).as_deref(),
             Some("high")

@@ -77,15 +77,24 @@ impl Reloader {
         let started = Instant::now();
         let mut registry = lock(&self.registry);
         let previous = self.shared.table.load_full();
+        let store = self.runtime.shared();
+        let previous_store = store.config();
         let result = Config::load(&self.config_path)
             .map_err(|e| e.to_string())
             .and_then(|config| {
                 if config.server.listen != self.shared.server.listen {
                     tracing::warn!("server.listen changed; it takes effect on restart");
                 }
+                store
+                    .configure(&config.shared)
+                    .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
                 RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
                     .map_err(|e| format!("{}: {e}", self.config_path.display()))
             });
+        if result.is_err() {
+            // The running config keeps its store too.
+            let _ = store.configure(&previous_store);
+        }
         let outcome = match result {
             Ok(table) => {
                 let message = describe_change(&previous, &table);

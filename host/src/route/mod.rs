@@ -21,20 +21,14 @@ use std::sync::Arc;
 /// A config that passed validation but could not be put into service.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("route `{route}`: {source}")]
-    Plugin {
-        route: String,
-        #[source]
-        source: PluginError,
-    },
+    // The cause is part of the message, not a `source`, so that printing
+    // the error with its chain does not repeat it.
+    #[error("route `{route}`: {error}")]
+    Plugin { route: String, error: PluginError },
     #[error("pool `{pool}`: {message}")]
     Pool { pool: String, message: String },
-    #[error("pool `{pool}`: {source}")]
-    PoolPlugin {
-        pool: String,
-        #[source]
-        source: PluginError,
-    },
+    #[error("pool `{pool}`: {error}")]
+    PoolPlugin { pool: String, error: PluginError },
 }
 
 /// What a request must carry to take a route.
@@ -242,9 +236,9 @@ impl RouteTable {
                     message,
                 })?;
             let before = previous.and_then(|t| t.pools.iter().find(|p| p.name == *name));
-            let plugin_err = |source| BuildError::PoolPlugin {
+            let plugin_err = |error| BuildError::PoolPlugin {
                 pool: name.clone(),
-                source,
+                error,
             };
             if let Some(health) = &pool_config.health {
                 let plugin = match health.plugin() {
@@ -294,14 +288,15 @@ impl RouteTable {
                         deadline: router.deadline,
                         memory_mb: router.memory_mb,
                         backends: backend_infos(&pool),
+                        body_peek: router.body_peek as usize,
                     };
                     let before = previous
                         .and_then(|t| t.routes.iter().find(|x| x.name == r.name))
                         .and_then(|x| x.router.as_ref());
-                    Some(bind_router(runtime, spec, before).map_err(|source| {
+                    Some(bind_router(runtime, spec, before).map_err(|error| {
                         BuildError::Plugin {
                             route: r.name.clone(),
-                            source,
+                            error,
                         }
                     })?)
                 }

@@ -30,7 +30,8 @@
 //! `BTreeMap` and `format!` from `alloc` (re-exported by [`prelude`]), and this
 //! crate supplies the allocator and a panic handler that logs the panic
 //! message through the host before trapping. The result is a component of a
-//! few tens of kilobytes that imports only `switchyard:policy/host`.
+//! few tens of kilobytes that imports only `switchyard:policy/host` (and
+//! `switchyard:policy/shared` when it uses [`shared`]).
 //! A plugin that links `std` by mistake fails to build with "duplicate lang
 //! item `panic_impl`".
 #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -43,6 +44,7 @@ pub mod hash;
 pub mod host;
 pub mod json;
 pub mod policy;
+pub mod shared;
 mod types;
 
 #[doc(hidden)]
@@ -77,6 +79,7 @@ pub mod health_bindings {
         with: {
             "switchyard:policy/types@0.1.0": crate::bindings::switchyard::policy::types,
             "switchyard:policy/host@0.1.0": crate::bindings::switchyard::policy::host,
+            "switchyard:policy/shared@0.1.0": crate::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -92,6 +95,7 @@ pub mod breaker_bindings {
         with: {
             "switchyard:policy/types@0.1.0": crate::bindings::switchyard::policy::types,
             "switchyard:policy/host@0.1.0": crate::bindings::switchyard::policy::host,
+            "switchyard:policy/shared@0.1.0": crate::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -104,7 +108,7 @@ pub mod prelude {
     pub use crate::{
         Attribute, BackendInfo, BackendLoad, BreakerState, Candidates, Config, Decision, Header,
         Health, IpAddress, Method, Request, Router, export_breaker, export_health_check,
-        export_router, host,
+        export_router, host, shared,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;

@@ -80,7 +80,16 @@ impl Outcome {
             ttfb_us: 500,
             error,
             retry_after_ms: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
         }
+    }
+
+    /// The same outcome with the tokens a response's `usage` reported.
+    pub fn tokens(mut self, prompt: u32, completion: u32) -> Outcome {
+        self.prompt_tokens = prompt;
+        self.completion_tokens = completion;
+        self
     }
 }
 

@@ -1,0 +1,359 @@
+//! Several `switchyard` processes sharing state through a real Redis
+//! (Debian's `redis-server`, started here on a loopback port): one token
+//! budget enforced across replicas, and traffic that keeps flowing when
+//! Redis dies and picks the store up again when it is back.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard::demo::{MockBackend, MockOptions};
+
+/// Tokens one mock chat completion reports (12 prompt + 6 completion).
+const TOKENS_PER_REPLY: u64 = 18;
+
+fn plugin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    assert!(
+        dir.join("global-token-budget.wasm").exists(),
+        "compiled plugins not found in {}; run ./scripts/build-plugins.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Waits until something accepts connections on `addr`.
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` on a loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not found; install it (Debian package redis-server) or run ./scripts/test.sh");
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "redis-server");
+        Redis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sum of every counter under `pattern`.
+    fn sum(&self, pattern: &str) -> i64 {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut c = client.get_connection().expect("connect to redis");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).expect("KEYS");
+        keys.iter()
+            .map(|k| redis::cmd("GET").arg(k).query::<i64>(&mut c).expect("GET"))
+            .sum()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `switchyard run` process.
+struct Replica {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Starts a replica with one `models` pool on `backend`, guarded by the
+    /// global token budget on `store`, and a 429 fallback reply.
+    fn start(backend: &MockBackend, store: &str, budget_config: &str) -> Replica {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, admin_port) = (free_port(), free_port());
+        let config = format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+drain_timeout = "1s"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[plugins]
+dir = "{plugins}"
+cache_dir = "{cache}"
+
+[shared]
+store = "{store}"
+
+[pools.models]
+backends = [{{ name = "gpt", address = "{backend}" }}]
+breaker = {{ plugin = "global-token-budget.wasm", config = {{ {budget_config} }} }}
+
+[[routes]]
+name = "chat"
+pool = "models"
+fallback = {{ status = 429, body = "token budget spent\n", retry_after = "1s" }}
+"#,
+            plugins = plugin_dir().display(),
+            cache = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-plugin-cache")
+                .display(),
+            backend = backend.addr,
+        );
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start switchyard");
+        let mut replica = Replica {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&replica.addr, Duration::from_millis(200)).is_err() {
+            let exited = replica.child.try_wait().ok().flatten().is_some();
+            assert!(
+                !exited && Instant::now() < deadline,
+                "switchyard did not start:\n{}",
+                replica.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: status and raw text.
+fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A chat completion through `addr`: its status and the tokens it reported.
+fn chat(addr: SocketAddr) -> (u16, u64) {
+    let body = r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, text) = exchange(
+        addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let tokens = text
+        .split("\"total_tokens\":")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (status, tokens)
+}
+
+fn metrics(admin: SocketAddr) -> String {
+    exchange(
+        admin,
+        "GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    )
+    .1
+}
+
+/// Sleeps until `offset` past the start of the next `window` of wall-clock
+/// time, so a run falls inside one budget window.
+fn align_to_window(window: Duration, offset: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    let w = window.as_millis();
+    let into = now.as_millis() % w;
+    std::thread::sleep(Duration::from_millis((w - into) as u64) + offset);
+}
+
+#[test]
+fn two_replicas_share_one_token_budget() {
+    let backend = MockBackend::start(MockOptions::new("gpt")).expect("mock");
+    let redis = Redis::start(free_port());
+    let budget = 1000;
+    let config = format!("tokens = {budget}, window = \"6s\"");
+    let replicas = [
+        Replica::start(&backend, &redis.url(), &config),
+        Replica::start(&backend, &redis.url(), &config),
+    ];
+    // Both replicas run well inside one 6 s window.
+    align_to_window(Duration::from_secs(6), Duration::from_millis(200));
+    let started = Instant::now();
+    let results: Vec<Vec<(u16, u64)>> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let addr = replicas[i % 2].addr;
+                s.spawn(move || {
+                    let mut seen = Vec::new();
+                    while started.elapsed() < Duration::from_millis(2500) {
+                        seen.push(chat(addr));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect()
+    });
+    let served: u64 = results.iter().flatten().map(|(_, t)| t).sum();
+    eprintln!("{served} tokens served for a budget of {budget} across two replicas");
+    let ok_per_replica = |r: usize| {
+        results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == r)
+            .flat_map(|(_, seen)| seen)
+            .filter(|(s, _)| *s == 200)
+            .count()
+    };
+    let statuses: Vec<u16> = results.iter().flatten().map(|(s, _)| *s).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "only answers and budget refusals: {statuses:?}"
+    );
+    // Spent, and not by much more than the budget: the four clients'
+    // requests in flight when it ran out, at most.
+    assert!(
+        served >= budget - TOKENS_PER_REPLY,
+        "budget not spent: {served} tokens served"
+    );
+    assert!(
+        served <= budget + 6 * TOKENS_PER_REPLY,
+        "{served} tokens served for a budget of {budget}: replicas did not share it\n{}",
+        replicas[0].log()
+    );
+    assert!(
+        ok_per_replica(0) > 0 && ok_per_replica(1) > 0,
+        "both replicas served"
+    );
+    // Every client ended refused: the budget holds on both replicas.
+    for seen in &results {
+        assert_eq!(seen.last().map(|r| r.0), Some(429), "{seen:?}");
+    }
+    assert_eq!(
+        redis.sum("switchyard:token-budget:models:gpt:*") as u64,
+        served,
+        "the shared counter holds every replica's tokens"
+    );
+}
+
+#[test]
+fn redis_dying_keeps_traffic_flowing_and_comes_back() {
+    let backend = MockBackend::start(MockOptions::new("gpt")).expect("mock");
+    let port = free_port();
+    let mut redis = Redis::start(port);
+    let replica = Replica::start(
+        &backend,
+        &redis.url(),
+        "tokens = 100000000, window = \"60s\", key = \"outage\"",
+    );
+    for _ in 0..20 {
+        assert_eq!(chat(replica.addr).0, 200);
+    }
+    // Outcomes reach the budget off the request path, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.sum("switchyard:outage:*") < 20 * TOKENS_PER_REPLY as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "tokens never counted in redis: {}\n{}\n{}",
+            redis.sum("switchyard:outage:*"),
+            replica.log(),
+            metrics(replica.admin)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    redis.kill();
+    for _ in 0..50 {
+        assert_eq!(chat(replica.addr).0, 200, "traffic flows without redis");
+    }
+    let text = metrics(replica.admin);
+    let failures: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_shared_errors_total") && l.contains("unavailable"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures > 0.0, "outage counted:\n{text}");
+    assert!(
+        replica.log().contains("shared store unreachable"),
+        "outage logged:\n{}",
+        replica.log()
+    );
+
+    // Back on the same port (empty, as a restarted cache is): the replica
+    // reconnects by itself and counts again.
+    let redis = Redis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(chat(replica.addr).0, 200);
+        if redis.sum("switchyard:outage:*") > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reconnected:\n{}",
+            replica.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(replica.log().contains("shared store reachable again"));
+}

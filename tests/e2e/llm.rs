@@ -1,0 +1,264 @@
+//! LLM traffic: routing on the JSON body's `model`, bodies forwarded
+//! unchanged, and the official `openai` Python client against the proxy.
+
+use bytes::Bytes;
+use std::time::Duration;
+use switchyard_tests::*;
+
+/// A pool serving two models and a route that picks by the body's `model`.
+fn model_config(
+    fast_a: &MockBackend,
+    fast_b: &MockBackend,
+    cheap: &MockBackend,
+    peek: &str,
+) -> String {
+    format!(
+        r#"
+[pools.models]
+backends = [{}, {}, {}]
+
+[[routes]]
+name = "chat"
+pool = "models"
+router = {{ plugin = "model-router.wasm", body_peek = "{peek}", config = {{ aliases = {{ fast = "gpt-4o-mini" }} }} }}
+retries = {{ non_idempotent = true }}
+"#,
+        backend_entry(fast_a, r#"models = "gpt-4o-mini,gpt-4o""#),
+        backend_entry(fast_b, r#"models = "gpt-4o-mini""#),
+        backend_entry(cheap, r#"models = "llama-3.1-8b""#),
+    )
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A chat request body with `model` first and `filler` bytes of message.
+fn chat_body(model: &str, filler: usize) -> Bytes {
+    let content = "x".repeat(filler);
+    Bytes::from(format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"{content}"}}],"stream":false}}"#
+    ))
+}
+
+async fn post_json(url: &str, body: Bytes) -> Reply {
+    send("POST", url, &[("content-type", "application/json")], body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_on_the_body_model_and_forwards_the_body_unchanged() {
+    let (fast_a, fast_b, cheap) = (mock("fast-a"), mock("fast-b"), mock("cheap"));
+    let proxy = TestProxy::start(&model_config(&fast_a, &fast_b, &cheap, "8KiB"));
+
+    for (model, wanted) in [
+        ("llama-3.1-8b", "cheap"),
+        ("gpt-4o-mini", "fast-"),
+        ("fast", "fast-"),
+    ] {
+        let r = post_json(&proxy.url("/v1/chat/completions"), chat_body(model, 10)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            r.backend().starts_with(wanted),
+            "{model} went to {}",
+            r.backend()
+        );
+        assert_eq!(r.json()["model"], model, "the backend saw the body's model");
+    }
+
+    // Bodies inside the peek (held whole) and past it (the read prefix,
+    // then the rest streamed) reach the backend byte for byte.
+    for filler in [100, 7 * 1024, 300 * 1024] {
+        let body = chat_body("llama-3.1-8b", filler);
+        let r = post_json(&proxy.url("/echo"), body.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.backend(), "cheap");
+        let echo = r.json();
+        assert_eq!(echo["body_len"], body.len(), "filler {filler}");
+        assert_eq!(echo["body_sha256"], sha256_hex(&body), "filler {filler}");
+    }
+
+    // A `model` past the first 8 KiB is not read: the router sees none and
+    // refuses, OpenAI style.
+    let late = Bytes::from(format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"llama-3.1-8b"}}"#,
+        "y".repeat(9 * 1024)
+    ));
+    let r = post_json(&proxy.url("/v1/chat/completions"), late).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("model_not_found"), "{}", r.text());
+    let r = post_json(&proxy.url("/v1/chat/completions"), chat_body("gpt-9", 10)).await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("gpt-9"), "{}", r.text());
+
+    // Not JSON: the body is not read, so the router sees no model.
+    let r = send(
+        "POST",
+        &proxy.url("/v1/chat/completions"),
+        &[("content-type", "text/plain")],
+        chat_body("llama-3.1-8b", 10),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+/// A body read to route on, then retried: the held copy goes to the next
+/// backend whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_read_for_routing_is_replayed_on_retry() {
+    let (fast_a, fast_b, cheap) = (mock("fast-a"), mock("fast-b"), mock("cheap"));
+    fast_a.fail_every(1);
+    fast_b.fail_every(1);
+    let proxy = TestProxy::start(&model_config(&fast_a, &fast_b, &cheap, "64KiB"));
+    let body = chat_body("gpt-4o-mini", 20 * 1024);
+    let r = post_json(&proxy.url("/echo"), body.clone()).await;
+    // Both fast backends failed; the second one's 503 is passed on after
+    // both got the whole body.
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(fast_a.requests() + fast_b.requests(), 2);
+
+    fast_b.fail_every(0);
+    for _ in 0..4 {
+        let r = post_json(&proxy.url("/echo"), body.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.backend(), "fast-b");
+        assert_eq!(r.json()["body_sha256"], sha256_hex(&body));
+    }
+}
+
+/// The Python interpreter with `openai` installed: `SWITCHYARD_PYTHON`
+/// (set by `scripts/test.sh`), else `python3`.
+fn python() -> String {
+    std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_works_through_the_proxy() {
+    let slow_stream = |name: &str| {
+        let mut o = MockOptions::new(name);
+        o.chunk_interval = Duration::from_millis(200);
+        mock_with(o)
+    };
+    let (fast_a, fast_b, cheap) = (slow_stream("fast-a"), slow_stream("fast-b"), mock("cheap"));
+    let proxy = TestProxy::start(&model_config(&fast_a, &fast_b, &cheap, "64KiB"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_client.py");
+    let out = tokio::process::Command::new(python())
+        .arg(&script)
+        .arg(proxy.url("/v1"))
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run ./scripts/test.sh, which installs the openai client",
+                python()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("no report ({e}): {stdout}"));
+    assert!(
+        report["whole"]["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("fast-"))
+    );
+    assert_eq!(report["cheap_backend"], "cheap");
+    assert_eq!(report["unknown_model"], 404);
+    let stream = &report["stream"];
+    assert_eq!(stream["chunks"], 6);
+    let (first, total) = (
+        stream["first_token_s"].as_f64().unwrap_or(f64::MAX),
+        stream["total_s"].as_f64().unwrap_or(0.0),
+    );
+    // Seven events 200 ms apart: the first token comes with the first one,
+    // not after the whole stream was buffered.
+    assert!(total >= 1.0, "stream took {total} s");
+    assert!(
+        first < total / 3.0,
+        "first token after {first} s of {total} s"
+    );
+}
+
+/// `examples/langgraph`: the app's graph runs against the example's own
+/// routing config (its mock addresses swapped for this test's mocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_langgraph_example_routes_each_node_by_priority() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/langgraph");
+    let text =
+        std::fs::read_to_string(example.join("switchyard.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let routing = &text[text
+        .find("[pools.models]")
+        .unwrap_or_else(|| panic!("no pool in the example"))..];
+    let mocks = [mock("fast-a"), mock("fast-b"), mock("cheap")];
+    let mut routing = routing.to_string();
+    for (port, m) in (7101..).zip(&mocks) {
+        routing = routing.replace(&format!("127.0.0.1:{port}"), &m.addr.to_string());
+    }
+    let proxy = TestProxy::start(&routing);
+    let out = tokio::process::Command::new(python())
+        .arg(example.join("app.py"))
+        .args(["--json", "--base-url", &proxy.url("/v1")])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the example failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("no report ({e}): {stdout}"));
+    let calls = report["calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{report}"));
+    // Four workers fanned out, then the merge.
+    assert_eq!(calls.len(), 5, "{report}");
+    for c in calls {
+        let backend = c["backend"].as_str().unwrap_or("");
+        match c["priority"].as_str() {
+            Some("high") => assert!(backend.starts_with("fast-"), "{c}"),
+            _ => assert_eq!(backend, "cheap", "{c}"),
+        }
+        assert_eq!(c["tokens"], 18, "{c}");
+    }
+    assert_eq!(
+        calls.last().map(|c| &c["node"]),
+        Some(&serde_json::json!("merge"))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["stream"] == true && c["first_token_ms"].is_number())
+    );
+    // Every call was counted against its backend's token budget, off the
+    // request path and so a moment later.
+    let admin = proxy
+        .proxy()
+        .admin_addr
+        .unwrap_or_else(|| panic!("tests enable admin"));
+    let mut counted = 0.0;
+    for _ in 0..50 {
+        let metrics = get(&format!("http://{admin}/metrics"), &[]).await.text();
+        counted = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("switchyard_plugin_counter_total") && l.contains("tokens_counted")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if counted >= 90.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, 5.0 * 18.0);
+}
