@@ -21,7 +21,7 @@ trap cleanup EXIT
 pids+=($!)
 "$bin" mock --listen 127.0.0.1:7102 --name fast-b --latency-ms 40 --chunk-interval-ms 80 --fail-every 5 >/dev/null &
 pids+=($!)
-"$bin" mock --listen 127.0.0.1:7103 --name cheap --latency-ms 150 >/dev/null &
+"$bin" mock --listen 127.0.0.1:7103 --name cheap --latency-ms 150 --tokens-per-minute 100000 >/dev/null &
 pids+=($!)
 (cd "$here" && RUST_LOG=warn exec "$bin" run --config switchyard.toml) &
 pids+=($!)

@@ -57,6 +57,10 @@ enum Command {
         /// Answer every N-th request with 503 (0: never), to try failover.
         #[arg(long, default_value_t = 0)]
         fail_every: u64,
+        /// Tokens per minute reported in `x-ratelimit-remaining-tokens`
+        /// (each answer uses 18); 0: no token quota.
+        #[arg(long, default_value_t = 0)]
+        tokens_per_minute: u64,
     },
     /// Create or try out router plugins.
     Plugin {
@@ -137,7 +141,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .pools
                 .iter()
                 .map(|p| {
-                    usize::from(p.breaker.is_some())
+                    p.breakers.len()
                         + usize::from(p.health.as_ref().is_some_and(|h| h.plugin.is_some()))
                 })
                 .sum();
@@ -157,10 +161,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             latency_ms,
             chunk_interval_ms,
             fail_every,
+            tokens_per_minute,
         } => {
             let mut options = demo::MockOptions::new(&name);
             options.latency = std::time::Duration::from_millis(latency_ms);
             options.chunk_interval = std::time::Duration::from_millis(chunk_interval_ms);
+            options.quota = (tokens_per_minute > 0).then_some(demo::TokenQuota {
+                tokens: tokens_per_minute,
+                window: std::time::Duration::from_secs(60),
+                per_request: 18,
+            });
             let mock = demo::MockBackend::start_on(listen, options)?;
             mock.fail_every(fail_every);
             println!("mock backend {name} on http://{}", mock.addr);

@@ -372,3 +372,55 @@ async fn a_config_waiting_for_its_plugin_applies_when_the_file_arrives() {
     .await;
     assert_eq!(served_by(&proxy).await, "fast");
 }
+
+/// A config mounted the way Kubernetes mounts a ConfigMap: the file is a
+/// link through `..data`, and an update points `..data` at a new directory
+/// in one rename. The proxy picks the new config up like a local edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_swap_reloads_the_config() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (mock("a"), mock("b"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = dir.path();
+    let version = |name: &str, backend: &MockBackend| {
+        let at = root.join(name);
+        std::fs::create_dir(&at).unwrap_or_else(|e| panic!("{e}"));
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\ndrain_timeout = \"1s\"\n\n\
+             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n\
+             [pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            plugin_dir().display(),
+            root.join("cache").display(),
+            backend_entry(backend, "")
+        );
+        std::fs::write(at.join("switchyard.toml"), config).unwrap_or_else(|e| panic!("{e}"));
+    };
+    version("..2026_11_24_01", &a);
+    symlink("..2026_11_24_01", root.join("..data")).unwrap_or_else(|e| panic!("{e}"));
+    symlink("..data/switchyard.toml", root.join("switchyard.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = switchyard::config::Config::load(&root.join("switchyard.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let proxy = switchyard::Switchyard::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://{}/x", proxy.addr());
+    assert_eq!(get(&url, &[]).await.backend(), "a");
+
+    // The kubelet's updates: new directory, new link, one rename, old one
+    // gone. Twice, as the first update removes the directory the file
+    // resolved to at start.
+    let c = mock("c");
+    let mut current = "..2026_11_24_01".to_string();
+    for (next, backend) in [("..2026_11_24_02", &b), ("..2026_11_24_03", &c)] {
+        version(next, backend);
+        symlink(next, root.join("..data_tmp")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(root.join("..data_tmp"), root.join("..data"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_dir_all(root.join(&current)).unwrap_or_else(|e| panic!("{e}"));
+        current = next.to_string();
+        eventually(SETTLE, "the swapped config to serve", || async {
+            get(&url, &[]).await.backend() == backend.name
+        })
+        .await;
+    }
+    proxy.shutdown();
+}

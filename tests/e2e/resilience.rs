@@ -499,7 +499,7 @@ async fn broken_pool_plugins_are_refused_naming_file_and_pool() {
     assert_eq!(get(&proxy.url("/x"), &[]).await.status, 200);
     let status = proxy.status().await;
     assert_eq!(
-        status["pools"][0]["breaker"]["file"], "error-rate-breaker.wasm",
+        status["pools"][0]["breakers"][0]["file"], "error-rate-breaker.wasm",
         "{status}"
     );
 }
@@ -530,4 +530,71 @@ async fn the_demo_config_serves_with_its_health_checks_and_breaker() {
     })
     .await;
     proxy.shutdown();
+}
+
+/// Two breakers on one pool: a 429 cool-down and a token budget. Each
+/// opens its backend for its own reason and period; the pool's state is
+/// the most restrictive, and each backend comes back when its own breaker
+/// lets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_breakers_combine_the_most_restrictive_wins() {
+    let (limited, metered) = (mock("limited"), mock("metered"));
+    let config = pool(
+        "p",
+        &[&limited, &metered],
+        r#"breaker = [
+  { plugin = "rate-limit-cooldown.wasm" },
+  { plugin = "global-token-budget.wasm", config = { tokens = 100, window = "5s", key = "combo" } },
+]"#,
+    ) + "[[routes]]\nname = \"r\"\npool = \"p\"\nrouter = { plugin = \"round-robin.wasm\" }\n\
+         retries = { non_idempotent = true }\n\
+         fallback = { status = 429, body = \"spent\\n\", retry_after = \"1s\" }\n";
+    let proxy = TestProxy::start(&config);
+    let chat = || async {
+        let body = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        send(
+            "POST",
+            &proxy.url("/v1/chat/completions"),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    };
+    // Run inside one 5 s budget window.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(5000 - now % 5000 + 100)).await;
+
+    limited.rate_limit_next(1, 2);
+    let mut limited_at = None;
+    for _ in 0..4 {
+        assert_eq!(chat().await.status, 200);
+        if breaker(&proxy, "p", "limited").await == "open" {
+            limited_at = Some(Instant::now());
+            break;
+        }
+    }
+    let limited_at = limited_at.expect("the 429 opened `limited`");
+    // `metered` takes everything until its 100 tokens (18 per answer) are
+    // spent; then both are open and the fallback answers.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(chat().await.status.as_u16());
+    }
+    assert!(statuses.ends_with(&[429, 429]), "{statuses:?}");
+    assert_eq!(breaker(&proxy, "p", "metered").await, "open");
+    assert_eq!(breaker(&proxy, "p", "limited").await, "open");
+    assert!(limited_at.elapsed() < Duration::from_millis(1500));
+
+    // `limited` cools down after its retry-after; `metered` stays open until
+    // its budget window ends.
+    eventually(Duration::from_secs(3), "`limited` to close", || async {
+        breaker(&proxy, "p", "limited").await == "closed"
+    })
+    .await;
+    assert_eq!(breaker(&proxy, "p", "metered").await, "open");
+    let r = chat().await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "limited"));
 }

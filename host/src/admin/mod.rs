@@ -203,7 +203,7 @@ fn publish_state(table: &RouteTable) {
         if let Some(h) = p.health.as_ref().and_then(|h| h.plugin.as_ref()) {
             h.stats.publish();
         }
-        if let Some(b) = &p.breaker {
+        for b in &p.breakers {
             b.stats.publish();
         }
         for b in &p.backends {
@@ -272,7 +272,7 @@ pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
                 false,
             ));
         }
-        if let Some(b) = &pool.breaker {
+        for b in &pool.breakers {
             out.push(entry(
                 "circuit-breaker",
                 format!("pool:{}", pool.name),
@@ -340,10 +340,14 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
                     "plugin": h.plugin.as_ref().map(|x| plugin(&x.component, x.name())),
                 })
             });
-            let breaker = p.breaker.as_ref().map(|x| plugin(&x.component, x.name()));
+            let breakers: Vec<_> = p
+                .breakers
+                .iter()
+                .map(|x| plugin(&x.component, x.name()))
+                .collect();
             json!({
                 "name": p.name, "backends": backends, "max_in_flight": p.max_in_flight,
-                "health": health, "breaker": breaker,
+                "health": health, "breakers": breakers,
             })
         })
         .collect();

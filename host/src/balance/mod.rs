@@ -96,8 +96,8 @@ pub struct Pool {
     pub max_in_flight: u32,
     /// Active health checking, if configured.
     pub health: Option<PoolHealth>,
-    /// The circuit breaker, if configured.
-    pub breaker: Option<Arc<BreakerPolicy>>,
+    /// The circuit breakers, in config order; their verdicts combine.
+    pub breakers: Vec<Arc<BreakerPolicy>>,
     /// Where outcomes go when the pool has a breaker.
     pub feed: Option<OutcomeFeed>,
 }
@@ -195,7 +195,7 @@ impl Pool {
             backends,
             max_in_flight: config.max_in_flight,
             health: None,
-            breaker: None,
+            breakers: Vec::new(),
             feed: None,
         })
     }
@@ -295,7 +295,7 @@ mod tests {
             fail_on_5xx: false,
             max_in_flight: 0,
             health: None,
-            breaker: None,
+            breakers: Vec::new(),
             backends: (0..n)
                 .map(|i| BackendConfig {
                     name: format!("b{i}"),

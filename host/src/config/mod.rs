@@ -222,9 +222,25 @@ pub struct PoolConfig {
     /// check (2xx = healthy).
     #[serde(default)]
     pub health: Option<HealthConfig>,
-    /// The pool's circuit breaker plugin, fed every request outcome.
-    #[serde(default)]
-    pub breaker: Option<PolicyPlugin>,
+    /// The pool's circuit breakers, each fed every request outcome: one
+    /// table, or a list (`breaker = [{...}, {...}]`) whose verdicts combine,
+    /// the most restrictive winning.
+    #[serde(default, rename = "breaker", deserialize_with = "one_or_many")]
+    pub breakers: Vec<PolicyPlugin>,
+}
+
+/// One policy plugin table, or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PolicyPlugin>, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|i| PolicyPlugin::deserialize(i).map_err(D::Error::custom))
+            .collect(),
+        one => PolicyPlugin::deserialize(one)
+            .map(|p| vec![p])
+            .map_err(D::Error::custom),
+    }
 }
 
 /// Active health checking of a pool's backends.
@@ -662,7 +678,7 @@ impl Config {
                 .as_ref()
                 .and_then(HealthConfig::plugin)
                 .into_iter()
-                .chain(pool.breaker.clone());
+                .chain(pool.breakers.iter().cloned());
             for p in plugins {
                 if !is_plugin_file(&p.plugin) || p.deadline.is_zero() || p.memory_mb == 0 {
                     let at = text.find(&p.plugin).or(at);

@@ -1,4 +1,4 @@
-//! The control thread: runs each pool's health checks and circuit breaker
+//! The control thread: runs each pool's health checks and circuit breakers
 //! off the request path.
 //!
 //! Workers only read backend state (atomics) and post request outcomes here
@@ -13,7 +13,7 @@ use crate::balance::{BackendState, Breaker, ControlEvent, Outcome, Pool, Timing}
 use crate::plugin::{BreakerInstance, BreakerPolicy, wit};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Outcomes that may wait for the control thread before new ones are dropped.
@@ -106,18 +106,38 @@ impl ControlLink {
 
 /// Events the control thread sends itself.
 enum Timer {
-    /// An open period may have ended, or a half-open one stalled.
+    /// A breaker's open period may have ended, or its half-open one stalled.
     BreakerDue {
         pool: Arc<str>,
-        state: Arc<BackendState>,
-        epoch: u64,
+        /// The breaker, and what it wanted when the timer was set.
+        policy: Arc<BreakerPolicy>,
+        backend: u32,
+        seq: u64,
     },
+}
+
+/// What one breaker wants for one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Closed,
+    Open { until: Instant },
+    HalfOpen(u32),
+}
+
+/// One of a pool's breakers: its instance, and its wish per backend. A
+/// wish's sequence number lets a stale timer know it was overtaken.
+struct BreakerSlot {
+    policy: Arc<BreakerPolicy>,
+    instance: Option<BreakerInstance>,
+    wants: Vec<(Want, u64)>,
 }
 
 /// One pool under control.
 struct Controlled {
     pool: Arc<Pool>,
-    breaker: Option<(Arc<BreakerPolicy>, Option<BreakerInstance>)>,
+    breakers: Vec<BreakerSlot>,
+    /// The combined state last applied to each backend.
+    applied: Vec<Want>,
     /// Probe tasks, aborted when the pool's health setup changes.
     probes: Option<probe::Probes>,
 }
@@ -144,11 +164,9 @@ async fn run(
                     }
                 }
             },
-            Some(Timer::BreakerDue { pool, state, epoch }) = timers.recv() => {
-                if let Some(c) = pools.get_mut(&pool)
-                    && state.breaker_epoch() == epoch
-                {
-                    on_breaker_due(c, &state, &timer_tx);
+            Some(Timer::BreakerDue { pool, policy, backend, seq }) = timers.recv() => {
+                if let Some(c) = pools.get_mut(&pool) {
+                    on_breaker_due(c, &policy, backend, seq, &timer_tx);
                 }
             }
         }
@@ -167,26 +185,32 @@ fn apply(pools: &mut HashMap<Arc<str>, Controlled>, new: Vec<Arc<Pool>>) {
     for pool in new {
         let name: Arc<str> = pool.name.as_str().into();
         let before = pools.remove(&name);
-        let (old_breaker, old_probes) = match before {
-            Some(c) => (c.breaker, c.probes),
-            None => (None, None),
+        let (old_breakers, old_applied, old_probes) = match before {
+            Some(c) => (c.breakers, c.applied, c.probes),
+            None => (Vec::new(), Vec::new(), None),
         };
-        let breaker = match (&pool.breaker, old_breaker) {
-            (Some(policy), Some((old, instance))) if Arc::ptr_eq(policy, &old) => {
-                Some((old, instance))
+        let same = old_breakers.len() == pool.breakers.len()
+            && old_breakers
+                .iter()
+                .zip(&pool.breakers)
+                .all(|(old, new)| Arc::ptr_eq(&old.policy, new));
+        let n = pool.backends.len();
+        let (breakers, applied) = if same && old_applied.len() == n {
+            (old_breakers, old_applied)
+        } else {
+            if !old_breakers.is_empty() {
+                reset_breakers(&pool);
             }
-            (Some(policy), old) => {
-                if old.is_some() {
-                    reset_breakers(&pool);
-                }
-                Some((policy.clone(), start_breaker(policy)))
-            }
-            (None, old) => {
-                if old.is_some() {
-                    reset_breakers(&pool);
-                }
-                None
-            }
+            let slots = pool
+                .breakers
+                .iter()
+                .map(|policy| BreakerSlot {
+                    instance: start_breaker(policy),
+                    policy: policy.clone(),
+                    wants: vec![(Want::Closed, 0); n],
+                })
+                .collect();
+            (slots, vec![Want::Closed; n])
         };
         let probes = match (&pool.health, old_probes) {
             (Some(_), Some(p)) if p.serves(&pool) => Some(p),
@@ -210,7 +234,8 @@ fn apply(pools: &mut HashMap<Arc<str>, Controlled>, new: Vec<Arc<Pool>>) {
             name,
             Controlled {
                 pool,
-                breaker,
+                breakers,
+                applied,
                 probes,
             },
         );
@@ -234,7 +259,7 @@ fn start_breaker(policy: &BreakerPolicy) -> Option<BreakerInstance> {
     }
 }
 
-/// Closes every breaker of `pool`: its breaker plugin is gone or replaced.
+/// Closes every breaker of `pool`: its breaker plugins are gone or replaced.
 fn reset_breakers(pool: &Pool) {
     for b in &pool.backends {
         if b.state.breaker() != Breaker::Closed {
@@ -274,37 +299,55 @@ fn on_outcome(
         prompt_tokens: timing.prompt_tokens,
         completion_tokens: timing.completion_tokens,
     };
-    let update = with_breaker(c, |b| b.record_outcome(event));
-    if let Some(Some(update)) = update {
-        apply_update(c, id, update, timers);
+    let pool: Arc<str> = c.pool.name.as_str().into();
+    let mut changed = false;
+    for slot in &mut c.breakers {
+        if let Some(Some(update)) = with_breaker(slot, |b| b.record_outcome(event)) {
+            changed |= slot.want(&pool, id, update, timers);
+        }
+    }
+    if changed {
+        combine(c, id);
     }
 }
 
 fn on_breaker_due(
     c: &mut Controlled,
-    state: &Arc<BackendState>,
+    policy: &Arc<BreakerPolicy>,
+    id: u32,
+    seq: u64,
     timers: &mpsc::UnboundedSender<Timer>,
 ) {
-    let Some(id) = backend_id(&c.pool, state) else {
+    let pool: Arc<str> = c.pool.name.as_str().into();
+    let Some(slot) = c
+        .breakers
+        .iter_mut()
+        .find(|s| Arc::ptr_eq(&s.policy, policy))
+    else {
         return;
     };
+    if slot.wants.get(id as usize).is_none_or(|w| w.1 != seq) {
+        return;
+    }
     // Without a working plugin, one trial request decides.
     let update =
-        with_breaker(c, |b| b.cool_down_ended(id)).unwrap_or(wit::BreakerUpdate::HalfOpen(1));
-    apply_update(c, id, update, timers);
+        with_breaker(slot, |b| b.cool_down_ended(id)).unwrap_or(wit::BreakerUpdate::HalfOpen(1));
+    if slot.want(&pool, id, update, timers) {
+        combine(c, id);
+    }
 }
 
-/// Calls the pool's breaker instance, replacing it after a failure; `None`
-/// when there is no working instance.
+/// Calls a breaker instance, replacing it after a failure; `None` when
+/// there is no working instance.
 fn with_breaker<T>(
-    c: &mut Controlled,
+    slot: &mut BreakerSlot,
     call: impl FnOnce(&mut BreakerInstance) -> Result<T, crate::plugin::CallFailure>,
 ) -> Option<T> {
-    let (policy, slot) = c.breaker.as_mut()?;
-    if slot.is_none() {
-        *slot = start_breaker(policy);
+    let policy = &slot.policy;
+    if slot.instance.is_none() {
+        slot.instance = start_breaker(policy);
     }
-    let instance = slot.as_mut()?;
+    let instance = slot.instance.as_mut()?;
     let timer = policy.stats.start();
     let result = call(instance);
     policy.stats.finish(timer);
@@ -317,45 +360,100 @@ fn with_breaker<T>(
             .increment(1);
             tracing::warn!(pool = %policy.spec.pool, plugin = %policy.name(),
                 "breaker plugin call failed ({failure:?}); its instance is replaced");
-            *slot = None;
+            slot.instance = None;
             None
         }
     }
 }
 
-fn apply_update(
-    c: &Controlled,
-    id: u32,
-    update: wit::BreakerUpdate,
-    timers: &mpsc::UnboundedSender<Timer>,
-) {
+impl BreakerSlot {
+    /// Records the breaker's wish for backend `id` and sets the timer that
+    /// asks it again: when an open period ends, or when half-open trials
+    /// bring no verdict. Returns whether the wish changed anything.
+    fn want(
+        &mut self,
+        pool: &Arc<str>,
+        id: u32,
+        update: wit::BreakerUpdate,
+        timers: &mpsc::UnboundedSender<Timer>,
+    ) -> bool {
+        let Some((want, seq)) = self.wants.get_mut(id as usize) else {
+            return false;
+        };
+        let (next, due) = match update {
+            wit::BreakerUpdate::Closed => (Want::Closed, None),
+            wit::BreakerUpdate::Open(ms) => {
+                let after = Duration::from_millis(u64::from(ms));
+                (
+                    Want::Open {
+                        until: Instant::now() + after,
+                    },
+                    Some(after),
+                )
+            }
+            wit::BreakerUpdate::HalfOpen(n) => (Want::HalfOpen(n), Some(TRIAL_TIMEOUT)),
+        };
+        if next == Want::Closed && *want == Want::Closed {
+            return false;
+        }
+        *want = next;
+        *seq += 1;
+        if let Some(after) = due {
+            let timer = Timer::BreakerDue {
+                pool: pool.clone(),
+                policy: self.policy.clone(),
+                backend: id,
+                seq: *seq,
+            };
+            let timers = timers.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(after).await;
+                let _ = timers.send(timer);
+            });
+        }
+        true
+    }
+}
+
+/// Applies the pool's breakers' combined wish for backend `id`: open while
+/// any breaker wants it open (until the last one's period ends), else
+/// half-open with the fewest trials any breaker admits, else closed.
+fn combine(c: &mut Controlled, id: u32) {
     let Some(backend) = c.pool.backends.get(id as usize) else {
         return;
     };
-    let state = &backend.state;
-    let before = state.breaker();
-    let (to, open_ms, trials) = match update {
-        wit::BreakerUpdate::Closed => (Breaker::Closed, 0, 0),
-        wit::BreakerUpdate::Open(ms) => (Breaker::Open, u64::from(ms), 0),
-        wit::BreakerUpdate::HalfOpen(n) => (Breaker::HalfOpen, 0, n),
+    let wants = c.breakers.iter().filter_map(|s| s.wants.get(id as usize));
+    let mut combined = Want::Closed;
+    for &(want, _) in wants {
+        combined = match (combined, want) {
+            (Want::Open { until: a }, Want::Open { until: b }) => Want::Open { until: a.max(b) },
+            (Want::Open { .. }, _) => combined,
+            (_, Want::Open { .. }) => want,
+            (Want::HalfOpen(a), Want::HalfOpen(b)) => Want::HalfOpen(a.min(b)),
+            (Want::HalfOpen(_), Want::Closed) => combined,
+            (Want::Closed, _) => want,
+        };
+    }
+    let Some(applied) = c.applied.get_mut(id as usize) else {
+        return;
     };
-    if to == Breaker::Closed && before == Breaker::Closed {
+    // A repeated half-open wish re-arms its trials; the rest is idempotent.
+    if combined == *applied && !matches!(combined, Want::HalfOpen(_)) {
         return;
     }
-    let epoch = state.set_breaker(to, open_ms, trials);
-    let pool: Arc<str> = c.pool.name.as_str().into();
-    let due = match to {
-        Breaker::Closed => None,
-        Breaker::Open => Some(Duration::from_millis(open_ms)),
-        Breaker::HalfOpen => Some(TRIAL_TIMEOUT),
+    *applied = combined;
+    let state = &backend.state;
+    let before = state.breaker();
+    let (to, open_ms, trials) = match combined {
+        Want::Closed => (Breaker::Closed, 0, 0),
+        Want::Open { until } => (
+            Breaker::Open,
+            until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            0,
+        ),
+        Want::HalfOpen(n) => (Breaker::HalfOpen, 0, n),
     };
-    if let Some(after) = due {
-        let (timers, state) = (timers.clone(), state.clone());
-        tokio::task::spawn_local(async move {
-            tokio::time::sleep(after).await;
-            let _ = timers.send(Timer::BreakerDue { pool, state, epoch });
-        });
-    }
+    state.set_breaker(to, open_ms, trials);
     if before != to {
         match to {
             Breaker::Open => {

@@ -26,8 +26,17 @@ pub struct ReloadWatcher {
 impl ReloadWatcher {
     /// Watches the directory of the config file and `plugin_dir`.
     pub fn start(reloader: Arc<Reloader>, plugin_dir: &Path) -> notify::Result<ReloadWatcher> {
-        let config = std::fs::canonicalize(reloader.config_path())?;
-        let config_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        // The directory is resolved, the file is not: a config that is a
+        // symlink (a Kubernetes ConfigMap mount) keeps its name when its
+        // target is swapped.
+        let given = reloader.config_path();
+        let config_dir = std::fs::canonicalize(
+            given
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )?;
+        let config = config_dir.join(given.file_name().unwrap_or_default());
         let plugin_dir = std::fs::canonicalize(plugin_dir).ok();
         let (tx, rx) = channel();
         let mut watcher = notify::recommended_watcher(move |event| {
@@ -41,9 +50,10 @@ impl ReloadWatcher {
                 tracing::warn!("plugin directory does not exist; new plugins need a config reload")
             }
         }
+        let plugins_at = plugin_dir.clone();
         let is_plugin = move |p: &Path| {
             p.extension().is_some_and(|e| e == "wasm")
-                && p.parent().is_some_and(|d| Some(d) == plugin_dir.as_deref())
+                && p.parent().is_some_and(|d| Some(d) == plugins_at.as_deref())
         };
         std::thread::Builder::new()
             .name("switchyard-reload".into())
@@ -58,13 +68,17 @@ impl ReloadWatcher {
                             Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
-                    let config_changed = changed.contains(&config);
+                    let config_changed = changed.contains(&config)
+                        || changed.iter().any(|p| swapped(p, &config_dir));
+                    let plugins_swapped = plugin_dir
+                        .as_deref()
+                        .is_some_and(|dir| changed.iter().any(|p| swapped(p, dir)));
                     let plugins: Vec<&PathBuf> = changed.iter().filter(|p| is_plugin(p)).collect();
                     let used = plugins.iter().any(|p| reloader.is_referenced(p));
-                    if config_changed || used {
+                    if config_changed || used || plugins_swapped {
                         let cause = changed
                             .iter()
-                            .filter(|p| **p == config || is_plugin(p))
+                            .filter(|p| **p == config || is_plugin(p) || p.ends_with("..data"))
                             .filter_map(|p| p.file_name())
                             .map(|n| n.to_string_lossy())
                             .collect::<Vec<_>>()
@@ -81,6 +95,13 @@ impl ReloadWatcher {
             .map_err(|e| notify::Error::generic(&e.to_string()))?;
         Ok(ReloadWatcher { _watcher: watcher })
     }
+}
+
+/// Whether `path` is the `..data` link of a Kubernetes volume (ConfigMap,
+/// Secret) in `dir`: the kubelet updates such a volume by pointing that
+/// link at a new directory in one rename, so no file event names the files.
+fn swapped(path: &Path, dir: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "..data") && path.parent() == Some(dir)
 }
 
 /// Adds the paths of a content-changing event to `changed`.

@@ -257,13 +257,15 @@ impl RouteTable {
                     plugin,
                 });
             }
-            if let Some(breaker) = &pool_config.breaker {
+            for (i, breaker) in pool_config.breakers.iter().enumerate() {
                 let spec = policy_spec(config, name, breaker, &pool);
-                let old = before.and_then(|b| b.breaker.clone());
-                pool.breaker = Some(
+                let old = before.and_then(|b| b.breakers.get(i).cloned());
+                pool.breakers.push(
                     bind_policy(runtime, spec, old, "circuit-breaker", BreakerPolicy::load)
                         .map_err(plugin_err)?,
                 );
+            }
+            if !pool.breakers.is_empty() {
                 pool.feed = registry.control().map(|tx| OutcomeFeed {
                     tx,
                     pool: name.as_str().into(),
