@@ -282,3 +282,43 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The config in `deploy/k8s/switchyard.yaml` passes `check`, with the
+/// bundled plugins where the image puts them.
+#[test]
+fn the_kubernetes_config_passes_check() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/switchyard.yaml"),
+    )
+    .expect("read the manifest");
+    let start = manifest
+        .find("  switchyard.toml: |\n")
+        .expect("the ConfigMap holds switchyard.toml")
+        + "  switchyard.toml: |\n".len();
+    let end = start
+        + manifest[start..]
+            .find("\n---")
+            .expect("end of the ConfigMap");
+    let config: String = manifest[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config
+        .replace(
+            "/var/lib/switchyard/plugins",
+            &plugin_dir().display().to_string(),
+        )
+        .replace(
+            "/var/cache/switchyard",
+            &dir.path().join("cache").display().to_string(),
+        );
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, config).expect("write config");
+    let (ok, out) = run(switchyard(&["check", "--config"])
+        .arg(&path)
+        .env("SWITCHYARD_ADMIN_TOKEN", "test-token"));
+    assert!(ok, "{out}");
+    assert!(out.contains("1 routes, 1 pools, 3 plugins loaded"), "{out}");
+}

@@ -306,6 +306,15 @@ fn redis_dying_keeps_traffic_flowing_and_comes_back() {
         &redis.url(),
         "tokens = 100000000, window = \"60s\", key = \"outage\"",
     );
+    let status = exchange(
+        replica.admin,
+        "GET /status HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    )
+    .1;
+    assert!(
+        status.contains(&format!("\"shared_store\":\"{}\"", redis.url())),
+        "{status}"
+    );
     for _ in 0..20 {
         assert_eq!(chat(replica.addr).0, 200);
     }

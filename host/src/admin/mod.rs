@@ -178,6 +178,7 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
             let table = reloader.shared.table.load();
             let mut status = status_json(&table);
             status["reloads"] = json!(reloader.history());
+            status["shared_store"] = json!(reloader.shared_store());
             respond(StatusCode::OK, "application/json", status.to_string())
         }
         _ => respond(

@@ -66,6 +66,11 @@ impl Reloader {
         }
     }
 
+    /// The plugins' shared store: `memory` or the Redis address.
+    pub fn shared_store(&self) -> String {
+        self.runtime.shared().describe()
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
