@@ -575,13 +575,18 @@ dir = "{plugin_dir}"
 
 [pools.models]
 backends = [
-  {{ name = "fast-1",  address = "{f1}", labels = {{ tier = "fast", cost = 10 }} }},
-  {{ name = "fast-2",  address = "{f2}", labels = {{ tier = "fast", cost = 10 }} }},
-  {{ name = "cheap-1", address = "{c1}", labels = {{ tier = "cheap", cost = 1 }} }},
-  {{ name = "cheap-2", address = "{c2}", labels = {{ tier = "cheap", cost = 1 }} }},
+  {{ name = "fast-1",  address = "{f1}", labels = {{ tier = "fast", cost = 10, models = "gpt-4o-mini", input_price = "0.15", output_price = "0.60" }} }},
+  {{ name = "fast-2",  address = "{f2}", labels = {{ tier = "fast", cost = 10, models = "gpt-4o-mini", input_price = "0.15", output_price = "0.60" }} }},
+  {{ name = "cheap-1", address = "{c1}", labels = {{ tier = "cheap", cost = 1, models = "llama-3.1-8b", input_price = "0.05", output_price = "0.08" }} }},
+  {{ name = "cheap-2", address = "{c2}", labels = {{ tier = "cheap", cost = 1, models = "llama-3.1-8b", input_price = "0.05", output_price = "0.08" }} }},
 ]
-# Trip a model backend above 5 % failures; a 429 cools it for its retry-after.
-breaker = {{ plugin = "error-rate-breaker.wasm", config = {{ threshold = 0.05, cool_down = "5s" }} }}
+breaker = [
+  # Trip a model backend above 5 % failures; a 429 cools it for its retry-after.
+  {{ plugin = "error-rate-breaker.wasm", config = {{ threshold = 0.05, cool_down = "5s" }} }},
+  # Each model backend may use 20000 tokens a minute (in this process; a
+  # [shared] redis:// store makes it one budget for all replicas).
+  {{ plugin = "global-token-budget.wasm", config = {{ tokens = 20000, window = "60s" }} }},
+]
 
 [pools.tools]
 backends = [
@@ -608,6 +613,15 @@ pool = "tools"
 router = {{ plugin = "round-robin.wasm" }}
 limits = {{ max_in_flight = 64, queue = 128, queue_timeout = "5s" }}
 fallback = {{ status = 503, body = "tools are down for maintenance\n", retry_after = "30s" }}
+
+# OpenAI-style clients: the body's `model` picks the backends.
+[[routes]]
+name = "chat"
+match = {{ path_prefix = "/v1/" }}
+pool = "models"
+router = {{ plugin = "model-router.wasm", config = {{ aliases = {{ fast = "gpt-4o-mini", cheap = "llama-3.1-8b" }} }} }}
+retries = {{ non_idempotent = true }}
+fallback = {{ status = 429, body = '{{"error":{{"message":"token budget spent for this minute","type":"rate_limit_error"}}}}', content_type = "application/json", retry_after = "10s" }}
 
 # Everything else: also by priority, the x-graph header selecting nothing special.
 [[routes]]

@@ -232,6 +232,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!(
                 "  curl -sN http://{a}/graphs/research/v1/chat/completions -H 'x-priority: high' -d '{{\"stream\": true}}'"
             );
+            println!("  # OpenAI-style: the body's model picks the backend (fast = gpt-4o-mini):");
+            println!(
+                "  curl -si http://{a}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\": \"llama-3.1-8b\", \"messages\": []}}'"
+            );
             println!("  # tools graph, round robin:");
             println!(
                 "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%header{{x-switchyard-backend}}\\n' http://{a}/graphs/tools/lookup; done"
