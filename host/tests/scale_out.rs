@@ -225,7 +225,11 @@ fn align_to_window(window: Duration, offset: Duration) {
 
 #[test]
 fn two_replicas_share_one_token_budget() {
-    let backend = MockBackend::start(MockOptions::new("gpt")).expect("mock");
+    // Model-like latency: the budget is enforced as answers come back, so
+    // what overshoots is what was in flight when it ran out.
+    let mut options = MockOptions::new("gpt");
+    options.latency = Duration::from_millis(20);
+    let backend = MockBackend::start(options).expect("mock");
     let redis = Redis::start(free_port());
     let budget = 1000;
     let config = format!("tokens = {budget}, window = \"6s\"");
@@ -271,13 +275,14 @@ fn two_replicas_share_one_token_budget() {
         "only answers and budget refusals: {statuses:?}"
     );
     // Spent, and not by much more than the budget: the four clients'
-    // requests in flight when it ran out, at most.
+    // requests in flight when it ran out, and on a loaded machine one more
+    // each while the last answers are being counted.
     assert!(
         served >= budget - TOKENS_PER_REPLY,
         "budget not spent: {served} tokens served"
     );
     assert!(
-        served <= budget + 6 * TOKENS_PER_REPLY,
+        served <= budget + 8 * TOKENS_PER_REPLY,
         "{served} tokens served for a budget of {budget}: replicas did not share it\n{}",
         replicas[0].log()
     );

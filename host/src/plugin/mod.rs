@@ -334,9 +334,16 @@ fn new_store(
 
 /// A failed instantiation of `file`.
 fn instantiate_error(file: &Path, e: &wasmtime::Error) -> PluginError {
+    let mut reason = format!("{e:#}");
+    if reason.contains("type mismatch") {
+        // Same version, different shapes: built from a pre-release draft.
+        reason.push_str(&format!(
+            " (the plugin's {INTERFACE_PACKAGE}@{INTERFACE_VERSION} types differ from this host's; rebuild it with this release's SDK)"
+        ));
+    }
     PluginError::Instantiate {
         file: file.into(),
-        reason: format!("{e:#}"),
+        reason,
     }
 }
 

@@ -81,6 +81,8 @@ pub struct RouterPlugin {
     pub spec: RouterSpec,
     /// Attributes to extract for each request, in the plugin's order.
     pub interest: Vec<Interest>,
+    /// Whether `interest` names a body field, so the body is read first.
+    reads_body: bool,
     pre: RouterPluginPre<HostState>,
     shared: Arc<crate::shared::SharedStore>,
     deadline_ticks: u64,
@@ -130,6 +132,7 @@ impl RouterPlugin {
             id: NEXT_ID.fetch_add(1, Relaxed),
             component,
             interest: Vec::new(),
+            reads_body: false,
             pre,
             shared: runtime.shared().clone(),
             deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
@@ -142,6 +145,7 @@ impl RouterPlugin {
             info,
         };
         let (_, interest) = plugin.start_instance()?;
+        plugin.reads_body = interest.iter().any(|i| matches!(i, Interest::JsonBody(_)));
         plugin.interest = interest;
         Ok(Arc::new(plugin))
     }
@@ -169,10 +173,7 @@ impl RouterPlugin {
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate {
-                file: file.clone(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| super::instantiate_error(file, &e))?;
         let init_err = |message: String| PluginError::Init {
             file: file.clone(),
             owner: format!("route `{}`", self.spec.route),
@@ -215,9 +216,7 @@ impl RouterPlugin {
     /// Whether the router asks for a field of the request body, which is
     /// then read (up to `body_peek` bytes) before the decision.
     pub fn reads_body(&self) -> bool {
-        self.interest
-            .iter()
-            .any(|i| matches!(i, Interest::JsonBody(_)))
+        self.reads_body
     }
 
     /// Whether the plugin is bypassed after repeated failures.
