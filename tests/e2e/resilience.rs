@@ -338,13 +338,14 @@ async fn a_burst_beyond_cap_and_queue_is_refused_fast_and_nothing_hangs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_at_their_in_flight_cap_are_skipped_then_refused() {
+    // Slow enough that all four requests overlap on a loaded machine.
     let (a, b) = (
         mock_with(MockOptions {
-            latency: Duration::from_millis(300),
+            latency: Duration::from_millis(1000),
             ..MockOptions::new("a")
         }),
         mock_with(MockOptions {
-            latency: Duration::from_millis(300),
+            latency: Duration::from_millis(1000),
             ..MockOptions::new("b")
         }),
     );

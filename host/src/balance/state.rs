@@ -442,6 +442,11 @@ impl QuotaReport {
         let mut found = false;
         for (name, value) in headers {
             let name = name.as_str();
+            // Most answers carry none of these: skip by name before
+            // validating the value.
+            if !(name.starts_with("x-ratelimit-") || name == "retry-after") {
+                continue;
+            }
             let Ok(value) = value.to_str() else { continue };
             let value = value.trim();
             match name {

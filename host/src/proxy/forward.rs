@@ -49,7 +49,7 @@ impl ClientConn {
 pub async fn serve(
     worker: Rc<Worker>,
     client: Rc<ClientConn>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let table = worker.table();
     let Some(route) = table.find(&req) else {
@@ -60,7 +60,7 @@ pub async fn serve(
     };
     let permit = match &route.admission {
         None => None,
-        Some(admission) => match admission.admit().await {
+        Some(admission) => match Box::pin(admission.admit()).await {
             Ok(permit) => Some(permit),
             Err(refusal) => {
                 route.metrics.local_replies.increment(1);
@@ -81,20 +81,24 @@ pub async fn serve(
         },
     };
     let debug = table.debug_header && req.headers().contains_key(&X_SWITCHYARD_DEBUG);
+    // Boxed, like the other rarely used state: every byte of this future
+    // is copied once per request when hyper stores it.
     let logged = table
         .access_log
-        .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
-    let (req, peeked) = match &route.router {
-        Some(p) if p.reads_body() && is_json(&req) => match peek(req, p.spec.body_peek).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                return Ok(reply(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}\n"),
-                ));
+        .then(|| Box::new((req.method().clone(), req.uri().clone(), Instant::now())));
+    let peeked = match &route.router {
+        Some(p) if p.reads_body() && is_json(&req) => {
+            match peek(req.body_mut(), p.spec.body_peek).await {
+                Ok(peeked) => Some(peeked),
+                Err(e) => {
+                    return Ok(reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the request body: {e}\n"),
+                    ));
+                }
             }
-        },
-        _ => (req, None),
+        }
+        _ => None,
     };
     let choice = worker.decide(
         route,
@@ -146,7 +150,7 @@ pub async fn serve(
             h.insert(name, value);
         }
     }
-    if let Some((method, uri, started)) = logged {
+    if let Some((method, uri, started)) = logged.map(|l| *l) {
         let backend = resp
             .headers()
             .get(&X_SWITCHYARD_BACKEND)
@@ -210,8 +214,9 @@ struct Context<'a> {
 /// once.
 struct Outgoing {
     replay: Option<Replay>,
-    /// The streamed request, until it is sent (a connect error hands it back).
-    streamed: Option<Request<UpstreamBody>>,
+    /// The streamed request, until it is sent (a connect error hands it
+    /// back); boxed, as most requests are held.
+    streamed: Option<Box<Request<UpstreamBody>>>,
     /// Whether an answer (not only a connect error) may be retried.
     retry_answers: bool,
     upgrade: Option<OnUpgrade>,
@@ -228,7 +233,7 @@ impl Outgoing {
             req.headers_mut()
                 .insert(header::HOST, backend.host_header.clone());
         }
-        Some(req)
+        Some(*req)
     }
 
     fn preserve_host(&self) -> bool {
@@ -289,15 +294,8 @@ impl Context<'_> {
         }
         parts.version = http::Version::HTTP_11;
         let retry_answers = route.retries.non_idempotent || parts.method.is_idempotent();
-        let held = hold(
-            parts,
-            body,
-            peeked,
-            route.retries.buffer_body,
-            route.preserve_host,
-        )
-        .await;
-        let mut out = match held {
+        let limit = route.retries.buffer_body;
+        let mut out = match hold(parts, body, peeked, limit, route.preserve_host).await {
             Ok(held) => Outgoing {
                 replay: Some(held),
                 streamed: None,
@@ -306,7 +304,7 @@ impl Context<'_> {
             },
             Err(Held::Streamed(req)) => Outgoing {
                 replay: None,
-                streamed: Some(*req),
+                streamed: Some(req),
                 retry_answers: false,
                 upgrade: client_upgrade,
             },
@@ -570,7 +568,7 @@ impl Context<'_> {
                     pool.record(id, Outcome::ConnectError, timing_of(started));
                     tracing::warn!(route = %route.name, backend = %backend.name, "{reason}; trying the next candidate");
                     if out.replay.is_none() {
-                        out.streamed = Some(*back);
+                        out.streamed = Some(back);
                     }
                     previous = Some("connect");
                 }
@@ -660,7 +658,7 @@ async fn hold(
         return Ok(held(parts, Bytes::new()));
     }
     match body.size_hint().exact() {
-        Some(n) if n <= limit => match body.collect().await {
+        Some(n) if n <= limit => match Box::pin(body.collect()).await {
             Ok(collected) => Ok(held(parts, collected.to_bytes())),
             Err(e) => Err(Held::Failed(e)),
         },
@@ -700,11 +698,7 @@ fn is_json<B>(req: &Request<B>) -> bool {
 /// Reads up to `limit` bytes of `req`'s body, stopping early at its end.
 /// The bytes read go upstream ahead of the rest, so the body is sent on
 /// unchanged.
-async fn peek(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<(Request<Incoming>, Option<Peeked>), hyper::Error> {
-    let (parts, mut body) = req.into_parts();
+async fn peek(body: &mut Incoming, limit: usize) -> Result<Peeked, hyper::Error> {
     let mut head = bytes::BytesMut::new();
     let mut complete = body.is_end_stream();
     while !complete && head.len() < limit {
@@ -719,12 +713,11 @@ async fn peek(
             }
         }
     }
-    let peeked = Peeked {
+    Ok(Peeked {
         head: head.freeze(),
         complete,
         limit,
-    };
-    Ok((Request::from_parts(parts, body), Some(peeked)))
+    })
 }
 
 fn timing_of(started: Instant) -> Timing {

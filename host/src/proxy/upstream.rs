@@ -146,9 +146,9 @@ impl UpstreamPool {
             // An idle connection the backend has just closed fails only once
             // the request is written; a request held whole is sent again.
             match with_timeout(first_byte, conn.sender.try_send_request(req)).await {
-                None => return Err(SendError::Timeout),
-                Some(Ok(resp)) => return Ok((resp, self.lease(key, conn.sender))),
-                Some(Err(mut e)) => match (e.take_message(), replay) {
+                Err(_) => return Err(SendError::Timeout),
+                Ok(Ok(resp)) => return Ok((resp, self.lease(key, conn.sender))),
+                Ok(Err(mut e)) => match (e.take_message(), replay) {
                     // Not written: try the next connection with it intact.
                     (Some(back), _) => req = back,
                     (None, Some(replay)) if is_stale(e.error()) => {
@@ -159,14 +159,16 @@ impl UpstreamPool {
                 },
             }
         }
-        let mut sender = match connect(&backend.address, connect_timeout).await {
+        // Boxed: connecting is the rare path, and inline its state would
+        // grow every request's future (moved whole on each poll hand-off).
+        let mut sender = match Box::pin(connect(&backend.address, connect_timeout)).await {
             Ok(sender) => sender,
             Err(reason) => return Err(SendError::Connect(Box::new(req), reason)),
         };
         match with_timeout(first_byte, sender.send_request(req)).await {
-            None => Err(SendError::Timeout),
-            Some(Ok(resp)) => Ok((resp, self.lease(key, sender))),
-            Some(Err(e)) => Err(SendError::Failed(e)),
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(resp)) => Ok((resp, self.lease(key, sender))),
+            Ok(Err(e)) => Err(SendError::Failed(e)),
         }
     }
 
@@ -229,19 +231,25 @@ fn is_stale(e: &hyper::Error) -> bool {
     }
 }
 
-async fn with_timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    if limit.is_zero() {
-        return Some(fut.await);
-    }
-    tokio::time::timeout(limit, fut).await.ok()
+/// `fut` bounded by `limit` (0: unbounded), `None` when it ran out. Not an
+/// `async fn`: a wrapper layer would hold a second copy of `fut`, and this
+/// sits on every request's path.
+fn with_timeout<F: Future>(limit: Duration, fut: F) -> tokio::time::Timeout<F> {
+    // tokio treats a deadline past the clock's range as never.
+    let limit = if limit.is_zero() {
+        Duration::MAX
+    } else {
+        limit
+    };
+    tokio::time::timeout(limit, fut)
 }
 
 /// Opens a connection and starts its HTTP/1.1 driver on this thread.
 async fn connect(address: &str, limit: Duration) -> Result<Sender, String> {
     let stream = match with_timeout(limit, TcpStream::connect(address)).await {
-        None => return Err(format!("connect to {address} timed out after {limit:?}")),
-        Some(Err(e)) => return Err(format!("connect to {address}: {e}")),
-        Some(Ok(s)) => s,
+        Err(_) => return Err(format!("connect to {address} timed out after {limit:?}")),
+        Ok(Err(e)) => return Err(format!("connect to {address}: {e}")),
+        Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
