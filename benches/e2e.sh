@@ -12,7 +12,9 @@
 #
 # BASELINE=path/to/an/older/switchyard adds that binary (Wasm router) as a
 # sixth target, to tell a regression from machine noise; the table then goes
-# to benches/results/e2e-<threads>t-vs-baseline.md.
+# to benches/results/e2e-<threads>t-vs-baseline.md. BASELINE_PLUGIN names
+# its least-outstanding.wasm when the interface changed since (built with
+# that version's SDK).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -143,7 +145,10 @@ names=(direct builtin wasm nginx haproxy)
 ports=($b1 $p_builtin $p_wasm $p_nginx $p_haproxy)
 if [ -n "${BASELINE:-}" ]; then
   p_base=$((BASE_PORT + 14))
-  sed "s/127.0.0.1:$p_wasm/127.0.0.1:$p_base/" "$work/wasm.toml" > "$work/baseline.toml"
+  mkdir -p "$work/baseline-plugins"
+  cp "${BASELINE_PLUGIN:-target/plugins/least-outstanding.wasm}" "$work/baseline-plugins/least-outstanding.wasm"
+  sed -e "s/127.0.0.1:$p_wasm/127.0.0.1:$p_base/" -e "s|$work/plugins|$work/baseline-plugins|" \
+    "$work/wasm.toml" > "$work/baseline.toml"
   RUST_LOG=warn taskset -c "$proxy_cpus" "$BASELINE" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
   pids+=($!)
   names+=(baseline); ports+=($p_base)
