@@ -371,3 +371,23 @@ fn redis_dying_keeps_traffic_flowing_and_comes_back() {
     }
     assert!(replica.log().contains("shared store reachable again"));
 }
+
+#[test]
+fn without_redis_the_budget_falls_back_to_local_counts() {
+    let backend = MockBackend::start(MockOptions::new("gpt")).expect("mock");
+    let mut redis = Redis::start(free_port());
+    let replica = Replica::start(
+        &backend,
+        &redis.url(),
+        "tokens = 180, window = \"10s\", key = \"local\"",
+    );
+    redis.kill();
+    align_to_window(Duration::from_secs(10), Duration::from_millis(200));
+    let statuses: Vec<u16> = (0..20).map(|_| chat(replica.addr).0).collect();
+    // 180 tokens are 10 answers, counted by this replica alone
+    // (`on_unavailable = "local"`); one more may pass while the tenth is
+    // being counted. Then the route's fallback answers.
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert!((10..=11).contains(&served), "{statuses:?}");
+    assert!(statuses.ends_with(&[429; 5]), "{statuses:?}");
+}
