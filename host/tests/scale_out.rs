@@ -93,6 +93,25 @@ impl Replica {
     /// Starts a replica with one `models` pool on `backend`, guarded by the
     /// global token budget on `store`, and a 429 fallback reply.
     fn start(backend: &MockBackend, store: &str, budget_config: &str) -> Replica {
+        Replica::launch(
+            store,
+            &format!(
+                r#"[pools.models]
+backends = [{{ name = "gpt", address = "{backend}" }}]
+breaker = {{ plugin = "global-token-budget.wasm", config = {{ {budget_config} }} }}
+
+[[routes]]
+name = "chat"
+pool = "models"
+fallback = {{ status = 429, body = "token budget spent\n", retry_after = "1s" }}
+"#,
+                backend = backend.addr
+            ),
+        )
+    }
+
+    /// Starts a replica with `body` (pools and routes) on `store`.
+    fn launch(store: &str, body: &str) -> Replica {
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, admin_port) = (free_port(), free_port());
         let config = format!(
@@ -111,20 +130,11 @@ cache_dir = "{cache}"
 [shared]
 store = "{store}"
 
-[pools.models]
-backends = [{{ name = "gpt", address = "{backend}" }}]
-breaker = {{ plugin = "global-token-budget.wasm", config = {{ {budget_config} }} }}
-
-[[routes]]
-name = "chat"
-pool = "models"
-fallback = {{ status = 429, body = "token budget spent\n", retry_after = "1s" }}
-"#,
+{body}"#,
             plugins = plugin_dir().display(),
             cache = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../target/test-plugin-cache")
                 .display(),
-            backend = backend.addr,
         );
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).expect("write config");
@@ -390,4 +400,76 @@ fn without_redis_the_budget_falls_back_to_local_counts() {
     let served = statuses.iter().filter(|s| **s == 200).count();
     assert!((10..=11).contains(&served), "{statuses:?}");
     assert!(statuses.ends_with(&[429; 5]), "{statuses:?}");
+}
+
+/// The breaker state of `backend` on `replica`, from `/status`.
+fn breaker_state(replica: &Replica, backend: &str) -> String {
+    let text = exchange(
+        replica.admin,
+        "GET /status HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    )
+    .1;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    status["pools"][0]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["name"] == backend)
+        .map(|b| b["state"]["breaker"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_trip_on_one_replica_opens_the_backend_on_the_other() {
+    let (flaky, good) = (
+        MockBackend::start(MockOptions::new("flaky")).expect("mock"),
+        MockBackend::start(MockOptions::new("good")).expect("mock"),
+    );
+    flaky.fail_every(1);
+    let redis = Redis::start(free_port());
+    let body = format!(
+        r#"[pools.models]
+backends = [{{ name = "flaky", address = "{}" }}, {{ name = "good", address = "{}" }}]
+breaker = {{ plugin = "error-rate-breaker.wasm", config = {{ min_requests = 20, cool_down = "30s", share_trips = true }} }}
+
+[[routes]]
+name = "chat"
+pool = "models"
+router = {{ plugin = "round-robin.wasm" }}
+retries = {{ attempts = 1 }}
+"#,
+        flaky.addr, good.addr
+    );
+    let (a, b) = (
+        Replica::launch(&redis.url(), &body),
+        Replica::launch(&redis.url(), &body),
+    );
+    // Replica `a` sees `flaky` fail every request until it trips.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while breaker_state(&a, "flaky") != "open" {
+        assert!(Instant::now() < deadline, "a never tripped:\n{}", a.log());
+        chat(a.addr);
+    }
+    // Replica `b` has seen nothing of it; one answer from `flaky` (its
+    // own would need 20) and it opens `flaky` too.
+    assert_eq!(breaker_state(&b, "flaky"), "closed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut sent = 0;
+    while breaker_state(&b, "flaky") != "open" {
+        assert!(
+            Instant::now() < deadline,
+            "b never opened flaky:\n{}",
+            b.log()
+        );
+        if sent < 4 {
+            chat(b.addr);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sent <= 4, "b needed {sent} requests");
+    for _ in 0..10 {
+        assert_eq!(chat(b.addr).0, 200, "b sends nothing to flaky");
+    }
 }

@@ -8,6 +8,13 @@
 //! With `cool_down_on_429` (default on), a 429 also opens the backend for
 //! its `retry-after` (or `cool_down`), then closes it directly: a rate
 //! limit is the backend asking for less traffic, not a fault.
+//!
+//! With `share_trips = true`, a trip is published in the shared store
+//! (Redis, with several replicas) until its cool-down ends, and a replica
+//! that still sees the backend closed opens it too, checking at most once
+//! a second per backend as its outcomes arrive. Replicas then agree that a
+//! failing backend is out instead of each finding out on its own traffic.
+//! A store that cannot be reached only loses the sharing.
 #![cfg_attr(not(test), no_std)]
 
 use switchyard_sdk::policy::is_failure;
@@ -24,6 +31,8 @@ pub struct ErrorRateBreaker {
     max_cool_down_ms: u64,
     trial_requests: u32,
     cool_down_on_429: bool,
+    /// Key prefix of shared trips (`breaker:<pool>`), when shared.
+    share: Option<String>,
     backends: Vec<Backend>,
 }
 
@@ -46,10 +55,14 @@ struct Backend {
     trips: u32,
     /// `(second, total, failed)` per bucket.
     buckets: Vec<(u64, u32, u32)>,
+    name: String,
+    /// When the shared store was last asked about this backend, in
+    /// seconds; `u64::MAX` before the first time.
+    checked: u64,
 }
 
 impl CircuitBreaker for ErrorRateBreaker {
-    fn init(_pool: &str, config: &Config) -> Result<Self, String> {
+    fn init(pool: &str, config: &Config) -> Result<Self, String> {
         let window_ms = config.millis("window")?.unwrap_or(10_000);
         let breaker = ErrorRateBreaker {
             threshold: config.parse("threshold")?.unwrap_or(0.05),
@@ -59,6 +72,10 @@ impl CircuitBreaker for ErrorRateBreaker {
             max_cool_down_ms: config.millis("max_cool_down")?.unwrap_or(60_000),
             trial_requests: config.parse("trial_requests")?.unwrap_or(3),
             cool_down_on_429: config.parse("cool_down_on_429")?.unwrap_or(true),
+            share: config
+                .parse::<bool>("share_trips")?
+                .unwrap_or(false)
+                .then(|| format!("breaker:{pool}")),
             backends: Vec::new(),
         };
         if !(0.0..1.0).contains(&breaker.threshold) {
@@ -78,12 +95,28 @@ impl CircuitBreaker for ErrorRateBreaker {
             mode: Mode::Closed,
             trips: 0,
             buckets: vec![(0, 0, 0); self.window_secs as usize],
+            name: String::new(),
+            checked: u64::MAX,
         };
         self.backends.resize(backends.len(), fresh);
+        for (b, info) in self.backends.iter_mut().zip(backends) {
+            b.name.clone_from(&info.name);
+        }
     }
 
     fn record(&mut self, outcome: &Outcome) -> Option<BreakerUpdate> {
-        self.record_at(outcome, host::now() / 1_000_000_000)
+        let second = host::now() / 1_000_000_000;
+        if let Some(open) = self.tripped_elsewhere(outcome.backend, second) {
+            return Some(open);
+        }
+        let update = self.record_at(outcome, second);
+        if let (Some(BreakerUpdate::Open(ms)), Some(b)) =
+            (update, self.backends.get(outcome.backend as usize))
+            && b.mode == Mode::Open
+        {
+            self.publish_trip(outcome.backend, ms);
+        }
+        update
     }
 
     fn cool_down_ended(&mut self, backend: u32) -> BreakerUpdate {
@@ -105,6 +138,48 @@ impl CircuitBreaker for ErrorRateBreaker {
 }
 
 impl ErrorRateBreaker {
+    fn shared_key(&self, backend: u32) -> Option<String> {
+        let prefix = self.share.as_ref()?;
+        let b = self.backends.get(backend as usize)?;
+        Some(format!("{prefix}:{}", b.name))
+    }
+
+    /// Publishes a trip of `backend` for `ms`: the wall-clock time it ends.
+    fn publish_trip(&self, backend: u32, ms: u32) {
+        let Some(key) = self.shared_key(backend) else {
+            return;
+        };
+        let until = shared::wall_clock_ms() + u64::from(ms);
+        if shared::set(&key, &until.to_string(), ms.max(1)).is_err() {
+            host::counter_add("shared_unavailable", 1);
+        }
+    }
+
+    /// Whether another replica tripped `backend`, which this one still has
+    /// closed: asks the shared store at most once a second per backend.
+    fn tripped_elsewhere(&mut self, backend: u32, second: u64) -> Option<BreakerUpdate> {
+        let key = self.shared_key(backend)?;
+        let b = self.backends.get_mut(backend as usize)?;
+        if b.mode != Mode::Closed || b.checked == second {
+            return None;
+        }
+        b.checked = second;
+        let until: u64 = match shared::get(&key) {
+            Ok(value) => value?.parse().ok()?,
+            Err(_) => {
+                host::counter_add("shared_unavailable", 1);
+                return None;
+            }
+        };
+        let left = until.saturating_sub(shared::wall_clock_ms());
+        if left == 0 {
+            return None;
+        }
+        b.mode = Mode::Open;
+        b.trips += 1;
+        Some(BreakerUpdate::Open(left.min(u64::from(u32::MAX)) as u32))
+    }
+
     /// [`CircuitBreaker::record`] at time `second`.
     fn record_at(&mut self, outcome: &Outcome, second: u64) -> Option<BreakerUpdate> {
         let failed = is_failure(outcome);
@@ -257,5 +332,40 @@ mod tests {
     fn settings_are_checked() {
         assert!(ErrorRateBreaker::init("p", &Config::from_pairs(&[("threshold", "5")])).is_err());
         assert!(ErrorRateBreaker::init("p", &Config::from_pairs(&[("window", "1h")])).is_err());
+    }
+
+    #[test]
+    fn shared_trips_open_the_backend_on_other_replicas() {
+        shared::set_wall_clock_ms(Some(1_000_000));
+        let replica = |share: &str| {
+            let config = Config::from_pairs(&[
+                ("min_requests", "20"),
+                ("cool_down", "30s"),
+                ("share_trips", share),
+            ]);
+            let mut r = ErrorRateBreaker::init("models", &config).unwrap();
+            r.set_backends(&[
+                BackendInfo::new(0, "gpt", &[]),
+                BackendInfo::new(1, "other", &[]),
+            ]);
+            r
+        };
+        let (mut a, mut b, mut alone) = (replica("true"), replica("true"), replica("false"));
+        // Replica `a` sees the failures and trips.
+        let tripped = (0..40).find_map(|_| a.record(&Outcome::with_status(0, 503)));
+        assert_eq!(tripped, Some(BreakerUpdate::Open(30_000)));
+        // Replica `b`, with only successes of its own, opens on its next
+        // outcome, for what is left of the cool-down; the other backend
+        // stays closed, and so does a replica that does not share.
+        shared::set_wall_clock_ms(Some(1_010_000));
+        assert_eq!(
+            b.record(&Outcome::with_status(0, 200)),
+            Some(BreakerUpdate::Open(20_000))
+        );
+        assert_eq!(b.record(&Outcome::with_status(1, 200)), None);
+        assert_eq!(alone.record(&Outcome::with_status(0, 200)), None);
+        // After the cool-down, `b` tries the backend itself.
+        assert_eq!(b.cool_down_ended(0), BreakerUpdate::HalfOpen(3));
+        shared::set_wall_clock_ms(None);
     }
 }
