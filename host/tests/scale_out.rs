@@ -238,7 +238,7 @@ fn two_replicas_share_one_token_budget() {
     // Model-like latency: the budget is enforced as answers come back, so
     // what overshoots is what was in flight when it ran out.
     let mut options = MockOptions::new("gpt");
-    options.latency = Duration::from_millis(20);
+    options.latency = Duration::from_millis(50);
     let backend = MockBackend::start(options).expect("mock");
     let redis = Redis::start(free_port());
     let budget = 1000;
