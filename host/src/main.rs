@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         tokens_per_minute: u64,
     },
-    /// Create or try out router plugins.
+    /// Create plugins, or try out routers.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -81,12 +81,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Create plugins/NAME: a router crate that builds and passes its test.
+    /// Create plugins/NAME: a router, health-check or breaker crate that
+    /// builds and passes its tests.
     New {
         name: String,
         /// The Switchyard workspace root.
         #[arg(long, default_value = ".")]
         root: PathBuf,
+        /// What the plugin is.
+        #[arg(long, value_enum, default_value_t)]
+        kind: switchyard::authoring::PluginKind,
     },
     /// Run a compiled router against synthetic backends and print its decisions.
     Test(switchyard::authoring::TrialOptions),
@@ -178,16 +182,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin {
-            command: PluginCommand::New { name, root },
+            command: PluginCommand::New { name, root, kind },
         } => {
-            let dir = switchyard::authoring::scaffold(&root, &name)?;
+            let dir = switchyard::authoring::scaffold(&root, &name, kind)?;
             println!(
                 "created {} and added it to the workspace. Next:",
                 dir.display()
             );
             println!("  cargo test -p {name}");
             println!("  ./scripts/build-plugins.sh");
-            println!("  switchyard plugin test target/plugins/{name}.wasm --backends 4");
+            if kind == switchyard::authoring::PluginKind::Router {
+                println!("  switchyard plugin test target/plugins/{name}.wasm --backends 4");
+            }
             println!(
                 "  cp target/plugins/{name}.wasm <your plugin dir>/   # a running proxy reloads it"
             );

@@ -194,10 +194,11 @@ fn plugin_test_prints_decisions_of_a_compiled_router() {
     );
 }
 
-/// `plugin new` in a copy of the workspace: the new crate passes its own
-/// tests, builds to Wasm, and the component routes as its template says.
+/// `plugin new` in a copy of the workspace: the new crates (a router, a
+/// health check, a breaker) pass their own tests and build to Wasm, the
+/// router routes as its template says, and the others load as what they are.
 #[test]
-fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
+fn plugin_new_scaffolds_plugins_that_build_and_pass_their_tests() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
@@ -231,6 +232,24 @@ fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
         &root_arg,
     ]));
     assert!(!again, "a second scaffold must not overwrite the first");
+    succeed(&[
+        "plugin",
+        "new",
+        "demo-health",
+        "--kind",
+        "health",
+        "--root",
+        &root_arg,
+    ]);
+    succeed(&[
+        "plugin",
+        "new",
+        "demo-breaker",
+        "--kind",
+        "breaker",
+        "--root",
+        &root_arg,
+    ]);
 
     // A target directory of its own, reused across runs.
     let target = repo.join("target/scaffold-test");
@@ -246,6 +265,10 @@ fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
     };
     let tested = cargo(&["test", "--offline", "-p", "demo-router"]);
     assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
+    for kind in ["demo-health", "demo-breaker"] {
+        let tested = cargo(&["test", "--offline", "-p", kind]);
+        assert!(tested.contains("test result: ok. 1 passed"), "{tested}");
+    }
     cargo(&[
         "build",
         "--offline",
@@ -254,7 +277,38 @@ fn plugin_new_scaffolds_a_router_that_builds_and_passes_its_test() {
         "wasm32-wasip2",
         "-p",
         "demo-router",
+        "-p",
+        "demo-health",
+        "-p",
+        "demo-breaker",
     ]);
+    // The health check and the breaker load as what they are.
+    let pool = |kind: &str, file: &str| {
+        let wasm = target.join("wasm32-wasip2/release").join(file);
+        let plugins = root.join("plugins-out");
+        std::fs::create_dir_all(&plugins).expect("plugin dir");
+        std::fs::copy(&wasm, plugins.join(file)).expect("copy plugin");
+        let config = root.join(format!("{kind}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[plugins]\ndir = \"{}\"\n\n[pools.p]\nbackends = [{{ name = \"a\", address = \"127.0.0.1:9\" }}]\n{kind}\n",
+                plugins.display()
+            ),
+        )
+        .expect("write config");
+        succeed(&["check", "--config", &config.to_string_lossy()])
+    };
+    let checked = pool(
+        "health = { plugin = \"demo_health.wasm\" }",
+        "demo_health.wasm",
+    );
+    assert!(checked.contains("1 plugins loaded"), "{checked}");
+    let checked = pool(
+        "breaker = { plugin = \"demo_breaker.wasm\" }",
+        "demo_breaker.wasm",
+    );
+    assert!(checked.contains("1 plugins loaded"), "{checked}");
     let wasm = target.join("wasm32-wasip2/release/demo_router.wasm");
     let decisions = succeed(&[
         "plugin",
