@@ -178,7 +178,7 @@ async fn the_official_openai_client_works_through_the_proxy() {
         stream["first_token_s"].as_f64().unwrap_or(f64::MAX),
         stream["total_s"].as_f64().unwrap_or(0.0),
     );
-    // Seven events 200 ms apart: the first token comes with the first one,
+    // Eight events 200 ms apart: the first token comes with the first one,
     // not after the whole stream was buffered.
     assert!(total >= 1.0, "stream took {total} s");
     assert!(
