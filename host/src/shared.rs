@@ -86,19 +86,18 @@ impl SharedStore {
         self.current.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn backend(&self) -> (Arc<Backend>, String) {
-        let current = self.read();
-        (current.1.clone(), current.0.prefix.clone())
+    fn backend(&self) -> Arc<Backend> {
+        self.read().1.clone()
     }
 
     /// Adds `delta` to counter `key`; a new counter expires `ttl_ms` after
     /// its creation (0: never). Returns the new value.
     pub fn counter_add(&self, key: &str, delta: i64, ttl_ms: u32) -> Result<i64, SharedError> {
         check_key(key)?;
-        let (backend, prefix) = self.backend();
+        let backend = self.backend();
         let result = match &*backend {
             Backend::Local(l) => l.counter_add(key, delta, ttl_ms),
-            Backend::Redis(r) => r.counter_add(&format!("{prefix}:{key}"), delta, ttl_ms),
+            Backend::Redis(r) => r.counter_add(key, delta, ttl_ms),
         };
         counted("counter-add", result)
     }
@@ -106,10 +105,10 @@ impl SharedStore {
     /// The counter's value, 0 when absent.
     pub fn counter_get(&self, key: &str) -> Result<i64, SharedError> {
         check_key(key)?;
-        let (backend, prefix) = self.backend();
+        let backend = self.backend();
         let result = match &*backend {
             Backend::Local(l) => l.counter_get(key),
-            Backend::Redis(r) => r.counter_get(&format!("{prefix}:{key}")),
+            Backend::Redis(r) => r.counter_get(key),
         };
         counted("counter-get", result)
     }
@@ -117,10 +116,10 @@ impl SharedStore {
     /// The text stored under `key`.
     pub fn get(&self, key: &str) -> Result<Option<String>, SharedError> {
         check_key(key)?;
-        let (backend, prefix) = self.backend();
+        let backend = self.backend();
         let result = match &*backend {
             Backend::Local(l) => l.get(key),
-            Backend::Redis(r) => r.get(&format!("{prefix}:{key}")),
+            Backend::Redis(r) => r.get(key),
         };
         counted("get", result)
     }
@@ -134,10 +133,10 @@ impl SharedStore {
                 value.len()
             )));
         }
-        let (backend, prefix) = self.backend();
+        let backend = self.backend();
         let result = match &*backend {
             Backend::Local(l) => l.set(key, value, ttl_ms),
-            Backend::Redis(r) => r.set(&format!("{prefix}:{key}"), value, ttl_ms),
+            Backend::Redis(r) => r.set(key, value, ttl_ms),
         };
         counted("set", result)
     }
@@ -289,6 +288,8 @@ fn not_a_counter(key: &str) -> SharedError {
 struct RedisStore {
     client: redis::Client,
     address: String,
+    /// Put before every key, so deployments can share one Redis.
+    prefix: String,
     timeout: Duration,
     link: Mutex<Link>,
 }
@@ -306,6 +307,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             address: config.describe(),
+            prefix: config.prefix.clone(),
             timeout: config.timeout,
             link: Mutex::new(Link::default()),
         })
@@ -372,13 +374,18 @@ impl RedisStore {
         SharedError::Unavailable(format!("redis at {}: {e}", self.address))
     }
 
+    fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.prefix)
+    }
+
     fn counter_add(&self, key: &str, delta: i64, ttl_ms: u32) -> Result<i64, SharedError> {
+        let key = self.key(key);
         self.with(|c| {
             let mut pipe = redis::pipe();
-            pipe.atomic().cmd("INCRBY").arg(key).arg(delta);
+            pipe.atomic().cmd("INCRBY").arg(&key).arg(delta);
             if ttl_ms > 0 {
                 // Only a new counter gets an expiry: adding must not extend it.
-                pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).arg("NX").ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
             }
             let (value,): (i64,) = pipe.query(c)?;
             Ok(value)
@@ -394,13 +401,15 @@ impl RedisStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>, SharedError> {
-        self.with(|c| redis::cmd("GET").arg(key).query(c))
+        let key = self.key(key);
+        self.with(|c| redis::cmd("GET").arg(&key).query(c))
     }
 
     fn set(&self, key: &str, value: &str, ttl_ms: u32) -> Result<(), SharedError> {
+        let key = self.key(key);
         self.with(|c| {
             let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(value);
+            cmd.arg(&key).arg(value);
             if ttl_ms > 0 {
                 cmd.arg("PX").arg(ttl_ms);
             }

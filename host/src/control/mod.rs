@@ -134,6 +134,8 @@ struct BreakerSlot {
 
 /// One pool under control.
 struct Controlled {
+    /// The pool's name, for timers.
+    name: Arc<str>,
     pool: Arc<Pool>,
     breakers: Vec<BreakerSlot>,
     /// The combined state last applied to each backend.
@@ -231,8 +233,9 @@ fn apply(pools: &mut HashMap<Arc<str>, Controlled>, new: Vec<Arc<Pool>>) {
             }
         };
         next.insert(
-            name,
+            name.clone(),
             Controlled {
+                name,
                 pool,
                 breakers,
                 applied,
@@ -299,11 +302,10 @@ fn on_outcome(
         prompt_tokens: timing.prompt_tokens,
         completion_tokens: timing.completion_tokens,
     };
-    let pool: Arc<str> = c.pool.name.as_str().into();
     let mut changed = false;
     for slot in &mut c.breakers {
         if let Some(Some(update)) = with_breaker(slot, |b| b.record_outcome(event)) {
-            changed |= slot.want(&pool, id, update, timers);
+            changed |= slot.want(&c.name, id, update, timers);
         }
     }
     if changed {
@@ -318,7 +320,6 @@ fn on_breaker_due(
     seq: u64,
     timers: &mpsc::UnboundedSender<Timer>,
 ) {
-    let pool: Arc<str> = c.pool.name.as_str().into();
     let Some(slot) = c
         .breakers
         .iter_mut()
@@ -332,7 +333,7 @@ fn on_breaker_due(
     // Without a working plugin, one trial request decides.
     let update =
         with_breaker(slot, |b| b.cool_down_ended(id)).unwrap_or(wit::BreakerUpdate::HalfOpen(1));
-    if slot.want(&pool, id, update, timers) {
+    if slot.want(&c.name, id, update, timers) {
         combine(c, id);
     }
 }
