@@ -13,11 +13,16 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod discovery;
+pub mod endpoint;
 pub mod plugin;
 pub mod proxy;
+pub mod refresh;
 pub mod reload;
 pub mod route;
 mod run;
+pub mod secret;
 pub mod shared;
+pub mod tls;
 
 pub use run::{StartError, Switchyard};

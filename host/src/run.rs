@@ -40,6 +40,15 @@ impl Switchyard {
     /// Loads every plugin the config references, then starts listening:
     /// no request is accepted before its route's policy is ready.
     pub fn start(config: &Config) -> Result<Switchyard, StartError> {
+        Switchyard::start_with(config, Arc::new(crate::discovery::SystemResolver))
+    }
+
+    /// Like [`Switchyard::start`], with the resolver pools' `discover`
+    /// names go through.
+    pub fn start_with(
+        config: &Config,
+        resolver: Arc<dyn crate::discovery::Resolve>,
+    ) -> Result<Switchyard, StartError> {
         crate::admin::prometheus();
         let runtime = PluginRuntime::new(Some(config.cache_dir())).map_err(StartError::Runtime)?;
         let control = Control::start().map_err(|e| StartError::Runtime(e.into()))?;
@@ -48,6 +57,12 @@ impl Switchyard {
             .shared()
             .configure(&config.shared)
             .map_err(|e| StartError::Runtime(anyhow::anyhow!(e)))?;
+        for (name, pool) in &config.pools {
+            if let Some(d) = &pool.discover {
+                let found = crate::discovery::resolve_once(resolver.as_ref(), name, &d.dns);
+                registry.set_discovered(name, found);
+            }
+        }
         let table = RouteTable::build(config, &runtime, &mut registry, None)?;
         control.link().apply(table.pools.clone());
         let listen_err = |addr: &str| {
@@ -61,7 +76,7 @@ impl Switchyard {
             .map_err(|e| listen_err(&config.server.listen)(std::io::Error::other(e)))?;
         let shared = Shared::new(table, config.server.clone());
         let reloader = Arc::new(Reloader::new(
-            config.path.clone(),
+            config.clone(),
             runtime,
             shared.clone(),
             registry,
@@ -82,6 +97,11 @@ impl Switchyard {
         };
         let proxy = proxy::start(shared, listen, config.worker_count())
             .map_err(listen_err(&config.server.listen))?;
+        if config.pools.values().any(|p| p.discover.is_some())
+            && let Err(e) = crate::discovery::start(Arc::downgrade(&reloader), resolver)
+        {
+            tracing::error!("cannot start discovery; pools keep the backends found at start: {e}");
+        }
         let watcher = if config.plugins.watch {
             match ReloadWatcher::start(reloader.clone(), &config.plugin_dir()) {
                 Ok(w) => Some(w),

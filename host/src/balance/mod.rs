@@ -6,22 +6,29 @@ pub use state::{
     BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport, RollingWindow,
 };
 
-use crate::config::{HealthConfig, PoolConfig, scalar_text};
+use crate::config::{BackendConfig, HealthConfig, PoolConfig, TlsOption, scalar_text};
+use crate::endpoint::{Endpoint, EndpointSpec, RequestRules};
 use crate::plugin::{BreakerPolicy, HealthPolicy};
+use crate::refresh::Refresh;
 use http::HeaderValue;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Live state that outlives any one config: each backend's state by
-/// `pool/backend`, and connection-pool keys by address, so a reload keeps
-/// in-flight counts, averages, quota and idle connections of backends that
-/// still exist; and the control thread's inbox, which pools with a breaker
-/// feed.
+/// `pool/backend`, and endpoints by address and TLS settings, so a reload
+/// keeps in-flight counts, averages, quota, resolved addresses, TLS
+/// sessions and idle connections of backends that still exist; and the
+/// control thread's inbox, which pools with a breaker feed.
 #[derive(Default)]
 pub struct LiveRegistry {
     states: HashMap<String, Arc<BackendState>>,
-    connection_keys: HashMap<String, usize>,
+    endpoints: HashMap<EndpointSpec, Arc<Endpoint>>,
+    next_connection_key: usize,
+    /// What each pool's `discover` name last resolved to, sorted.
+    discovered: HashMap<String, Vec<SocketAddr>>,
     control: Option<tokio::sync::mpsc::Sender<ControlEvent>>,
 }
 
@@ -47,17 +54,45 @@ impl LiveRegistry {
             .clone()
     }
 
-    /// The connection-pool key of `address`, stable for the process.
-    pub fn connection_key(&mut self, address: &str) -> usize {
-        let next = self.connection_keys.len();
-        *self
-            .connection_keys
-            .entry(address.to_string())
-            .or_insert(next)
+    /// The endpoint of `spec`, made (and its host resolved) on first use.
+    /// Its connection key is never reused for another endpoint.
+    pub fn endpoint(&mut self, spec: EndpointSpec, base: &Path) -> Result<Arc<Endpoint>, String> {
+        if let Some(endpoint) = self.endpoints.get(&spec) {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = Arc::new(
+            Endpoint::new(&spec, base, self.next_connection_key).map_err(|e| e.to_string())?,
+        );
+        self.next_connection_key += 1;
+        let resolved: Arc<dyn Refresh> = endpoint.clone();
+        crate::refresh::register(&resolved);
+        self.endpoints.insert(spec, endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// The addresses `pool`'s discovery last found.
+    pub fn discovered(&self, pool: &str) -> Vec<SocketAddr> {
+        self.discovered.get(pool).cloned().unwrap_or_default()
+    }
+
+    /// Records what `pool`'s discovery found; whether it changed.
+    pub fn set_discovered(&mut self, pool: &str, mut addrs: Vec<SocketAddr>) -> bool {
+        addrs.sort_unstable();
+        addrs.dedup();
+        if self.discovered.get(pool) == Some(&addrs) {
+            return false;
+        }
+        self.discovered.insert(pool.to_string(), addrs);
+        true
     }
 
     /// Forgets the state of backends no pool in `pools` has.
     pub fn retain(&mut self, pools: &[Arc<Pool>]) {
+        self.endpoints.retain(|_, e| {
+            pools
+                .iter()
+                .any(|p| p.backends.iter().any(|b| Arc::ptr_eq(&b.endpoint, e)))
+        });
         self.states.retain(|key, _| {
             pools.iter().any(|p| {
                 key.strip_prefix(p.name.as_str())
@@ -81,8 +116,10 @@ pub struct Backend {
     pub name_header: HeaderValue,
     /// `host` value sent upstream, built once.
     pub host_header: HeaderValue,
-    /// Key of this backend's connections in the per-thread upstream pool.
-    pub connection_key: usize,
+    /// Where and how to connect.
+    pub endpoint: Arc<Endpoint>,
+    /// Headers its requests get (credentials) and lose.
+    pub rules: RequestRules,
     /// USD per million prompt and completion tokens, from the labels
     /// `input_price` and `output_price`; for cost accounting.
     pub prices: (f64, f64),
@@ -94,6 +131,9 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// Requests one backend may have in flight; 0 = no cap.
     pub max_in_flight: u32,
+    /// Forward clients' own credentials even where the proxy adds its own
+    /// or authenticates the client.
+    pub pass_client_auth: bool,
     /// Active health checking, if configured.
     pub health: Option<PoolHealth>,
     /// The circuit breakers, in config order; their verdicts combine.
@@ -147,22 +187,34 @@ pub enum ControlEvent {
 // === impl Pool ===
 
 impl Pool {
-    /// Builds a pool from config, taking each backend's live state and
-    /// connection key from `registry`.
+    /// Builds a pool from config and the addresses its `discover` name
+    /// resolved to, taking each backend's live state and endpoint from
+    /// `registry`; relative file paths resolve against `base`.
     pub fn new(
         name: &str,
         config: &PoolConfig,
         registry: &mut LiveRegistry,
+        base: &Path,
+        discovered: &[SocketAddr],
     ) -> Result<Pool, String> {
+        let found: Vec<BackendConfig> = match &config.discover {
+            Some(d) => discovered.iter().map(|addr| discovered_backend(config, d, *addr)).collect(),
+            None => Vec::new(),
+        };
         let backends = config
             .backends
             .iter()
+            .chain(&found)
             .enumerate()
             .map(|(i, b)| {
+                let fail = |e: String| format!("backend `{}`: {e}", b.name);
                 let name_header = HeaderValue::from_str(&b.name).map_err(|_| {
                     format!("backend name {:?} is not a valid header value", b.name)
                 })?;
-                let host_header = HeaderValue::from_str(&b.address)
+                let spec = EndpointSpec::new(config, b, base).map_err(|e| fail(e.to_string()))?;
+                let endpoint = registry.endpoint(spec, base).map_err(fail)?;
+                let rules = RequestRules::new(config, b, base).map_err(|e| fail(e.to_string()))?;
+                let host_header = HeaderValue::from_str(&host_value(&endpoint))
                     .map_err(|_| format!("backend address {:?} is not a valid host", b.address))?;
                 Ok(Backend {
                     id: i as u32,
@@ -185,7 +237,8 @@ impl Pool {
                     },
                     name_header,
                     host_header,
-                    connection_key: registry.connection_key(&b.address),
+                    endpoint,
+                    rules,
                     prices: (price(b, "input_price"), price(b, "output_price")),
                 })
             })
@@ -194,6 +247,7 @@ impl Pool {
             name: name.to_string(),
             backends,
             max_in_flight: config.max_in_flight,
+            pass_client_auth: config.pass_client_auth,
             health: None,
             breakers: Vec::new(),
             feed: None,
@@ -226,6 +280,43 @@ impl Pool {
                 metrics::counter!("switchyard_breaker_outcomes_dropped_total").increment(1);
             }
         }
+    }
+}
+
+/// The `host` header for `endpoint`: the host alone on the scheme's
+/// default port, as clients send it.
+fn host_value(endpoint: &Endpoint) -> String {
+    let default = if endpoint.is_tls() { 443 } else { 80 };
+    if endpoint.port == default {
+        endpoint.host.clone()
+    } else {
+        endpoint.authority.clone()
+    }
+}
+
+/// The backend for an address `discover` found: named by the address, with
+/// the discovery's weight and labels, and TLS verified against the name
+/// that was resolved.
+fn discovered_backend(
+    pool: &PoolConfig,
+    discover: &crate::config::DiscoverConfig,
+    addr: SocketAddr,
+) -> BackendConfig {
+    let tls = pool.tls.as_ref().and_then(TlsOption::settings).map(|mut s| {
+        if s.server_name.is_none() {
+            s.server_name = crate::config::split_address(&discover.dns).map(|(_, h, _)| h.to_string());
+        }
+        TlsOption::Settings(s)
+    });
+    BackendConfig {
+        name: addr.to_string(),
+        address: addr.to_string(),
+        weight: discover.weight,
+        labels: discover.labels.clone(),
+        tls,
+        protocol: None,
+        set_headers: Default::default(),
+        remove_headers: Vec::new(),
     }
 }
 
@@ -290,6 +381,12 @@ mod tests {
     /// A pool config with default settings and `n` backends `b0`, `b1`, ...
     fn pool_config(n: usize) -> PoolConfig {
         PoolConfig {
+            discover: None,
+            tls: None,
+            protocol: None,
+            set_headers: Default::default(),
+            remove_headers: Vec::new(),
+            pass_client_auth: false,
             max_fails: 3,
             fail_timeout: std::time::Duration::from_secs(10),
             fail_on_5xx: false,
@@ -302,13 +399,17 @@ mod tests {
                     address: format!("127.0.0.1:{}", 9000 + i),
                     weight: 1,
                     labels: Default::default(),
+                    tls: None,
+                    protocol: None,
+                    set_headers: Default::default(),
+                    remove_headers: Vec::new(),
                 })
                 .collect(),
         }
     }
 
     fn pool(n: usize) -> Pool {
-        Pool::new("p", &pool_config(n), &mut LiveRegistry::default()).unwrap()
+        Pool::new("p", &pool_config(n), &mut LiveRegistry::default(), Path::new("."), &[]).unwrap()
     }
 
     #[test]
@@ -324,16 +425,16 @@ mod tests {
     fn registry_keeps_state_and_keys_across_pools() {
         let mut registry = LiveRegistry::default();
         let config = pool_config(1);
-        let first = Pool::new("p", &config, &mut registry).unwrap();
+        let first = Pool::new("p", &config, &mut registry, Path::new("."), &[]).unwrap();
         let _busy = first.backends[0].state.start_request();
-        let again = Pool::new("p", &config, &mut registry).unwrap();
+        let again = Pool::new("p", &config, &mut registry, Path::new("."), &[]).unwrap();
         assert_eq!(again.backends[0].state.in_flight(), 1);
         assert_eq!(
-            again.backends[0].connection_key,
-            first.backends[0].connection_key
+            again.backends[0].endpoint.connection_key,
+            first.backends[0].endpoint.connection_key
         );
         registry.retain(&[]);
-        let fresh = Pool::new("p", &config, &mut registry).unwrap();
+        let fresh = Pool::new("p", &config, &mut registry, Path::new("."), &[]).unwrap();
         assert_eq!(fresh.backends[0].state.in_flight(), 0);
     }
 

@@ -5,8 +5,12 @@
 
 mod duration;
 mod size;
+mod upstream;
 
 pub use duration::parse_duration;
+pub use upstream::{
+    CLIENT_AUTH_HEADERS, DiscoverConfig, HeaderSource, Protocol, TlsOption, TlsSettings, split_address,
+};
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -201,7 +205,28 @@ impl Default for PluginSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Backends found by resolving a DNS name, in addition to `backends`.
+    #[serde(default)]
+    pub discover: Option<DiscoverConfig>,
+    /// TLS to every backend (a backend's own `tls` overrides it).
+    #[serde(default)]
+    pub tls: Option<TlsOption>,
+    /// HTTP version spoken upstream (a backend's own overrides it).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Headers set on every request to the pool, such as a provider key:
+    /// `{ authorization = { env = "OPENAI_API_KEY", prefix = "Bearer " } }`.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, HeaderSource>,
+    /// Headers removed from every request to the pool.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    /// Forward the client's `authorization`, `x-api-key` and `api-key` even
+    /// when the proxy injects a credential or authenticates the client.
+    #[serde(default)]
+    pub pass_client_auth: bool,
     /// Connect errors, timeouts or resets in a row that take a backend out
     /// of service (passive health); 0 disables.
     #[serde(default = "default_max_fails")]
@@ -304,13 +329,25 @@ pub struct PolicyPlugin {
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: String,
-    /// `host:port`, plain HTTP.
+    /// `host:port` (plain unless `tls`), or `https://host[:port]`.
     pub address: String,
     #[serde(default = "one")]
     pub weight: u32,
     /// Free-form labels (`tier`, `region`, `cost`) that plugins read.
     #[serde(default)]
     pub labels: BTreeMap<String, toml::Value>,
+    /// TLS to this backend, overriding the pool's.
+    #[serde(default)]
+    pub tls: Option<TlsOption>,
+    /// HTTP version spoken to this backend, overriding the pool's.
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Headers set on requests to this backend, after the pool's.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, HeaderSource>,
+    /// Headers removed from requests to this backend.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
 }
 
 /// A route: which requests it takes, which pool serves them, and the router
@@ -670,8 +707,34 @@ impl Config {
         }
         for (name, pool) in &self.pools {
             let at = text.find(&format!("pools.{name}"));
-            if pool.backends.is_empty() {
-                return Err((at, format!("pool `{name}` has no backends")));
+            if pool.backends.is_empty() && pool.discover.is_none() {
+                return Err((
+                    at,
+                    format!("pool `{name}` has no backends (list some, or `discover` them)"),
+                ));
+            }
+            if let Some(d) = &pool.discover
+                && (d.every.is_zero() || !matches!(split_address(&d.dns), Some((None, _, _))))
+            {
+                let at = text.find(&d.dns).or(at);
+                return Err((
+                    at,
+                    format!(
+                        "pool `{name}`: discover.dns {:?} must be host:port and discover.every above zero",
+                        d.dns
+                    ),
+                ));
+            }
+            let headers = pool.set_headers.keys().chain(&pool.remove_headers).chain(
+                pool.backends
+                    .iter()
+                    .flat_map(|b| b.set_headers.keys().chain(&b.remove_headers)),
+            );
+            for h in headers {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    let at = text.find(h.as_str()).or(at);
+                    return Err((at, format!("pool `{name}`: {h:?} is not a valid header name")));
+                }
             }
             let plugins = pool
                 .health
@@ -713,12 +776,12 @@ impl Config {
                         format!("pool `{name}` has two backends named `{}`", b.name),
                     ));
                 }
-                if !is_host_port(&b.address) {
+                if split_address(&b.address).is_none() {
                     let at = text.find(&b.address).or(at);
                     return Err((
                         at,
                         format!(
-                            "backend `{}` of pool `{name}`: address {:?} is not host:port",
+                            "backend `{}` of pool `{name}`: address {:?} is not host:port or https://host[:port]",
                             b.name, b.address
                         ),
                     ));
@@ -895,13 +958,6 @@ pub fn scalar_text(value: &toml::Value) -> String {
 /// A bare `.wasm` file name: plugins come from the plugin directory only.
 fn is_plugin_file(name: &str) -> bool {
     !name.contains('/') && !name.contains('\\') && name.ends_with(".wasm")
-}
-
-fn is_host_port(address: &str) -> bool {
-    match address.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
-    }
 }
 
 /// 1-based line number of byte `offset` in `text`.

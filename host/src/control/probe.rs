@@ -47,7 +47,8 @@ impl Probes {
                 let target = Target {
                     pool: pool.name.clone(),
                     name: b.name.clone(),
-                    address: b.address.clone(),
+                    endpoint: b.endpoint.clone(),
+                    host: b.host_header.clone(),
                     id: b.id,
                     state: b.state.clone(),
                 };
@@ -99,7 +100,8 @@ fn backend_list(pool: &Pool) -> Vec<(String, String)> {
 struct Target {
     pool: String,
     name: String,
-    address: String,
+    endpoint: Arc<crate::endpoint::Endpoint>,
+    host: http::HeaderValue,
     id: u32,
     state: Arc<BackendState>,
 }
@@ -219,12 +221,14 @@ impl Judge {
 /// One probe over a fresh connection: the status and, when asked, up to
 /// `body_limit` bytes of the body.
 async fn probe(target: &Target, config: &HealthConfig) -> Result<(u16, Option<Vec<u8>>), String> {
-    let stream = tokio::net::TcpStream::connect(&target.address)
+    // HTTP/1.1 always, over TLS where the backend has it.
+    let dialed = target
+        .endpoint
+        .dial(config.timeout, true)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(|e| e.to_string())?;
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(dialed.stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
     tokio::task::spawn_local(async move {
@@ -233,7 +237,7 @@ async fn probe(target: &Target, config: &HealthConfig) -> Result<(u16, Option<Ve
     let req = http::Request::builder()
         .method(config.method.as_str())
         .uri(config.path.as_str())
-        .header(http::header::HOST, target.address.as_str())
+        .header(http::header::HOST, target.host.clone())
         .header(http::header::USER_AGENT, "switchyard-health")
         .header(http::header::CONNECTION, "close")
         .body(Empty::new())

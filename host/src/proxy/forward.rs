@@ -5,7 +5,7 @@ use super::body::{Exchange, ProxiedBody, UsageMeter};
 use super::headers::{
     X_SWITCHYARD_BACKEND, X_SWITCHYARD_DEBUG, add_forwarded_for, is_upgrade, strip_hop_by_hop,
 };
-use super::upstream::{Replay, SendError, StreamedBody, UpstreamBody};
+use super::upstream::{Replay, SendError, StreamedBody, UpstreamBody, WantsUpgrade};
 use super::usage::UsageScan;
 use super::worker::{Choice, Worker};
 use crate::balance::{Backend, Outcome, Pool, QuotaReport, Timing, least_outstanding};
@@ -219,6 +219,8 @@ struct Outgoing {
     streamed: Option<Box<Request<UpstreamBody>>>,
     /// Whether an answer (not only a connect error) may be retried.
     retry_answers: bool,
+    /// Send the client's `host` rather than the backend's.
+    preserve_host: bool,
     upgrade: Option<OnUpgrade>,
 }
 
@@ -226,18 +228,22 @@ impl Outgoing {
     /// The request for `backend`, if one can still be sent.
     fn take(&mut self, backend: &Backend) -> Option<Request<UpstreamBody>> {
         if let Some(replay) = &self.replay {
-            return Some(replay.build(backend));
+            let mut req = replay.build(backend);
+            if self.upgrade.is_some() {
+                req.extensions_mut().insert(WantsUpgrade);
+            }
+            return Some(req);
         }
         let mut req = self.streamed.take()?;
-        if !self.preserve_host() {
+        if !self.preserve_host {
             req.headers_mut()
                 .insert(header::HOST, backend.host_header.clone());
         }
+        backend.rules.apply(req.headers_mut());
+        if self.upgrade.is_some() {
+            req.extensions_mut().insert(WantsUpgrade);
+        }
         Some(*req)
-    }
-
-    fn preserve_host(&self) -> bool {
-        self.replay.as_ref().is_some_and(|r| r.preserve_host)
     }
 
     fn can_send(&self) -> bool {
@@ -300,12 +306,14 @@ impl Context<'_> {
                 replay: Some(held),
                 streamed: None,
                 retry_answers,
+                preserve_host: route.preserve_host,
                 upgrade: client_upgrade,
             },
             Err(Held::Streamed(req)) => Outgoing {
                 replay: None,
                 streamed: Some(req),
                 retry_answers: false,
+                preserve_host: route.preserve_host,
                 upgrade: client_upgrade,
             },
             Err(Held::Failed(e)) => {

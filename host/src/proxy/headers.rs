@@ -46,14 +46,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
+    // `te: trailers` is what gRPC clients send to say they read trailers;
+    // HTTP/2 allows exactly that value end to end.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in listed {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
     }
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
     for name in [
         &header::CONNECTION,
-        &header::TE,
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &KEEP_ALIVE,

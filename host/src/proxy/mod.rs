@@ -125,7 +125,7 @@ fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpList
 /// Spawns futures on the worker's own thread; lets hyper run HTTP/2 streams
 /// whose state is not `Send`.
 #[derive(Clone, Copy)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, fut: F) {

@@ -1,21 +1,24 @@
-//! Per-thread pool of upstream HTTP/1.1 connections.
+//! Per-thread pool of upstream connections, HTTP/1.1 and HTTP/2.
 //!
-//! Each worker thread keeps its own idle `SendRequest` handles per backend,
-//! so taking and returning a connection is a `Vec` push/pop with no lock. A
-//! handle goes back to the pool when its response body has ended.
+//! Each worker thread keeps its own idle HTTP/1.1 `SendRequest` handles per
+//! endpoint, so taking and returning a connection is a `Vec` push/pop with
+//! no lock; a handle goes back to the pool when its response body has
+//! ended. An endpoint that speaks HTTP/2 (by ALPN, or `h2c`) gets one
+//! multiplexed connection per thread, whose handle every request clones.
 
+use super::LocalExec;
 use crate::balance::Backend;
+use crate::endpoint::{DialError, Endpoint};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// Body of a request sent upstream: the client's body streamed, or held
 /// whole (empty, or buffered so it can be sent again).
@@ -69,6 +72,7 @@ impl http_body::Body for StreamedBody {
     }
 }
 type Sender = http1::SendRequest<UpstreamBody>;
+type H2Sender = http2::SendRequest<UpstreamBody>;
 
 /// Idle connections kept per backend and thread.
 const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -81,7 +85,7 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 pub enum SendError {
     /// No connection could be made; the request was not sent and is returned
     /// so the next candidate can take it.
-    Connect(Box<Request<UpstreamBody>>, String),
+    Connect(Box<Request<UpstreamBody>>, DialError),
     /// No response headers within the first-byte timeout.
     Timeout,
     /// The connection failed after the request was (partly) sent.
@@ -93,30 +97,34 @@ struct IdleConnection {
     since: Instant,
 }
 
-/// One thread's upstream connections, by backend connection key.
+/// One thread's upstream connections, by endpoint connection key.
 #[derive(Default)]
 pub struct UpstreamPool {
     idle: RefCell<HashMap<usize, Vec<IdleConnection>>>,
+    /// The HTTP/2 connection of each endpoint that speaks it.
+    h2: RefCell<HashMap<usize, H2Sender>>,
 }
 
-/// A connection lent to one exchange; [`Lease::release`] returns it.
+/// A connection lent to one exchange; [`Lease::release`] returns it. An
+/// HTTP/2 stream's lease holds nothing: its connection stays shared.
 pub struct Lease {
     pool: Rc<UpstreamPool>,
     key: usize,
-    sender: Sender,
+    sender: Option<Sender>,
 }
 
 impl Lease {
     /// Returns the connection to the pool once its response has ended.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        let Some(sender) = self.sender else { return };
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.pool.idle.borrow_mut();
         let list = idle.entry(self.key).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(IdleConnection {
-                sender: self.sender,
+                sender,
                 since: Instant::now(),
             });
         }
@@ -138,7 +146,12 @@ impl UpstreamPool {
         connect_timeout: Duration,
         first_byte: Duration,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        let key = backend.connection_key;
+        let endpoint = &*backend.endpoint;
+        let key = endpoint.connection_key;
+        let upgrade = req.extensions().get::<WantsUpgrade>().is_some();
+        if !upgrade && let Some(h2) = self.shared_h2(key) {
+            return self.send_h2(backend, h2, req, replay, first_byte).await;
+        }
         while let Some(mut conn) = self.take_idle(key) {
             if conn.since.elapsed() > MAX_IDLE_AGE || conn.sender.ready().await.is_err() {
                 continue;
@@ -147,7 +160,7 @@ impl UpstreamPool {
             // the request is written; a request held whole is sent again.
             match with_timeout(first_byte, conn.sender.try_send_request(req)).await {
                 Err(_) => return Err(SendError::Timeout),
-                Ok(Ok(resp)) => return Ok((resp, self.lease(key, conn.sender))),
+                Ok(Ok(resp)) => return Ok((resp, self.lease(key, Some(conn.sender)))),
                 Ok(Err(mut e)) => match (e.take_message(), replay) {
                     // Not written: try the next connection with it intact.
                     (Some(back), _) => req = back,
@@ -161,14 +174,89 @@ impl UpstreamPool {
         }
         // Boxed: connecting is the rare path, and inline its state would
         // grow every request's future (moved whole on each poll hand-off).
-        let mut sender = match Box::pin(connect(&backend.address, connect_timeout)).await {
-            Ok(sender) => sender,
+        let conn = match Box::pin(connect(endpoint, connect_timeout, upgrade)).await {
+            Ok(conn) => conn,
             Err(reason) => return Err(SendError::Connect(Box::new(req), reason)),
+        };
+        let mut sender = match conn {
+            Connection::H1(sender) => sender,
+            Connection::H2(h2) => {
+                self.h2.borrow_mut().insert(key, h2.clone());
+                return self.send_h2(backend, h2, req, replay, first_byte).await;
+            }
         };
         match with_timeout(first_byte, sender.send_request(req)).await {
             Err(_) => Err(SendError::Timeout),
-            Ok(Ok(resp)) => Ok((resp, self.lease(key, sender))),
+            Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(sender)))),
             Ok(Err(e)) => Err(SendError::Failed(e)),
+        }
+    }
+
+    /// The endpoint's HTTP/2 connection on this thread, if it is open.
+    fn shared_h2(&self, key: usize) -> Option<H2Sender> {
+        let mut h2 = self.h2.borrow_mut();
+        match h2.get(&key) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                h2.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Sends `req` as one stream of an HTTP/2 connection. A connection that
+    /// turns out to be gone is forgotten; a request held whole is then sent
+    /// once more over a new one.
+    async fn send_h2(
+        self: &Rc<Self>,
+        backend: &Backend,
+        mut sender: H2Sender,
+        req: Request<UpstreamBody>,
+        replay: Option<&Replay>,
+        first_byte: Duration,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let endpoint = &*backend.endpoint;
+        let key = endpoint.connection_key;
+        let req = for_h2(req, endpoint);
+        let sent = Box::pin(with_timeout(first_byte, async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        }))
+        .await;
+        match sent {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(resp)) => Ok((resp, self.lease(key, None))),
+            Ok(Err(e)) => {
+                if sender.is_closed() {
+                    self.h2.borrow_mut().remove(&key);
+                }
+                match replay {
+                    Some(replay) if is_stale(&e) || e.is_canceled() => {
+                        tracing::debug!(endpoint = %endpoint.authority, "HTTP/2 connection was closed; sending again");
+                        let again = replay.build(backend);
+                        match Box::pin(connect(endpoint, first_byte, false)).await {
+                            Ok(Connection::H2(mut fresh)) => {
+                                self.h2.borrow_mut().insert(key, fresh.clone());
+                                match with_timeout(first_byte, fresh.send_request(for_h2(again, endpoint))).await {
+                                    Err(_) => Err(SendError::Timeout),
+                                    Ok(Ok(resp)) => Ok((resp, self.lease(key, None))),
+                                    Ok(Err(e)) => Err(SendError::Failed(e)),
+                                }
+                            }
+                            Ok(Connection::H1(mut h1)) => {
+                                match with_timeout(first_byte, h1.send_request(again)).await {
+                                    Err(_) => Err(SendError::Timeout),
+                                    Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(h1)))),
+                                    Ok(Err(e)) => Err(SendError::Failed(e)),
+                                }
+                            }
+                            Err(_) => Err(SendError::Failed(e)),
+                        }
+                    }
+                    _ => Err(SendError::Failed(e)),
+                }
+            }
         }
     }
 
@@ -176,7 +264,7 @@ impl UpstreamPool {
         self.idle.borrow_mut().get_mut(&key)?.pop()
     }
 
-    fn lease(self: &Rc<Self>, key: usize, sender: Sender) -> Lease {
+    fn lease(self: &Rc<Self>, key: usize, sender: Option<Sender>) -> Lease {
         Lease {
             pool: self.clone(),
             key,
@@ -198,18 +286,46 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// A copy of the request for `backend`.
+    /// A copy of the request for `backend`, with its header rules applied.
     pub fn build(&self, backend: &Backend) -> Request<UpstreamBody> {
-        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        let mut req = self.copy();
         if !self.preserve_host {
             req.headers_mut()
                 .insert(http::header::HOST, backend.host_header.clone());
         }
+        backend.rules.apply(req.headers_mut());
         req
     }
+
+    fn copy(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Marks a request that asks to switch protocols, which only HTTP/1.1
+/// carries upstream.
+#[derive(Clone, Copy)]
+pub struct WantsUpgrade;
+
+/// `req` in HTTP/2's form: an absolute URI (`:scheme` and `:authority`)
+/// in place of the `host` header.
+fn for_h2(mut req: Request<UpstreamBody>, endpoint: &Endpoint) -> Request<UpstreamBody> {
+    let host = req.headers_mut().remove(http::header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(&endpoint.authority);
+    let scheme = if endpoint.is_tls() { "https" } else { "http" };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = format!("{scheme}://{authority}{path}").parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    req
 }
 
 /// Whether `e` says the connection went away before any response, as an
@@ -244,23 +360,45 @@ fn with_timeout<F: Future>(limit: Duration, fut: F) -> tokio::time::Timeout<F> {
     tokio::time::timeout(limit, fut)
 }
 
-/// Opens a connection and starts its HTTP/1.1 driver on this thread.
-async fn connect(address: &str, limit: Duration) -> Result<Sender, String> {
-    let stream = match with_timeout(limit, TcpStream::connect(address)).await {
-        Err(_) => return Err(format!("connect to {address} timed out after {limit:?}")),
-        Ok(Err(e)) => return Err(format!("connect to {address}: {e}")),
-        Ok(Ok(s)) => s,
+/// A new upstream connection, its driver running on this thread.
+enum Connection {
+    H1(Sender),
+    H2(H2Sender),
+}
+
+/// Opens a connection to `endpoint` and starts its driver: HTTP/2 when the
+/// endpoint speaks it (and `upgrade` does not ask for HTTP/1.1).
+async fn connect(endpoint: &Endpoint, limit: Duration, upgrade: bool) -> Result<Connection, DialError> {
+    let dialed = endpoint.dial(limit, upgrade).await?;
+    let io = TokioIo::new(dialed.stream);
+    let handshake_failed = |e: hyper::Error| DialError::Connect {
+        authority: endpoint.authority.clone(),
+        source: std::io::Error::other(format!("HTTP handshake: {e}")),
     };
-    let _ = stream.set_nodelay(true);
+    if dialed.h2 {
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(io)
+            .await
+            .map_err(handshake_failed)?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("upstream HTTP/2 connection ended: {e}");
+            }
+        });
+        return Ok(Connection::H2(sender));
+    }
     let (sender, conn) = http1::Builder::new()
         .writev(false)
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
-        .map_err(|e| format!("handshake with {address}: {e}"))?;
+        .map_err(handshake_failed)?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
         }
     });
-    Ok(sender)
+    Ok(Connection::H1(sender))
 }

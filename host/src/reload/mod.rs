@@ -38,6 +38,8 @@ pub struct ReloadEvent {
 /// Rebuilds and swaps the route table on demand.
 pub struct Reloader {
     config_path: PathBuf,
+    /// The config the running table was built from.
+    config: Mutex<Config>,
     runtime: Arc<PluginRuntime>,
     pub shared: Arc<Shared>,
     /// Live backend state; its lock also keeps reloads one at a time.
@@ -50,14 +52,15 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(
-        config_path: PathBuf,
+        config: Config,
         runtime: Arc<PluginRuntime>,
         shared: Arc<Shared>,
         registry: LiveRegistry,
         control: ControlLink,
     ) -> Reloader {
         Reloader {
-            config_path,
+            config_path: config.path.clone(),
+            config: Mutex::new(config),
             runtime,
             shared,
             registry: Mutex::new(registry),
@@ -79,22 +82,47 @@ impl Reloader {
     /// the running table stays, and the error (naming file and cause) is
     /// logged, counted and kept for the admin API.
     pub fn reload(&self, cause: &str) -> Result<(), String> {
+        self.rebuild(cause, Config::load(&self.config_path).map_err(|e| e.to_string()))
+    }
+
+    /// The pools that discover their backends, with their settings.
+    pub fn discovering_pools(&self) -> Vec<(String, crate::config::DiscoverConfig)> {
+        lock(&self.config)
+            .pools
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), p.discover.clone()?)))
+            .collect()
+    }
+
+    /// Takes the addresses `pool`'s discovery found; when they differ from
+    /// the last, rebuilds the table from the running config around them.
+    pub fn discovered(&self, pool: &str, addrs: Vec<std::net::SocketAddr>) {
+        if !lock(&self.registry).set_discovered(pool, addrs) {
+            return;
+        }
+        let config = lock(&self.config).clone();
+        let _ = self.rebuild(&format!("discovery of pool {pool}"), Ok(config));
+    }
+
+    fn rebuild(&self, cause: &str, loaded: Result<Config, String>) -> Result<(), String> {
         let started = Instant::now();
         let mut registry = lock(&self.registry);
         let previous = self.shared.table.load_full();
         let store = self.runtime.shared();
         let previous_store = store.config();
-        let result = Config::load(&self.config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|config| {
+        let mut good = None;
+        let result = loaded.and_then(|config| {
                 if config.server.listen != self.shared.server.listen {
                     tracing::warn!("server.listen changed; it takes effect on restart");
                 }
                 store
                     .configure(&config.shared)
                     .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
-                RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
-                    .map_err(|e| format!("{}: {e}", self.config_path.display()))
+                let table =
+                    RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
+                        .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
+                good = Some(config);
+                Ok(table)
             });
         if result.is_err() {
             // The running config keeps its store too.
@@ -107,6 +135,9 @@ impl Reloader {
                 let pools = table.pools.clone();
                 self.shared.table.store(Arc::new(table));
                 self.control.apply(pools);
+                if let Some(config) = good {
+                    *lock(&self.config) = config;
+                }
                 tracing::info!(cause, "reloaded: {message}");
                 Ok(message)
             }

@@ -230,8 +230,9 @@ impl RouteTable {
     ) -> Result<RouteTable, BuildError> {
         let mut pools = HashMap::new();
         for (name, pool_config) in &config.pools {
-            let mut pool =
-                Pool::new(name, pool_config, registry).map_err(|message| BuildError::Pool {
+            let discovered = registry.discovered(name);
+            let mut pool = Pool::new(name, pool_config, registry, &config.base_dir, &discovered)
+                .map_err(|message| BuildError::Pool {
                     pool: name.clone(),
                     message,
                 })?;
