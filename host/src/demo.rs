@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +32,9 @@ pub struct MockOptions {
     pub chunk_interval: Duration,
     /// A token budget per window, reported in the rate-limit headers.
     pub quota: Option<TokenQuota>,
+    /// Serve TLS with this config (ALPN h2 and HTTP/1.1); plain otherwise,
+    /// where HTTP/1.1 and h2c (prior knowledge) are both understood.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A rate-limit window the mock reports like an LLM provider.
@@ -50,6 +53,7 @@ impl MockOptions {
             latency: Duration::ZERO,
             chunk_interval: Duration::from_millis(100),
             quota: None,
+            tls: None,
         }
     }
 }
@@ -121,6 +125,7 @@ impl MockBackend {
                                 let (options, counter) = (options.clone(), counter.clone());
                                 let (window, faults) = (window.clone(), injected.clone());
                                 tokio::spawn(async move {
+                                    let tls = options.tls.clone();
                                     let service = service_fn(move |req: Request<Incoming>| {
                                         counter.fetch_add(1, Relaxed);
                                         if let Some(resp) = faults.answer(&req) {
@@ -129,10 +134,18 @@ impl MockBackend {
                                         let quota = options.quota.map(|q| spend(&window, q));
                                         Box::pin(handle(options.clone(), counter.load(Relaxed), quota, req))
                                     });
-                                    let _ = hyper::server::conn::http1::Builder::new()
-                                        .serve_connection(TokioIo::new(stream), service)
-                                        .with_upgrades()
-                                        .await;
+                                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                                    match tls {
+                                        None => {
+                                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                                        }
+                                        Some(config) => {
+                                            let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else {
+                                                return;
+                                            };
+                                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                                        }
+                                    }
                                 });
                             }
                             _ = stopped.changed() => break,
@@ -310,7 +323,26 @@ async fn handle(
         return Ok(Response::new(full(Bytes::from_static(b"ok\n"))));
     }
     let path = req.uri().path().to_string();
-    let mut resp = if path == "/upgrade" {
+    let mut resp = if path == "/trailers" {
+        // A gRPC-style answer: the status comes in trailers.
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", HeaderValue::from_static("served by mock"));
+        let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        for f in frames {
+            let _ = tx.try_send(f);
+        }
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_stream(rx))));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        r
+    } else if path == "/upgrade" {
         upgrade_echo(&mut req)
     } else if let Some(code) = path.strip_prefix("/status/") {
         let status = code
@@ -352,13 +384,16 @@ async fn handle(
             req.method().to_string(),
             req.uri().query().map(String::from),
         );
+        let version = format!("{:?}", req.version());
+        let authority = req.uri().authority().map(|a| a.to_string());
         let received = Limited::new(req.into_body(), 64 << 20)
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let body = json!({
-            "backend": options.name, "method": method, "path": path,
+            "backend": options.name, "method": method, "path": path, "version": version,
+            "authority": authority,
             "query": query, "headers": headers, "body_len": received.len(),
             "body_sha256": hex_sha256(&received),
         });

@@ -39,7 +39,11 @@ pub fn resolve_once(resolver: &dyn Resolve, pool: &str, name: &str) -> Vec<Socke
     match resolver.resolve(name) {
         Ok(addrs) => addrs,
         Err(e) => {
-            tracing::warn!(pool, name, "discovery: cannot resolve: {e}; the pool starts without those backends");
+            tracing::warn!(
+                pool,
+                name,
+                "discovery: cannot resolve: {e}; the pool starts without those backends"
+            );
             Vec::new()
         }
     }

@@ -52,7 +52,11 @@ pub struct EndpointSpec {
 impl EndpointSpec {
     /// The spec of `backend` of `pool`: the backend's settings over the
     /// pool's; an `https://` address turns TLS on.
-    pub fn new(pool: &PoolConfig, backend: &BackendConfig, base: &Path) -> Result<EndpointSpec, EndpointError> {
+    pub fn new(
+        pool: &PoolConfig,
+        backend: &BackendConfig,
+        base: &Path,
+    ) -> Result<EndpointSpec, EndpointError> {
         let (scheme, host, port) = split_address(&backend.address)
             .ok_or_else(|| EndpointError::Address(backend.address.clone()))?;
         let configured = backend.tls.as_ref().or(pool.tls.as_ref());
@@ -111,7 +115,11 @@ impl Endpoint {
     /// which is never a worker); a failed resolution is logged and tried
     /// again later, so a name that is down at start does not stop the
     /// proxy. `base` resolves TLS file paths.
-    pub fn new(spec: &EndpointSpec, base: &Path, connection_key: usize) -> Result<Endpoint, EndpointError> {
+    pub fn new(
+        spec: &EndpointSpec,
+        base: &Path,
+        connection_key: usize,
+    ) -> Result<Endpoint, EndpointError> {
         let authority = format!("{}:{}", spec.host, spec.port);
         let tls = match &spec.tls {
             None => None,
@@ -174,14 +182,20 @@ impl Endpoint {
     /// Blocking: called off the request path.
     pub fn re_resolve(&self) {
         let due = self.lock().1.is_none_or(|at| at.elapsed() >= RESOLVE_EVERY);
-        if !self.literal && due && let Err(e) = self.resolve() {
+        if !self.literal
+            && due
+            && let Err(e) = self.resolve()
+        {
             tracing::warn!("{e}; keeping the last addresses");
         }
     }
 
     /// Resolves the host now (blocking), storing what it finds.
     pub fn resolve(&self) -> Result<Arc<[SocketAddr]>, String> {
-        let found: Result<Vec<SocketAddr>, String> = (self.host.trim_start_matches('[').trim_end_matches(']'), self.port)
+        let found: Result<Vec<SocketAddr>, String> = (
+            self.host.trim_start_matches('[').trim_end_matches(']'),
+            self.port,
+        )
             .to_socket_addrs()
             .map(Iterator::collect)
             .map_err(|e| format!("cannot resolve {}: {e}", self.host));
@@ -220,7 +234,11 @@ pub struct RequestRules {
 
 impl RequestRules {
     /// The rules of `backend` of `pool`; file secrets resolve against `base`.
-    pub fn new(pool: &PoolConfig, backend: &BackendConfig, base: &Path) -> Result<RequestRules, EndpointError> {
+    pub fn new(
+        pool: &PoolConfig,
+        backend: &BackendConfig,
+        base: &Path,
+    ) -> Result<RequestRules, EndpointError> {
         let mut rules = RequestRules::default();
         for (name, source) in pool.set_headers.iter().chain(&backend.set_headers) {
             let header = header_name(name)?;
@@ -309,7 +327,11 @@ impl Endpoint {
     /// resolved addresses in turn, then the TLS handshake. `http1` asks for
     /// HTTP/1.1 whatever the endpoint prefers (protocol upgrades need it).
     pub async fn dial(&self, limit: Duration, http1: bool) -> Result<Dialed, DialError> {
-        let limit = if limit.is_zero() { Duration::MAX } else { limit };
+        let limit = if limit.is_zero() {
+            Duration::MAX
+        } else {
+            limit
+        };
         match tokio::time::timeout(limit, self.dial_now(http1)).await {
             Ok(result) => result,
             Err(_) => Err(DialError::Timeout {
@@ -324,13 +346,20 @@ impl Endpoint {
         if addrs.is_empty() {
             // Never resolved yet (the name failed at load): try now, on the
             // blocking pool, so the worker thread does not wait.
-            let host = self.host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = self
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host, self.port))
                 .await
                 .map_err(|e| DialError::Resolve(format!("cannot resolve {}: {e}", self.host)))?
                 .collect();
             if found.is_empty() {
-                return Err(DialError::Resolve(format!("cannot resolve {}: no addresses", self.host)));
+                return Err(DialError::Resolve(format!(
+                    "cannot resolve {}: no addresses",
+                    self.host
+                )));
             }
             addrs = found.into();
             self.store(addrs.clone());

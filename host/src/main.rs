@@ -61,7 +61,19 @@ enum Command {
         /// (each answer uses 18); 0: no token quota.
         #[arg(long, default_value_t = 0)]
         tokens_per_minute: u64,
+        /// Serve TLS with this certificate chain (PEM), ALPN h2 and http/1.1.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA (PEM): mTLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
+    /// Print the SHA-256 of a client key read from standard input, as a
+    /// route's keys file lists it.
+    KeyDigest,
     /// Create plugins, or try out routers.
     Plugin {
         #[command(subcommand)]
@@ -141,6 +153,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None,
             )
             .with_context(|| format!("{}", path.display()))?;
+            if let Some(tls) = &config.server.tls {
+                switchyard::tls::certified_key(&tls.cert, &tls.key)
+                    .with_context(|| format!("{}: server.tls", path.display()))?;
+            }
             let pool_plugins: usize = table
                 .pools
                 .iter()
@@ -159,6 +175,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin, token } => print_status(&admin, token.as_deref()),
+        Command::KeyDigest => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key)?;
+            anyhow::ensure!(!key.trim().is_empty(), "no key on standard input");
+            println!("{}", switchyard::route::auth::key_digest(&key));
+            Ok(())
+        }
         Command::Mock {
             listen,
             name,
@@ -166,6 +189,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             chunk_interval_ms,
             fail_every,
             tokens_per_minute,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let mut options = demo::MockOptions::new(&name);
             options.latency = std::time::Duration::from_millis(latency_ms);
@@ -175,9 +201,21 @@ fn run(command: Command) -> anyhow::Result<()> {
                 window: std::time::Duration::from_secs(60),
                 per_request: 18,
             });
+            if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                options.tls = Some(switchyard::tls::fixed_server_config(
+                    cert,
+                    key,
+                    tls_client_ca.as_deref(),
+                )?);
+            }
+            let scheme = if options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let mock = demo::MockBackend::start_on(listen, options)?;
             mock.fail_every(fail_every);
-            println!("mock backend {name} on http://{}", mock.addr);
+            println!("mock backend {name} on {scheme}://{}", mock.addr);
             wait_for_signal(None)?;
             Ok(())
         }

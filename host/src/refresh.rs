@@ -67,7 +67,9 @@ pub fn register(item: &Arc<dyn Refresh>) {
                 }
             });
         if let Err(e) = spawned {
-            tracing::error!("cannot start the file refresher; changed secrets apply on reload only: {e}");
+            tracing::error!(
+                "cannot start the file refresher; changed secrets apply on reload only: {e}"
+            );
         }
         items
     });

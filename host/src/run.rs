@@ -23,6 +23,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Proxy(#[from] proxy::ListenError),
 }
 
 /// A running proxy with its admin listener and reload watcher.
@@ -95,8 +97,10 @@ impl Switchyard {
             }
             None => None,
         };
-        let proxy = proxy::start(shared, listen, config.worker_count())
-            .map_err(listen_err(&config.server.listen))?;
+        let proxy = proxy::start(shared, listen, config.worker_count()).map_err(|e| match e {
+            proxy::ListenError::Io(source) => listen_err(&config.server.listen)(source),
+            other => StartError::Proxy(other),
+        })?;
         if config.pools.values().any(|p| p.discover.is_some())
             && let Err(e) = crate::discovery::start(Arc::downgrade(&reloader), resolver)
         {

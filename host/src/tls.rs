@@ -56,7 +56,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Certificates of a PEM file, at least one.
-pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsError::Read {
@@ -101,11 +104,13 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsEr
             source,
         })?;
     let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|source| TlsError::Rejected {
-        what: "certificate does not match its key",
-        path: cert.into(),
-        source,
-    })?;
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::Rejected {
+            what: "certificate does not match its key",
+            path: cert.into(),
+            source,
+        })?;
     Ok(Arc::new(certified))
 }
 
@@ -117,8 +122,8 @@ pub fn client_config(
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let builder =
-        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let builder = if settings.insecure_skip_verify {
         builder
             .dangerous()
@@ -224,8 +229,8 @@ pub fn fixed_server_config(
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let builder =
-        ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
@@ -239,8 +244,7 @@ pub fn fixed_server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder.with_cert_resolver(Arc::new(FixedCert(certified_key(cert, key)?)));
+    let mut config = builder.with_cert_resolver(Arc::new(FixedCert(certified_key(cert, key)?)));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(Arc::new(config))
 }

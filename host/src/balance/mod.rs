@@ -1,9 +1,11 @@
 //! Backend pools, their live state, and the built-in router.
 
+mod quota;
 mod state;
 
+pub use quota::QuotaReport;
 pub use state::{
-    BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, QuotaReport, RollingWindow,
+    BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, RollingWindow,
 };
 
 use crate::config::{BackendConfig, HealthConfig, PoolConfig, TlsOption, scalar_text};
@@ -198,7 +200,10 @@ impl Pool {
         discovered: &[SocketAddr],
     ) -> Result<Pool, String> {
         let found: Vec<BackendConfig> = match &config.discover {
-            Some(d) => discovered.iter().map(|addr| discovered_backend(config, d, *addr)).collect(),
+            Some(d) => discovered
+                .iter()
+                .map(|addr| discovered_backend(config, d, *addr))
+                .collect(),
             None => Vec::new(),
         };
         let backends = config
@@ -302,12 +307,17 @@ fn discovered_backend(
     discover: &crate::config::DiscoverConfig,
     addr: SocketAddr,
 ) -> BackendConfig {
-    let tls = pool.tls.as_ref().and_then(TlsOption::settings).map(|mut s| {
-        if s.server_name.is_none() {
-            s.server_name = crate::config::split_address(&discover.dns).map(|(_, h, _)| h.to_string());
-        }
-        TlsOption::Settings(s)
-    });
+    let tls = pool
+        .tls
+        .as_ref()
+        .and_then(TlsOption::settings)
+        .map(|mut s| {
+            if s.server_name.is_none() {
+                s.server_name =
+                    crate::config::split_address(&discover.dns).map(|(_, h, _)| h.to_string());
+            }
+            TlsOption::Settings(s)
+        });
     BackendConfig {
         name: addr.to_string(),
         address: addr.to_string(),
@@ -409,7 +419,14 @@ mod tests {
     }
 
     fn pool(n: usize) -> Pool {
-        Pool::new("p", &pool_config(n), &mut LiveRegistry::default(), Path::new("."), &[]).unwrap()
+        Pool::new(
+            "p",
+            &pool_config(n),
+            &mut LiveRegistry::default(),
+            Path::new("."),
+            &[],
+        )
+        .unwrap()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! in-flight count, not one thread's view. Moving averages use plain
 //! load/store; a lost update under a race shifts an average by one sample.
 
+use super::QuotaReport;
 use crate::clock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -423,60 +424,6 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Rate-limit facts from one upstream response.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaReport {
-    pub remaining_requests: Option<u64>,
-    pub remaining_tokens: Option<u64>,
-    /// Milliseconds until the quota resets (the later of the reported resets).
-    pub reset_ms: Option<u64>,
-    /// `retry-after`, in milliseconds.
-    pub retry_after_ms: Option<u64>,
-}
-
-impl QuotaReport {
-    /// Reads `x-ratelimit-remaining-*`, `x-ratelimit-reset-*` and
-    /// `retry-after` in one pass over the headers.
-    pub fn from_headers(headers: &http::HeaderMap) -> Option<QuotaReport> {
-        let mut report = QuotaReport::default();
-        let mut found = false;
-        for (name, value) in headers {
-            let name = name.as_str();
-            // Most answers carry none of these: skip by name before
-            // validating the value.
-            if !(name.starts_with("x-ratelimit-") || name == "retry-after") {
-                continue;
-            }
-            let Ok(value) = value.to_str() else { continue };
-            let value = value.trim();
-            match name {
-                "x-ratelimit-remaining-requests" => {
-                    report.remaining_requests = value.parse().ok();
-                }
-                "x-ratelimit-remaining-tokens" => report.remaining_tokens = value.parse().ok(),
-                "x-ratelimit-reset-requests" | "x-ratelimit-reset-tokens" | "retry-after" => {
-                    let ms = if name == "retry-after" {
-                        value.parse::<u64>().ok().map(|s| s * 1000)
-                    } else {
-                        crate::config::parse_duration(value)
-                            .ok()
-                            .map(|d| d.as_millis() as u64)
-                    };
-                    if name == "retry-after" {
-                        report.retry_after_ms = ms;
-                    }
-                    if let Some(ms) = ms {
-                        report.reset_ms = Some(report.reset_ms.map_or(ms, |r| r.max(ms)));
-                    }
-                }
-                _ => continue,
-            }
-            found = true;
-        }
-        found.then_some(report)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,24 +481,5 @@ mod tests {
         s.record_outcome(Outcome::Response(503), 100);
         s.record_outcome(Outcome::Response(502), 100);
         assert!(!s.is_usable(), "unless fail_on_5xx says so");
-    }
-
-    #[test]
-    fn quota_headers_are_parsed() {
-        let mut h = http::HeaderMap::new();
-        h.insert("x-ratelimit-remaining-tokens", "1500".parse().unwrap());
-        h.insert("x-ratelimit-remaining-requests", "7".parse().unwrap());
-        h.insert("x-ratelimit-reset-tokens", "6m0s".parse().unwrap());
-        h.insert("x-ratelimit-reset-requests", "20ms".parse().unwrap());
-        let q = QuotaReport::from_headers(&h).unwrap();
-        assert_eq!(q.remaining_tokens, Some(1500));
-        assert_eq!(q.remaining_requests, Some(7));
-        assert_eq!(q.reset_ms, Some(360_000));
-        let s = BackendState::default();
-        s.record_quota(&q);
-        let snap = s.snapshot();
-        assert_eq!(snap.remaining_tokens, Some(1500));
-        assert!(snap.quota_reset_ms > 359_000 && snap.quota_reset_ms <= 360_000);
-        assert_eq!(QuotaReport::from_headers(&http::HeaderMap::new()), None);
     }
 }

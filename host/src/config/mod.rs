@@ -9,7 +9,8 @@ mod upstream;
 
 pub use duration::parse_duration;
 pub use upstream::{
-    CLIENT_AUTH_HEADERS, DiscoverConfig, HeaderSource, Protocol, TlsOption, TlsSettings, split_address,
+    CLIENT_AUTH_HEADERS, DiscoverConfig, HeaderSource, Protocol, TlsOption, TlsSettings,
+    split_address,
 };
 
 use serde::Deserialize;
@@ -135,6 +136,19 @@ pub struct ServerConfig {
     /// details in `x-switchyard-route`, `-plugin` and `-candidates`.
     #[serde(default = "yes")]
     pub debug_header: bool,
+    /// Serve TLS (h2 and HTTP/1.1 by ALPN) instead of plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// The listener's certificate; both files are re-read when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chain, PEM; relative to the config file.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +161,7 @@ impl Default for ServerConfig {
             drain_timeout: default_drain(),
             access_log: false,
             debug_header: true,
+            tls: None,
         }
     }
 }
@@ -378,6 +393,33 @@ pub struct RouteConfig {
     /// What answers when no backend of the pool is usable.
     #[serde(default)]
     pub fallback: Option<FallbackConfig>,
+    /// Client keys the route requires; none by default.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// The keys a route accepts: a keys file (watched) and inline keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TOML file of `[[keys]]` tables; relative to this file.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+    #[serde(default)]
+    pub keys: Vec<ClientKeyConfig>,
+}
+
+/// One accepted client key, by its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientKeyConfig {
+    /// Who holds it: `x-switchyard-client` and the metrics' `client` label.
+    pub name: String,
+    /// Hex SHA-256 of the key (`switchyard key-digest` prints it).
+    pub sha256: String,
+    /// Sent upstream as `x-switchyard-client-<label>` for routers to read.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// When a request is tried on the next candidate. Only failures before the
@@ -653,6 +695,10 @@ impl Config {
             let line = e.span().map(|s| line_of(text, s.start));
             err(line, e.message().to_string())
         })?;
+        if let Some(tls) = &mut config.server.tls {
+            tls.cert = base_dir.join(&tls.cert);
+            tls.key = base_dir.join(&tls.key);
+        }
         config.base_dir = base_dir;
         config.path = file.to_path_buf();
         config
@@ -733,7 +779,10 @@ impl Config {
             for h in headers {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     let at = text.find(h.as_str()).or(at);
-                    return Err((at, format!("pool `{name}`: {h:?} is not a valid header name")));
+                    return Err((
+                        at,
+                        format!("pool `{name}`: {h:?} is not a valid header name"),
+                    ));
                 }
             }
             let plugins = pool
@@ -849,6 +898,15 @@ impl Config {
                         ),
                     ));
                 }
+            }
+            if let Some(auth) = &r.auth
+                && auth.keys_file.is_none()
+                && auth.keys.is_empty()
+            {
+                return Err((
+                    at,
+                    format!("route `{}`: auth needs keys_file or keys", r.name),
+                ));
             }
             if r.retries.attempts == 0 {
                 return Err((

@@ -45,6 +45,8 @@ pub struct UsageMeter {
     pub scan: UsageScan,
     pub route: String,
     pub backend: String,
+    /// The authenticated caller, on routes with client keys.
+    pub client: Option<Arc<str>>,
     /// USD per million prompt and completion tokens.
     pub prices: (f64, f64),
 }
@@ -52,10 +54,13 @@ pub struct UsageMeter {
 impl UsageMeter {
     fn record(&self) {
         let Some(usage) = self.scan.found else { return };
+        // Bounded: key names come from the route's keys only.
+        let client = self.client.as_deref().unwrap_or("").to_string();
         let labels = |kind: &'static str| {
             [
                 ("route", self.route.clone()),
                 ("backend", self.backend.clone()),
+                ("client", client.clone()),
                 ("kind", kind.to_string()),
             ]
         };
@@ -68,6 +73,7 @@ impl UsageMeter {
             let labels = [
                 ("route", self.route.clone()),
                 ("backend", self.backend.clone()),
+                ("client", client),
             ];
             metrics::counter!("switchyard_cost_microdollars_total", &labels)
                 .increment((usd * 1e6).round() as u64);

@@ -9,7 +9,8 @@ use super::upstream::{Replay, SendError, StreamedBody, UpstreamBody, WantsUpgrad
 use super::usage::UsageScan;
 use super::worker::{Choice, Worker};
 use crate::balance::{Backend, Outcome, Pool, QuotaReport, Timing, least_outstanding};
-use crate::route::{Permit, Route};
+use crate::endpoint::strip_client_auth;
+use crate::route::{Permit, Route, auth};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
@@ -57,6 +58,25 @@ pub async fn serve(
             StatusCode::NOT_FOUND,
             "no route matches this request\n",
         ));
+    };
+    // Before admission: a caller without a key takes no slot.
+    let caller = match &route.auth {
+        None => {
+            auth::remove_identity(req.headers_mut());
+            None
+        }
+        Some(keys) => match keys.authenticate(req.headers()) {
+            Ok(caller) => {
+                auth::set_identity(req.headers_mut(), Some(&caller));
+                Some(caller)
+            }
+            Err(refusal) => {
+                route.metrics.local_replies.increment(1);
+                metrics::counter!("switchyard_auth_refused_total", "route" => route.name.clone())
+                    .increment(1);
+                return Ok(unauthorized(refusal));
+            }
+        },
     };
     let permit = match &route.admission {
         None => None,
@@ -132,6 +152,7 @@ pub async fn serve(
                 worker: &worker,
                 route,
                 backend_header: table.backend_header,
+                caller: caller.as_ref().map(|c| c.name.clone()),
             };
             ctx.forward(
                 &client,
@@ -208,6 +229,8 @@ struct Context<'a> {
     worker: &'a Worker,
     route: &'a Route,
     backend_header: bool,
+    /// The authenticated caller's key name.
+    caller: Option<Arc<str>>,
 }
 
 /// The request to send: held whole so it can be sent again, or streamed
@@ -282,6 +305,10 @@ impl Context<'_> {
             None
         };
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        if route.auth.is_some() && !route.pool.pass_client_auth {
+            // The key was for the proxy; the backend gets the pool's own.
+            strip_client_auth(&mut parts.headers);
+        }
         add_forwarded_for(&mut parts.headers, &client.forwarded_for);
         for (name, value) in add_headers {
             parts.headers.insert(name, value);
@@ -561,6 +588,7 @@ impl Context<'_> {
                             scan: UsageScan::default(),
                             route: route.name.clone(),
                             backend: backend.name.clone(),
+                            client: self.caller.clone(),
                             prices: backend.prices,
                         }));
                     }
@@ -780,6 +808,31 @@ fn upstream_uri(uri: &Uri, strip: Option<&str>) -> Option<Uri> {
 
 fn micros(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// A refused client key, in the OpenAI error shape so SDKs raise their
+/// authentication error with the message.
+fn unauthorized(refusal: auth::Refusal) -> Response<ResponseBody> {
+    let message = match refusal {
+        auth::Refusal::Missing => {
+            "This route requires an API key: send it as `Authorization: Bearer <key>`, `x-api-key` or `api-key`."
+        }
+        auth::Refusal::Unknown => "The API key is not valid for this route.",
+    };
+    let body = serde_json::json!({"error": {
+        "message": message, "type": "invalid_request_error", "param": null, "code": "invalid_api_key",
+    }});
+    let mut resp = reply(StatusCode::UNAUTHORIZED, format!("{body}\n"));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"switchyard\""),
+    );
+    resp
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {

@@ -62,12 +62,34 @@ impl RunningProxy {
     }
 }
 
+/// Why the proxy could not start listening.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The listener's TLS acceptor, its certificate re-read when the files
+/// change.
+pub fn tls_acceptor(
+    tls: &crate::config::ListenerTls,
+) -> Result<tokio_rustls::TlsAcceptor, crate::tls::TlsError> {
+    let cert = crate::tls::ReloadingCert::load(&tls.cert, &tls.key)?;
+    let config = cert.server_config()?;
+    let watched: Arc<dyn crate::refresh::Refresh> = cert;
+    crate::refresh::register(&watched);
+    Ok(tokio_rustls::TlsAcceptor::from(config))
+}
+
 /// Binds the listeners and starts `workers` threads serving `shared`.
 pub fn start(
     shared: Arc<Shared>,
     listen: SocketAddr,
     workers: usize,
-) -> std::io::Result<RunningProxy> {
+) -> Result<RunningProxy, ListenError> {
+    let acceptor = shared.server.tls.as_ref().map(tls_acceptor).transpose()?;
     let listeners = bind(listen, workers.max(1))?;
     let addr = listeners[0].local_addr()?;
     let (stop, stopped) = watch::channel(false);
@@ -75,6 +97,7 @@ pub fn start(
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let stopped = stopped.clone();
+        let acceptor = acceptor.clone();
         let thread = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
             .spawn(move || {
@@ -86,7 +109,7 @@ pub fn start(
                     Err(e) => return tracing::error!("worker {i}: cannot start runtime: {e}"),
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve(shared, listener, stopped));
+                local.block_on(&runtime, serve(shared, listener, acceptor, stopped));
             })?;
         threads.push(thread);
     }
@@ -136,6 +159,7 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 async fn serve(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -150,6 +174,8 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(shared.server.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    let handshake_timeout = shared.server.header_read_timeout;
+    let builder = Rc::new(builder);
     let worker = Rc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
     loop {
@@ -168,10 +194,31 @@ async fn serve(
                 let client = Rc::new(ClientConn::new(peer));
                 let worker = worker.clone();
                 let service = service_fn(move |req| forward::serve(worker.clone(), client.clone(), req));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let Some(acceptor) = &acceptor else {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::task::spawn_local(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("client connection ended: {e}");
+                        }
+                    });
+                    continue;
+                };
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
                 tokio::task::spawn_local(async move {
-                    if let Err(e) = conn.await {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            metrics::counter!("switchyard_tls_handshake_failures_total").increment(1);
+                            return tracing::debug!("TLS handshake failed: {e}");
+                        }
+                        Err(_) => {
+                            metrics::counter!("switchyard_tls_handshake_failures_total").increment(1);
+                            return tracing::debug!("TLS handshake timed out");
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!("client connection ended: {e}");
                     }
                 });

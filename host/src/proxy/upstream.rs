@@ -238,7 +238,12 @@ impl UpstreamPool {
                         match Box::pin(connect(endpoint, first_byte, false)).await {
                             Ok(Connection::H2(mut fresh)) => {
                                 self.h2.borrow_mut().insert(key, fresh.clone());
-                                match with_timeout(first_byte, fresh.send_request(for_h2(again, endpoint))).await {
+                                match with_timeout(
+                                    first_byte,
+                                    fresh.send_request(for_h2(again, endpoint)),
+                                )
+                                .await
+                                {
                                     Err(_) => Err(SendError::Timeout),
                                     Ok(Ok(resp)) => Ok((resp, self.lease(key, None))),
                                     Ok(Err(e)) => Err(SendError::Failed(e)),
@@ -368,7 +373,11 @@ enum Connection {
 
 /// Opens a connection to `endpoint` and starts its driver: HTTP/2 when the
 /// endpoint speaks it (and `upgrade` does not ask for HTTP/1.1).
-async fn connect(endpoint: &Endpoint, limit: Duration, upgrade: bool) -> Result<Connection, DialError> {
+async fn connect(
+    endpoint: &Endpoint,
+    limit: Duration,
+    upgrade: bool,
+) -> Result<Connection, DialError> {
     let dialed = endpoint.dial(limit, upgrade).await?;
     let io = TokioIo::new(dialed.stream);
     let handshake_failed = |e: hyper::Error| DialError::Connect {

@@ -82,7 +82,10 @@ impl Reloader {
     /// the running table stays, and the error (naming file and cause) is
     /// logged, counted and kept for the admin API.
     pub fn reload(&self, cause: &str) -> Result<(), String> {
-        self.rebuild(cause, Config::load(&self.config_path).map_err(|e| e.to_string()))
+        self.rebuild(
+            cause,
+            Config::load(&self.config_path).map_err(|e| e.to_string()),
+        )
     }
 
     /// The pools that discover their backends, with their settings.
@@ -112,18 +115,17 @@ impl Reloader {
         let previous_store = store.config();
         let mut good = None;
         let result = loaded.and_then(|config| {
-                if config.server.listen != self.shared.server.listen {
-                    tracing::warn!("server.listen changed; it takes effect on restart");
-                }
-                store
-                    .configure(&config.shared)
-                    .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
-                let table =
-                    RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
-                        .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
-                good = Some(config);
-                Ok(table)
-            });
+            if config.server.listen != self.shared.server.listen {
+                tracing::warn!("server.listen changed; it takes effect on restart");
+            }
+            store
+                .configure(&config.shared)
+                .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
+            let table = RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
+                .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
+            good = Some(config);
+            Ok(table)
+        });
         if result.is_err() {
             // The running config keeps its store too.
             let _ = store.configure(&previous_store);

@@ -2,8 +2,10 @@
 //! from a config with their pools and router plugins loaded.
 
 use crate::balance::{LiveRegistry, Pool};
+pub mod auth;
 mod limits;
 
+pub use auth::{ClientIdentity, ClientKeys};
 pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 
 use crate::balance::{OutcomeFeed, PoolHealth};
@@ -29,6 +31,11 @@ pub enum BuildError {
     Pool { pool: String, message: String },
     #[error("pool `{pool}`: {error}")]
     PoolPlugin { pool: String, error: PluginError },
+    #[error("route `{route}`: auth: {error}")]
+    Auth {
+        route: String,
+        error: auth::AuthError,
+    },
 }
 
 /// What a request must carry to take a route.
@@ -198,6 +205,8 @@ pub struct Route {
     pub budget: RetryBudget,
     pub admission: Option<Admission>,
     pub fallback: Option<Fallback>,
+    /// Client keys, when the route requires one.
+    pub auth: Option<Arc<ClientKeys>>,
     pub metrics: RouteMetrics,
 }
 
@@ -304,7 +313,17 @@ impl RouteTable {
                     })?)
                 }
             };
+            let auth = match &r.auth {
+                None => None,
+                Some(a) => Some(ClientKeys::load(a, &config.base_dir).map_err(|error| {
+                    BuildError::Auth {
+                        route: r.name.clone(),
+                        error,
+                    }
+                })?),
+            };
             routes.push(Route {
+                auth,
                 name: r.name.clone(),
                 matcher: Matcher::new(r),
                 metrics: RouteMetrics::new(&r.name, &pool),
