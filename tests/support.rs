@@ -15,6 +15,8 @@ use switchyard::Switchyard;
 use switchyard::config::Config;
 pub use switchyard::demo::{MockBackend, MockOptions};
 
+pub mod pki;
+
 /// Directory of the compiled plugins (`scripts/build-plugins.sh`), or
 /// `SWITCHYARD_PLUGIN_DIR`.
 pub fn plugin_dir() -> PathBuf {
@@ -40,6 +42,8 @@ pub struct TestProxy {
     cache: PathBuf,
     /// Extra lines of the `[admin]` table, such as a token.
     admin_extra: String,
+    /// Extra lines of the `[server]` table, such as `tls`.
+    server_extra: String,
 }
 
 impl TestProxy {
@@ -61,6 +65,26 @@ impl TestProxy {
     }
 
     fn try_start_with(config: &str, admin: &str) -> Result<TestProxy, String> {
+        TestProxy::try_start_full(config, admin, "", None)
+    }
+
+    /// Like [`TestProxy::start`], with `server` added to the `[server]`
+    /// table and, if given, `resolver` behind pools' `discover` names.
+    pub fn start_full(
+        config: &str,
+        server: &str,
+        resolver: Option<Arc<dyn switchyard::discovery::Resolve>>,
+    ) -> TestProxy {
+        TestProxy::try_start_full(config, "", server, resolver)
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+    }
+
+    fn try_start_full(
+        config: &str,
+        admin: &str,
+        server: &str,
+        resolver: Option<Arc<dyn switchyard::discovery::Resolve>>,
+    ) -> Result<TestProxy, String> {
         init_logging();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let plugins = dir.path().join("plugins");
@@ -72,7 +96,7 @@ impl TestProxy {
                 std::fs::copy(&path, target).map_err(|e| e.to_string())?;
             }
         }
-        TestProxy::launch(dir, plugins, shared_cache(), config, admin)
+        TestProxy::launch(dir, plugins, shared_cache(), config, admin, server, resolver)
     }
 
     /// Starts a proxy whose plugin directory (and compile cache, in its
@@ -85,6 +109,8 @@ impl TestProxy {
             plugins.join(".cache"),
             config,
             "",
+            "",
+            None,
         )
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
     }
@@ -95,6 +121,8 @@ impl TestProxy {
         cache: PathBuf,
         config: &str,
         admin: &str,
+        server: &str,
+        resolver: Option<Arc<dyn switchyard::discovery::Resolve>>,
     ) -> Result<TestProxy, String> {
         let mut proxy = TestProxy {
             proxy: None,
@@ -102,11 +130,13 @@ impl TestProxy {
             plugins,
             cache,
             admin_extra: admin.to_string(),
+            server_extra: server.to_string(),
         };
         let path = proxy.config_path();
         std::fs::write(&path, proxy.full_config(config)).map_err(|e| e.to_string())?;
         let config = Config::load(&path).map_err(|e| e.to_string())?;
-        proxy.proxy = Some(Switchyard::start(&config).map_err(|e| e.to_string())?);
+        let resolver = resolver.unwrap_or_else(|| Arc::new(switchyard::discovery::SystemResolver));
+        proxy.proxy = Some(Switchyard::start_with(&config, resolver).map_err(|e| e.to_string())?);
         Ok(proxy)
     }
 
@@ -116,8 +146,9 @@ impl TestProxy {
 
     fn full_config(&self, body: &str) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\ndrain_timeout = \"2s\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\n\
              [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n{body}",
+            self.server_extra,
             self.admin_extra,
             self.plugins.display(),
             self.cache.display()

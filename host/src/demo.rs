@@ -63,6 +63,7 @@ pub struct MockBackend {
     pub addr: SocketAddr,
     pub name: String,
     requests: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     faults: Arc<Faults>,
     stop: watch::Sender<bool>,
 }
@@ -99,6 +100,8 @@ impl MockBackend {
         let requests = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = watch::channel(false);
         let counter = requests.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted_count = connections.clone();
         let faults = Arc::new(Faults::default());
         let injected = faults.clone();
         let name = options.name.clone();
@@ -121,6 +124,7 @@ impl MockBackend {
                         tokio::select! {
                             accepted = listener.accept() => {
                                 let Ok((stream, _)) = accepted else { continue };
+                                accepted_count.fetch_add(1, Relaxed);
                                 let _ = stream.set_nodelay(true);
                                 let (options, counter) = (options.clone(), counter.clone());
                                 let (window, faults) = (window.clone(), injected.clone());
@@ -157,6 +161,7 @@ impl MockBackend {
             addr,
             name,
             requests,
+            connections,
             faults,
             stop,
         })
@@ -165,6 +170,11 @@ impl MockBackend {
     /// Requests this backend has received, health probes included.
     pub fn requests(&self) -> u64 {
         self.requests.load(Relaxed)
+    }
+
+    /// Connections this backend has accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Relaxed)
     }
 
     /// Requests this backend has received, health probes excluded.

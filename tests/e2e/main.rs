@@ -11,3 +11,4 @@ mod reload;
 mod resilience;
 mod routing;
 mod streaming;
+mod tls;

@@ -284,6 +284,8 @@ struct Exhausted {
     last_answer: Option<(u16, HeaderValue)>,
     /// Whether a candidate was skipped for being at its in-flight cap.
     saw_full: bool,
+    /// Why the last connection attempt failed.
+    connect_error: Option<String>,
 }
 
 impl Context<'_> {
@@ -419,7 +421,11 @@ impl Context<'_> {
             }
             None if exhausted.tried => reply(
                 StatusCode::BAD_GATEWAY,
-                format!("no backend of route {} could be reached\n", route.name),
+                format!(
+                    "no backend of route {} could be reached: {}\n",
+                    route.name,
+                    exhausted.connect_error.as_deref().unwrap_or("connect failed")
+                ),
             ),
             None if exhausted.saw_full => {
                 metrics::counter!("switchyard_admission_refused_total", "route" => route.name.clone(), "reason" => "backends_full")
@@ -467,6 +473,7 @@ impl Context<'_> {
             connect_only: true,
             last_answer: None,
             saw_full: false,
+            connect_error: None,
         };
         let own = Arc::ptr_eq(pool, &route.pool);
         let mut attempts = 0;
@@ -603,6 +610,7 @@ impl Context<'_> {
                     drop(guard);
                     pool.record(id, Outcome::ConnectError, timing_of(started));
                     tracing::warn!(route = %route.name, backend = %backend.name, "{reason}; trying the next candidate");
+                    exhausted.connect_error = Some(reason.to_string());
                     if out.replay.is_none() {
                         out.streamed = Some(back);
                     }
