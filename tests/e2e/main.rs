@@ -6,6 +6,7 @@ mod library;
 mod llm;
 mod loading;
 mod observability;
+mod providers;
 mod proxying;
 mod reload;
 mod resilience;
