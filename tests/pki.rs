@@ -39,10 +39,13 @@ impl Pki {
     /// A certificate for `names` (DNS names or IP addresses) signed by the
     /// CA, written as `<file>.pem` and `<file>.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap_or_else(|e| panic!("{e}"));
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-        let cert = params.signed_by(&key, &self.ca).unwrap_or_else(|e| panic!("{e}"));
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .unwrap_or_else(|e| panic!("{e}"));
         let (cert_path, key_path) = (
             self.dir.path().join(format!("{file}.pem")),
             self.dir.path().join(format!("{file}.key")),
@@ -57,8 +60,12 @@ impl Pki {
     pub fn backend_tls(&self, file: &str, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
         let (cert, key) = self.issue(file, &["localhost", "127.0.0.1"]);
         let ca = self.ca();
-        switchyard::tls::fixed_server_config(&cert, &key, require_client_cert.then_some(ca.as_path()))
-            .unwrap_or_else(|e| panic!("{e}"))
+        switchyard::tls::fixed_server_config(
+            &cert,
+            &key,
+            require_client_cert.then_some(ca.as_path()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A client config trusting only this CA, offering `alpn`.
@@ -68,16 +75,24 @@ impl Pki {
             ca_only: true,
             ..Default::default()
         };
-        switchyard::tls::client_config(&settings, self.dir.path(), alpn).unwrap_or_else(|e| panic!("{e}"))
+        switchyard::tls::client_config(&settings, self.dir.path(), alpn)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
 /// Sends one request over a new TLS connection to `addr` (verified as
 /// `localhost` against `pki`'s CA), over HTTP/2 when `h2`, and reads the
 /// answer whole, trailers included.
-pub async fn tls_request(pki: &Pki, addr: SocketAddr, h2: bool, req: Request<Full<Bytes>>) -> Result<(Reply, Option<http::HeaderMap>), String> {
+pub async fn tls_request(
+    pki: &Pki,
+    addr: SocketAddr,
+    h2: bool,
+    req: Request<Full<Bytes>>,
+) -> Result<(Reply, Option<http::HeaderMap>), String> {
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(pki.client_config(alpn))
         .connect(name, tcp)
@@ -85,13 +100,16 @@ pub async fn tls_request(pki: &Pki, addr: SocketAddr, h2: bool, req: Request<Ful
         .map_err(|e| format!("TLS: {e}"))?;
     let io = TokioIo::new(stream);
     let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     };
@@ -110,11 +128,19 @@ pub async fn tls_request(pki: &Pki, addr: SocketAddr, h2: bool, req: Request<Ful
 
 /// Sends one request over a new plain HTTP/2 (prior knowledge) connection
 /// and reads the answer whole, trailers included.
-pub async fn h2c_request(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<(Reply, Option<http::HeaderMap>), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp))
+pub async fn h2c_request(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<(Reply, Option<http::HeaderMap>), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();

@@ -96,7 +96,15 @@ impl TestProxy {
                 std::fs::copy(&path, target).map_err(|e| e.to_string())?;
             }
         }
-        TestProxy::launch(dir, plugins, shared_cache(), config, admin, server, resolver)
+        TestProxy::launch(
+            dir,
+            plugins,
+            shared_cache(),
+            config,
+            admin,
+            server,
+            resolver,
+        )
     }
 
     /// Starts a proxy whose plugin directory (and compile cache, in its

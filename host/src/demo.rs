@@ -35,6 +35,9 @@ pub struct MockOptions {
     /// Serve TLS with this config (ALPN h2 and HTTP/1.1); plain otherwise,
     /// where HTTP/1.1 and h2c (prior knowledge) are both understood.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Answer 401 unless the request carries `Authorization: Bearer <key>`,
+    /// as a provider does.
+    pub require_key: Option<String>,
 }
 
 /// A rate-limit window the mock reports like an LLM provider.
@@ -54,6 +57,7 @@ impl MockOptions {
             chunk_interval: Duration::from_millis(100),
             quota: None,
             tls: None,
+            require_key: None,
         }
     }
 }
@@ -327,6 +331,22 @@ async fn handle(
 ) -> Result<Response<MockBody>, Infallible> {
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
+    }
+    if let Some(key) = &options.require_key {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if presented.and_then(|v| v.strip_prefix("Bearer ")) != Some(key.as_str()) {
+            let body = json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}});
+            let mut r = Response::new(full(format!("{body}\n")));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(r);
+        }
     }
     if req.uri().path() == "/ok" {
         // The cheapest answer, for load benchmarks.

@@ -262,3 +262,70 @@ async fn the_langgraph_example_routes_each_node_by_priority() {
     }
     assert_eq!(counted, 5.0 * 18.0);
 }
+
+/// The official client over TLS to the proxy, the proxy over TLS to a
+/// backend that takes only the pool's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_speaks_tls_with_a_client_key_and_the_backend_sees_only_the_pools() {
+    use switchyard_tests::pki::Pki;
+    let pki = Pki::new("openai test CA");
+    let mut options = MockOptions::new("provider");
+    options.tls = Some(pki.backend_tls("provider", false));
+    options.require_key = Some("sk-provider-secret".into());
+    options.chunk_interval = Duration::from_millis(20);
+    let provider = mock_with(options);
+    let (cert, key) = pki.issue("listener", &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("provider.key"), "sk-provider-secret").unwrap();
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        format!(
+            "[[keys]]\nname = \"graph-a\"\nsha256 = \"{}\"\n",
+            switchyard::route::auth::key_digest("sk-client-a")
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        "[pools.openai]\ntls = {{ ca_file = \"{ca}\" }}\n\
+         set_headers = {{ authorization = {{ file = \"{dir}/provider.key\", prefix = \"Bearer \" }} }}\n\
+         backends = [{{ name = \"provider\", address = \"https://localhost:{port}\" }}]\n\n\
+         [[routes]]\nname = \"openai\"\nmatch = {{ path_prefix = \"/v1/\" }}\npool = \"openai\"\nauth = {{ keys_file = \"{dir}/keys.toml\" }}\n",
+        ca = pki.ca().display(),
+        dir = dir.path().display(),
+        port = provider.addr.port(),
+    );
+    let server = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let proxy = TestProxy::start_full(&config, &server, None);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_tls.py");
+    let out = tokio::process::Command::new(python())
+        .arg(&script)
+        .arg(format!("https://localhost:{}/v1", proxy.addr().port()))
+        .arg(pki.ca())
+        .arg("sk-client-a")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; run ./scripts/test.sh", python()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openai client over TLS failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("no report ({e}): {stdout}"));
+    assert_eq!(report["whole"]["backend"], "provider");
+    assert!(
+        report["stream_chunks"].as_u64().unwrap_or(0) >= 6,
+        "{report}"
+    );
+    assert_eq!(report["wrong_key"], 401);
+    assert_eq!(
+        provider.served(),
+        2,
+        "the wrong key never reached the provider"
+    );
+}

@@ -60,7 +60,8 @@ async fn the_pool_key_replaces_the_clients_and_rotates_with_its_file() {
     std::fs::write(&next, "sk-pool-second").unwrap();
     std::fs::rename(&next, &key_file).unwrap();
     eventually(Duration::from_secs(8), "the rotated key", || async {
-        get(&proxy.url("/keyed/echo"), &[]).await.json()["headers"]["authorization"] == "Bearer sk-pool-second"
+        get(&proxy.url("/keyed/echo"), &[]).await.json()["headers"]["authorization"]
+            == "Bearer sk-pool-second"
     })
     .await;
 }
@@ -78,7 +79,11 @@ async fn client_keys_gate_a_route_name_the_caller_and_reload_live() {
     let b = mock("model");
     let proxy_dir = tempfile::tempdir().unwrap();
     let keys = proxy_dir.path().join("keys.toml");
-    std::fs::write(&keys, keys_file(&[("alice", "sk-alice", "research"), ("bob", "sk-bob", "ops")])).unwrap();
+    std::fs::write(
+        &keys,
+        keys_file(&[("alice", "sk-alice", "research"), ("bob", "sk-bob", "ops")]),
+    )
+    .unwrap();
     let config = format!(
         "[pools.p]\nbackends = [{}]\n\n\
          [[routes]]\nname = \"guarded\"\nmatch = {{ path_prefix = \"/v1/\" }}\npool = \"p\"\nauth = {{ keys_file = \"{}\" }}\n\n\
@@ -98,43 +103,81 @@ async fn client_keys_gate_a_route_name_the_caller_and_reload_live() {
     assert_eq!(wrong.status, 401);
     assert_eq!(b.served(), 0, "refused requests never reach a backend");
 
-    for (header, value) in [("authorization", "Bearer sk-alice"), ("x-api-key", "sk-alice"), ("api-key", "sk-alice")] {
+    for (header, value) in [
+        ("authorization", "Bearer sk-alice"),
+        ("x-api-key", "sk-alice"),
+        ("api-key", "sk-alice"),
+    ] {
         let r = get(&url, &[(header, value), ("x-switchyard-client", "root")]).await;
         assert_eq!(r.status, 200, "{header}");
         let h = &r.json()["headers"];
         assert_eq!(h["x-switchyard-client"], "alice");
         assert_eq!(h["x-switchyard-client-team"], "research");
-        assert!(h.get(header).is_none(), "the proxy's key went upstream: {h}");
+        assert!(
+            h.get(header).is_none(),
+            "the proxy's key went upstream: {h}"
+        );
     }
     // Nobody claims an identity on a route without keys either.
-    let spoofed = get(&proxy.url("/echo"), &[("x-switchyard-client", "alice"), ("x-switchyard-client-team", "x")]).await;
+    let spoofed = get(
+        &proxy.url("/echo"),
+        &[
+            ("x-switchyard-client", "alice"),
+            ("x-switchyard-client-team", "x"),
+        ],
+    )
+    .await;
     let h = &spoofed.json()["headers"];
-    assert!(h.get("x-switchyard-client").is_none() && h.get("x-switchyard-client-team").is_none(), "{h}");
+    assert!(
+        h.get("x-switchyard-client").is_none() && h.get("x-switchyard-client-team").is_none(),
+        "{h}"
+    );
 
     // Tokens are counted per caller.
     let chat = send(
         "POST",
         &proxy.url("/v1/chat/completions"),
-        &[("authorization", "Bearer sk-bob"), ("content-type", "application/json")],
+        &[
+            ("authorization", "Bearer sk-bob"),
+            ("content-type", "application/json"),
+        ],
         Bytes::from_static(br#"{"model":"m","messages":[]}"#),
     )
     .await;
     assert_eq!(chat.status, 200);
     let admin = proxy.proxy().admin_addr.unwrap();
-    eventually(Duration::from_secs(5), "tokens labelled with the caller", || async {
-        get(&format!("http://{admin}/metrics"), &[]).await.text().lines().any(|l| {
-            l.starts_with("switchyard_tokens_total{") && l.contains("client=\"bob\"") && l.contains("route=\"guarded\"")
-        })
-    })
+    eventually(
+        Duration::from_secs(5),
+        "tokens labelled with the caller",
+        || async {
+            get(&format!("http://{admin}/metrics"), &[])
+                .await
+                .text()
+                .lines()
+                .any(|l| {
+                    l.starts_with("switchyard_tokens_total{")
+                        && l.contains("client=\"bob\"")
+                        && l.contains("route=\"guarded\"")
+                })
+        },
+    )
     .await;
 
     // Alice's key is withdrawn: refused once the file is re-read.
     std::fs::write(&keys, keys_file(&[("bob", "sk-bob", "ops")])).unwrap();
     eventually(Duration::from_secs(8), "alice refused", || async {
-        get(&url, &[("authorization", "Bearer sk-alice")]).await.status == 401
+        get(&url, &[("authorization", "Bearer sk-alice")])
+            .await
+            .status
+            == 401
     })
     .await;
-    assert_eq!(get(&url, &[("authorization", "Bearer sk-bob")]).await.status, 200);
+    assert_eq!(
+        get(&url, &[("authorization", "Bearer sk-bob")])
+            .await
+            .status,
+        200
+    );
 }
 
 /// A resolver whose answer the test sets.
@@ -143,19 +186,27 @@ struct Answers(Mutex<Result<Vec<SocketAddr>, String>>);
 impl switchyard::discovery::Resolve for Answers {
     fn resolve(&self, name: &str) -> std::io::Result<Vec<SocketAddr>> {
         assert_eq!(name, "agents.default.svc.cluster.local:8000");
-        self.0.lock().unwrap().clone().map_err(std::io::Error::other)
+        self.0
+            .lock()
+            .expect("answers lock")
+            .clone()
+            .map_err(std::io::Error::other)
     }
 }
 
 impl Answers {
     fn set(&self, answer: Result<Vec<SocketAddr>, String>) {
-        *self.0.lock().unwrap() = answer;
+        *self.0.lock().expect("answers lock") = answer;
     }
 }
 
 fn backend_names(proxy: &TestProxy) -> Vec<String> {
     let table = proxy.proxy().proxy.shared.table.load();
-    let mut names: Vec<String> = table.pools[0].backends.iter().map(|b| b.name.clone()).collect();
+    let mut names: Vec<String> = table.pools[0]
+        .backends
+        .iter()
+        .map(|b| b.name.clone())
+        .collect();
     names.sort();
     names
 }
@@ -172,21 +223,34 @@ async fn discovered_backends_come_and_go_under_load_without_a_failed_request() {
     assert_eq!(backend_names(&proxy), want);
     let state_of_b = {
         let table = proxy.proxy().proxy.shared.table.load();
-        let backend = table.pools[0].backends.iter().find(|x| x.name == b.addr.to_string()).unwrap();
-        assert_eq!(backend.labels, vec![("tier".to_string(), "worker".to_string())]);
+        let backend = table.pools[0]
+            .backends
+            .iter()
+            .find(|x| x.name == b.addr.to_string())
+            .unwrap();
+        assert_eq!(
+            backend.labels,
+            vec![("tier".to_string(), "worker".to_string())]
+        );
         backend.state.clone()
     };
 
     let load = Load::start(proxy.url("/ok"), &[], 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     answers.set(Ok(vec![a.addr, b.addr, c.addr]));
-    eventually(Duration::from_secs(5), "c to take traffic", || async { c.served() > 20 }).await;
+    eventually(Duration::from_secs(5), "c to take traffic", || async {
+        c.served() > 20
+    })
+    .await;
     // A failing resolver keeps the last good set.
     answers.set(Err("SERVFAIL".into()));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(backend_names(&proxy).len(), 3);
     answers.set(Ok(vec![b.addr, c.addr]));
-    eventually(Duration::from_secs(5), "a to leave the pool", || async { backend_names(&proxy).len() == 2 }).await;
+    eventually(Duration::from_secs(5), "a to leave the pool", || async {
+        backend_names(&proxy).len() == 2
+    })
+    .await;
     let a_done = a.served();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let stats = load.stop().await;
@@ -194,6 +258,13 @@ async fn discovered_backends_come_and_go_under_load_without_a_failed_request() {
     assert!(stats.ok > 200, "{stats:?}");
     assert_eq!(a.served(), a_done, "a removed backend gets no new requests");
     let table = proxy.proxy().proxy.shared.table.load();
-    let kept = table.pools[0].backends.iter().find(|x| x.name == b.addr.to_string()).unwrap();
-    assert!(Arc::ptr_eq(&kept.state, &state_of_b), "b kept its live state across the changes");
+    let kept = table.pools[0]
+        .backends
+        .iter()
+        .find(|x| x.name == b.addr.to_string())
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&kept.state, &state_of_b),
+        "b kept its live state across the changes"
+    );
 }

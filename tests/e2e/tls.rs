@@ -83,7 +83,11 @@ async fn mtls_backends_take_the_client_certificate_and_refuse_without() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     let refused = get(&proxy.url("/without/echo"), &[]).await;
     assert_eq!(refused.status, 502, "{}", refused.text());
-    assert_eq!(b.served(), 1, "only the request with a client certificate got through");
+    assert_eq!(
+        b.served(),
+        1,
+        "only the request with a client certificate got through"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +111,10 @@ async fn h2_upstream_multiplexes_on_one_connection_per_worker_and_keeps_trailers
         assert_eq!(get(&proxy.url("/tls/ok"), &[]).await.status, 200);
     }
     let warm = b.connections();
-    assert!((1..=2).contains(&warm), "{warm} connections for two workers");
+    assert!(
+        (1..=2).contains(&warm),
+        "{warm} connections for two workers"
+    );
     let requests: Vec<_> = (0..64)
         .map(|i| {
             let url = proxy.url(&format!("/tls/echo?i={i}"));
@@ -119,7 +126,11 @@ async fn h2_upstream_multiplexes_on_one_connection_per_worker_and_keeps_trailers
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["version"], "HTTP/2.0");
     }
-    assert_eq!(b.connections(), warm, "64 concurrent requests shared the warm connections");
+    assert_eq!(
+        b.connections(),
+        warm,
+        "64 concurrent requests shared the warm connections"
+    );
 
     let r = get(&proxy.url("/h2c/echo"), &[]).await;
     assert_eq!(r.json()["version"], "HTTP/2.0", "h2c by prior knowledge");
@@ -154,9 +165,11 @@ async fn a_websocket_style_upgrade_to_an_h2_backend_goes_over_http1() {
     let proxy = TestProxy::start(&config);
     let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /ws/upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /ws/upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = vec![0u8; 4096];
     let n = s.read(&mut head).await.unwrap();
     let text = String::from_utf8_lossy(&head[..n]).to_string();
@@ -175,12 +188,21 @@ async fn the_listener_serves_tls_by_alpn_and_rotates_its_certificate_under_load(
     let pki = Pki::new("listener CA");
     let (cert, key) = pki.issue("listener", &["localhost"]);
     let b = mock("behind");
-    let config = format!("[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n", backend_entry(&b, ""));
-    let server = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display());
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let server = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
     let proxy = TestProxy::start_full(&config, &server, None);
     let addr = proxy.addr();
     for h2 in [false, true] {
-        let req = Request::get("https://localhost/echo").body(Full::new(Bytes::new())).unwrap();
+        let req = Request::get("https://localhost/echo")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let (r, _) = tls_request(&pki, addr, h2, req).await.unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.backend(), "behind");
@@ -214,7 +236,9 @@ async fn the_listener_serves_tls_by_alpn_and_rotates_its_certificate_under_load(
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0u32, Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let req = Request::get("https://localhost/ok").body(Full::new(Bytes::new())).unwrap();
+                    let req = Request::get("https://localhost/ok")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
                     match tls_request(&pki, addr, ok % 2 == 0, req).await {
                         Ok((r, _)) if r.status == 200 => ok += 1,
                         Ok((r, _)) => failed.push(format!("status {}", r.status)),
@@ -226,7 +250,12 @@ async fn the_listener_serves_tls_by_alpn_and_rotates_its_certificate_under_load(
         })
         .collect();
     let reloads = || async {
-        let metrics = get(&format!("http://{}/metrics", proxy.proxy().admin_addr.unwrap()), &[]).await.text();
+        let metrics = get(
+            &format!("http://{}/metrics", proxy.proxy().admin_addr.unwrap()),
+            &[],
+        )
+        .await
+        .text();
         metrics
             .lines()
             .find(|l| l.starts_with("switchyard_tls_certificate_reloads_total{result=\"ok\"}"))
@@ -242,7 +271,10 @@ async fn the_listener_serves_tls_by_alpn_and_rotates_its_certificate_under_load(
         std::fs::rename(&new_key, &key).unwrap();
         std::fs::rename(&new_cert, &cert).unwrap();
         let want = before + round + 1;
-        eventually(Duration::from_secs(8), "the new certificate", || async { reloads().await >= want }).await;
+        eventually(Duration::from_secs(8), "the new certificate", || async {
+            reloads().await >= want
+        })
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -252,6 +284,11 @@ async fn the_listener_serves_tls_by_alpn_and_rotates_its_certificate_under_load(
         ok += o;
         failed.extend(f);
     }
-    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
     assert!(ok > 20, "only {ok} requests");
 }

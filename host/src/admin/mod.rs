@@ -326,6 +326,7 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
                 .iter()
                 .map(|b| json!({
                     "id": b.id, "name": b.name, "address": b.address, "weight": b.weight,
+                    "tls": b.endpoint.is_tls(), "protocol": format!("{:?}", b.endpoint.protocol).to_lowercase(),
                     "labels": b.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                     "state": b.state.snapshot(),
                     "breaker_open_ms": b.state.breaker_remaining_ms(),

@@ -424,7 +424,10 @@ impl Context<'_> {
                 format!(
                     "no backend of route {} could be reached: {}\n",
                     route.name,
-                    exhausted.connect_error.as_deref().unwrap_or("connect failed")
+                    exhausted
+                        .connect_error
+                        .as_deref()
+                        .unwrap_or("connect failed")
                 ),
             ),
             None if exhausted.saw_full => {
