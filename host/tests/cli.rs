@@ -113,6 +113,34 @@ fn shipped_example_config_checks() {
 }
 
 #[test]
+fn the_providers_example_checks_with_keys_in_the_environment_and_names_a_missing_one() {
+    plugin_dir();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/providers/switchyard.toml");
+    let keys = [
+        ("OPENAI_API_KEY", "sk-example-openai"),
+        ("AZURE_OPENAI_API_KEY", "example-azure"),
+        ("ANTHROPIC_API_KEY", "sk-ant-example"),
+    ];
+    let (ok, stdout) = run(switchyard(&["check", "--config"]).arg(&example).envs(keys));
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("ok (4 routes, 4 pools, 3 plugins loaded)"), "{stdout}");
+    for (_, key) in keys {
+        assert!(!stdout.contains(key), "a key was printed: {stdout}");
+    }
+    let (ok, stdout) = run(switchyard(&["check", "--config"])
+        .arg(&example)
+        .envs(keys[..2].iter().copied())
+        .env_remove("ANTHROPIC_API_KEY"));
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("pool `anthropic`: backend `anthropic`: header \"x-api-key\": environment variable ANTHROPIC_API_KEY is not set"),
+        "{stdout}"
+    );
+    let digest = run(switchyard(&["key-digest"]).stdin(std::process::Stdio::piped()));
+    assert!(!digest.0, "no key on standard input is an error: {}", digest.1);
+}
+
+#[test]
 fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
     let backend = switchyard::demo::MockBackend::start(switchyard::demo::MockOptions::new("b"))
         .expect("mock backend");

@@ -268,3 +268,14 @@ async fn discovered_backends_come_and_go_under_load_without_a_failed_request() {
         "b kept its live state across the changes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_backend_name_is_a_connect_error_that_names_it() {
+    // `.invalid` never resolves (RFC 6761).
+    let config = "[pools.p]\nbackends = [{ name = \"nowhere\", address = \"https://no-such-backend.invalid\" }]\n\n\
+                  [[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let proxy = TestProxy::start(config);
+    let r = get(&proxy.url("/v1/models"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("cannot resolve no-such-backend.invalid"), "{}", r.text());
+}

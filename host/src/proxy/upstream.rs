@@ -181,8 +181,16 @@ impl UpstreamPool {
         let mut sender = match conn {
             Connection::H1(sender) => sender,
             Connection::H2(h2) => {
-                self.h2.borrow_mut().insert(key, h2.clone());
-                return self.send_h2(backend, h2, req, replay, first_byte).await;
+                // Requests that raced to connect converge on one connection;
+                // the extra ones close as their handles drop.
+                let shared = match self.shared_h2(key) {
+                    Some(open) => open,
+                    None => {
+                        self.h2.borrow_mut().insert(key, h2.clone());
+                        h2
+                    }
+                };
+                return self.send_h2(backend, shared, req, replay, first_byte).await;
             }
         };
         match with_timeout(first_byte, sender.send_request(req)).await {
