@@ -15,6 +15,15 @@
 # to benches/results/e2e-<threads>t-vs-baseline.md. BASELINE_PLUGIN names
 # its least-outstanding.wasm when the interface changed since (built with
 # that version's SDK).
+#
+# TLS=1 puts the backends behind TLS (a private CA made with openssl) and
+# every proxy speaks TLS to them over warm connections: Switchyard with the
+# Wasm router over HTTP/2 by ALPN (`wasm`) and over HTTP/1.1 (`wasm-h1`, in
+# place of the built-in router), nginx `proxy_pass https://` with upstream
+# keepalive and `proxy_ssl_session_reuse on`, HAProxy `ssl verify required`.
+# Its `handshake` row is the backend with a fresh TLS handshake per request
+# (wrk with `connection: close`), the cost a cold connection pays. The table
+# goes to benches/results/e2e-tls-<threads>t.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +33,13 @@ CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
 PROFILE=${PROFILE:-release}
 BASE_PORT=${BASE_PORT:-18500}
+TLS=${TLS:-0}
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
@@ -53,9 +64,22 @@ cores=$(nproc)
 proxy_cpus="0-$((THREADS - 1))"
 if [ "$THREADS" -lt "$cores" ]; then other_cpus="$THREADS-$((cores - 1))"; else other_cpus="0-$((cores - 1))"; fi
 
+scheme=http; mock_tls=()
+if [ "$TLS" = 1 ]; then
+  scheme=https
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$work/backend.key" -out "$work/backend.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
+  openssl x509 -req -in "$work/backend.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+    -days 2 -extfile "$work/san.ext" -out "$work/backend.pem" 2>/dev/null
+  mock_tls=(--tls-cert "$work/backend.pem" --tls-key "$work/backend.key")
+fi
+
 b1=$((BASE_PORT + 1)); b2=$((BASE_PORT + 2))
 for port in $b1 $b2; do
-  taskset -c "$other_cpus" "$bin" mock --listen "127.0.0.1:$port" --name "b$port" >/dev/null &
+  RUST_LOG=warn,rustls=error taskset -c "$other_cpus" "$bin" mock --listen "127.0.0.1:$port" --name "b$port" "${mock_tls[@]}" >/dev/null &
   pids+=($!)
 done
 
@@ -63,8 +87,14 @@ p_builtin=$((BASE_PORT + 10)); p_wasm=$((BASE_PORT + 11)); p_nginx=$((BASE_PORT 
 mkdir -p "$work/plugins"
 cp target/plugins/least-outstanding.wasm "$work/plugins/"
 for variant in builtin wasm; do
-  port=$p_builtin; router=""
+  port=$p_builtin; router=""; upstream=""
   if [ $variant = wasm ]; then port=$p_wasm; router='router = { plugin = "least-outstanding.wasm" }'; fi
+  if [ "$TLS" = 1 ]; then
+    upstream="tls = { ca_file = \"$work/ca.pem\", server_name = \"localhost\" }"
+    # The second Switchyard target is the Wasm router over HTTP/1.1.
+    if [ $variant = builtin ]; then router='router = { plugin = "least-outstanding.wasm" }'; upstream="$upstream
+protocol = \"http1\""; fi
+  fi
   cat > "$work/$variant.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -73,6 +103,7 @@ workers = $THREADS
 dir = "$work/plugins"
 watch = false
 [pools.p]
+$upstream
 backends = [{ name = "b1", address = "127.0.0.1:$b1" }, { name = "b2", address = "127.0.0.1:$b2" }]
 [[routes]]
 name = "r"
@@ -83,6 +114,14 @@ EOF
   pids+=($!)
 done
 
+nginx_tls=""
+if [ "$TLS" = 1 ]; then
+  nginx_tls="proxy_ssl_session_reuse on;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/ca.pem;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;"
+fi
 cat > "$work/nginx.conf" <<EOF
 worker_processes $THREADS;
 daemon off;
@@ -100,7 +139,8 @@ http {
   server {
     listen 127.0.0.1:$p_nginx;
     location / {
-      proxy_pass http://backends;
+      proxy_pass $scheme://backends;
+      $nginx_tls
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
@@ -111,6 +151,8 @@ EOF
 taskset -c "$proxy_cpus" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 pids+=($!)
 
+haproxy_tls=""
+[ "$TLS" = 1 ] && haproxy_tls="ssl verify required ca-file $work/ca.pem sni str(localhost) verifyhost localhost"
 cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread $THREADS
@@ -128,8 +170,8 @@ frontend f
   default_backend b
 backend b
   balance leastconn
-  server b1 127.0.0.1:$b1
-  server b2 127.0.0.1:$b2
+  server b1 127.0.0.1:$b1 $haproxy_tls
+  server b2 127.0.0.1:$b2 $haproxy_tls
 EOF
 taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
@@ -154,9 +196,17 @@ if [ -n "${BASELINE:-}" ]; then
   names+=(baseline); ports+=($p_base)
 fi
 
+# Under TLS=1: the direct rows talk TLS to the backend, `wasm-h1` takes
+# the built-in target's place, and `handshake` pays a handshake a request.
+url_of() { if [ "$TLS" = 1 ] && { [ "$1" = direct ] || [ "$1" = handshake ]; }; then echo "https://127.0.0.1:$2/ok"; else echo "http://127.0.0.1:$2/ok"; fi; }
+if [ "$TLS" = 1 ]; then
+  names=(direct handshake wasm-h1 wasm nginx haproxy)
+  ports=($b1 $b1 $p_builtin $p_wasm $p_nginx $p_haproxy)
+fi
+
 sleep 1
 for i in "${!ports[@]}"; do
-  curl -sf "http://127.0.0.1:${ports[$i]}/ok" >/dev/null || { echo "${names[$i]} is not answering"; exit 1; }
+  curl -sfk "$(url_of "${names[$i]}" "${ports[$i]}")" >/dev/null || { echo "${names[$i]} is not answering"; exit 1; }
 done
 
 # CPU time (user + system, clock ticks) of a process and its children.
@@ -171,8 +221,8 @@ ticks() {
 }
 pid_of() {
   case $1 in
-    direct) echo "${pids[0]}" ;;
-    builtin) echo "${pids[2]}" ;;
+    direct|handshake) echo "${pids[0]}" ;;
+    builtin|wasm-h1) echo "${pids[2]}" ;;
     wasm) echo "${pids[3]}" ;;
     nginx) echo "${pids[4]}" ;;
     haproxy) echo "${pids[5]}" ;;
@@ -186,7 +236,8 @@ for round in $(seq 1 "$ROUNDS"); do
   for i in "${!names[@]}"; do
     n=${names[$i]}; port=${ports[$i]}; pid=$(pid_of "$n")
     before=$(ticks "$pid")
-    out=$(taskset -c "$other_cpus" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/report.lua" "http://127.0.0.1:$port/ok" | grep RESULT)
+    close=(); [ "$n" = handshake ] && close=(-H "connection: close")
+    out=$(taskset -c "$other_cpus" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${close[@]}" -s "$work/report.lua" "$(url_of "$n" "$port")" | grep RESULT)
     after=$(ticks "$pid")
     read -r _ reqs l50 l99 l999 micros <<<"$out"
     rps[$n]+="$(awk -v r="$reqs" -v d="$micros" 'BEGIN{printf "%.0f", r/(d/1e6)}') "
@@ -198,11 +249,12 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 mkdir -p benches/results
-file="benches/results/e2e-${THREADS}t${BASELINE:+-vs-baseline}.md"
+tls_tag=""; tls_title=""; [ "$TLS" = 1 ] && { tls_tag="tls-"; tls_title=", TLS to the backends"; }
+file="benches/results/e2e-${tls_tag}${THREADS}t${BASELINE:+-vs-baseline}.md"
 {
-  echo "# End-to-end, $THREADS proxy thread(s)/worker(s)"
+  echo "# End-to-end$tls_title, $THREADS proxy thread(s)/worker(s)"
   echo
-  echo "\`THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
+  echo "\`TLS=$TLS THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
   echo "wrk -t1 -c$CONNS -d${DURATION}s, GET /ok, two single-threaded backends; medians of $ROUNDS alternating rounds."
   echo "CPU/req is the proxy's user+system time per request (the backend's own for \`direct\`)."
   echo
@@ -211,10 +263,12 @@ file="benches/results/e2e-${THREADS}t${BASELINE:+-vs-baseline}.md"
   for n in "${names[@]}"; do
     echo "| $n | $(echo "${rps[$n]}" | median) | $(echo "${p50[$n]}" | median) | $(echo "${p99[$n]}" | median) | $(echo "${p999[$n]}" | median) | $(echo "${cpu[$n]}" | median) |"
   done
-  w=$(echo "${rps[wasm]}" | median); b=$(echo "${rps[builtin]}" | median)
+  w=$(echo "${rps[wasm]}" | median)
+  if [ "$TLS" = 1 ]; then b=$(echo "${rps[wasm-h1]}" | median); else b=$(echo "${rps[builtin]}" | median); fi
   ng=$(echo "${rps[nginx]}" | median); hp=$(echo "${rps[haproxy]}" | median)
   echo
-  echo "Ratios of req/s: Wasm / built-in = $(awk -v a="$w" -v b="$b" 'BEGIN{printf "%.3f", a/b}'),"\
+  first="Wasm / built-in"; [ "$TLS" = 1 ] && first="Wasm h2 / Wasm HTTP/1.1"
+  echo "Ratios of req/s: $first = $(awk -v a="$w" -v b="$b" 'BEGIN{printf "%.3f", a/b}'),"\
     "Wasm / nginx = $(awk -v a="$w" -v b="$ng" 'BEGIN{printf "%.3f", a/b}'),"\
     "Wasm / HAProxy = $(awk -v a="$w" -v b="$hp" 'BEGIN{printf "%.3f", a/b}')."
   if [ -n "${BASELINE:-}" ]; then

@@ -273,6 +273,16 @@ impl RequestRules {
     }
 }
 
+impl RequestRules {
+    /// Removes what [`RequestRules::apply`] set, before a request that was
+    /// not sent goes to another backend.
+    pub fn undo(&self, headers: &mut HeaderMap) {
+        for (name, _) in &self.set {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Removes the client's credential headers.
 pub fn strip_client_auth(headers: &mut HeaderMap) {
     for name in CLIENT_AUTH_HEADERS {

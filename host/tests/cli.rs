@@ -115,7 +115,8 @@ fn shipped_example_config_checks() {
 #[test]
 fn the_providers_example_checks_with_keys_in_the_environment_and_names_a_missing_one() {
     plugin_dir();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/providers/switchyard.toml");
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/providers/switchyard.toml");
     let keys = [
         ("OPENAI_API_KEY", "sk-example-openai"),
         ("AZURE_OPENAI_API_KEY", "example-azure"),
@@ -123,7 +124,10 @@ fn the_providers_example_checks_with_keys_in_the_environment_and_names_a_missing
     ];
     let (ok, stdout) = run(switchyard(&["check", "--config"]).arg(&example).envs(keys));
     assert!(ok, "{stdout}");
-    assert!(stdout.contains("ok (4 routes, 4 pools, 3 plugins loaded)"), "{stdout}");
+    assert!(
+        stdout.contains("ok (4 routes, 4 pools, 3 plugins loaded)"),
+        "{stdout}"
+    );
     for (_, key) in keys {
         assert!(!stdout.contains(key), "a key was printed: {stdout}");
     }
@@ -137,7 +141,11 @@ fn the_providers_example_checks_with_keys_in_the_environment_and_names_a_missing
         "{stdout}"
     );
     let digest = run(switchyard(&["key-digest"]).stdin(std::process::Stdio::piped()));
-    assert!(!digest.0, "no key on standard input is an error: {}", digest.1);
+    assert!(
+        !digest.0,
+        "no key on standard input is an error: {}",
+        digest.1
+    );
 }
 
 #[test]

@@ -71,7 +71,7 @@ fn planted_keys_appear_in_no_log_page_header_or_error() {
          \"x-file-key\" = {{ file = \"provider.key\" }}, \"x-inline-key\" = \"{INLINE_KEY}\" }}"
     );
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\naccess_log = true\n\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\naccess_log = true\ndebug_header = true\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
          [plugins]\ndir = \"{plugins}\"\ncache_dir = \"{cache}\"\n\n\
          [pools.keyed]\n{credentials}\nbackends = [{{ name = \"provider\", address = \"{up}\" }}]\n\n\

@@ -7,7 +7,7 @@ use switchyard_tests::*;
 fn config(backends: &[MockBackend]) -> String {
     let entries: Vec<_> = backends.iter().map(|b| backend_entry(b, "")).collect();
     let mut text = format!("[pools.p]\nbackends = [{}]\n", entries.join(", "));
-    for fixture in ["trap", "spin", "hog", "bad-id"] {
+    for fixture in ["trap", "spin", "hog", "bad-id", "store-loop"] {
         for policy in ["fail-open", "fail-closed"] {
             text.push_str(&format!(
                 "\n[[routes]]\nname = \"{fixture}-{policy}\"\nmatch = {{ path_prefix = \"/{fixture}/{policy}\" }}\n\
@@ -23,7 +23,7 @@ async fn failing_plugins_fall_back_or_fail_closed() {
     let backends = [mock("b0"), mock("b1")];
     let proxy = TestProxy::start(&config(&backends));
     let trap = [("x-trap", "1")];
-    for fixture in ["trap", "spin", "hog", "bad-id"] {
+    for fixture in ["trap", "spin", "hog", "bad-id", "store-loop"] {
         let headers: &[(&str, &str)] = if fixture == "trap" { &trap } else { &[] };
         for round in 0..3 {
             let started = Instant::now();
@@ -84,4 +84,65 @@ async fn repeated_failures_quarantine_the_plugin() {
     // Quarantined: even a request the plugin would serve gets the policy.
     let r = get(&proxy.url("/trap/fail-closed/x"), &[]).await;
     assert_eq!(r.status, 503);
+}
+
+/// A router that calls the shared store in an endless loop is stopped like
+/// any other: the store's time is credited to its deadline only up to a
+/// bound, so the proxy keeps serving and the plugin is quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_looping_on_the_shared_store_is_stopped_and_quarantined() {
+    let backends = [mock("b0"), mock("b1")];
+    let config = format!(
+        "{}\n[[routes]]\nname = \"plain\"\nmatch = {{ path_prefix = \"/plain\" }}\npool = \"p\"\n",
+        config(&backends)
+    );
+    let proxy = TestProxy::start(&config);
+    let started = Instant::now();
+    let looping: Vec<_> = (0..6)
+        .map(|_| {
+            let url = proxy.url("/store-loop/fail-open/x");
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    // Meanwhile a route without the plugin answers.
+    let plain = get(&proxy.url("/plain/x"), &[]).await;
+    assert_eq!(plain.status, 200);
+    for r in looping {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "fail-open serves: {}", r.text());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = proxy.status().await;
+    let route = status["routes"]
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["name"] == "store-loop-fail-open"))
+        .unwrap_or_else(|| panic!("route missing: {status}"));
+    assert_eq!(route["router"]["quarantined"], true, "{route}");
+}
+
+/// The same loop in `init` fails the load with a deadline, naming the
+/// plugin, instead of hanging start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_looping_on_the_shared_store_is_refused_at_load() {
+    let b = mock("b0");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n\
+         router = {{ plugin = \"fixture-store-loop.wasm\", config = {{ in_init = true }} }}\n",
+        backend_entry(&b, "")
+    );
+    let started = Instant::now();
+    let err = match TestProxy::try_start(&config) {
+        Ok(_) => panic!("a looping init was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("fixture-store-loop.wasm"), "{err}");
 }

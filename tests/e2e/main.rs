@@ -2,6 +2,7 @@
 
 mod dashboard;
 mod failures;
+mod hostile;
 mod library;
 mod llm;
 mod loading;

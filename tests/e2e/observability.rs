@@ -228,12 +228,17 @@ async fn admin_token_is_required_and_public_binds_need_one() {
     )
     .await;
     assert_eq!(ok.status, 200);
+    // The query string is no place for a token: it ends up in logs.
     assert_eq!(
-        get(&format!("http://{admin}/dashboard?token=s3cret"), &[])
+        get(&format!("http://{admin}/status?token=s3cret"), &[])
             .await
             .status,
-        200
+        401
     );
+    // The dashboard page itself is static; its API calls carry the token.
+    let page = get(&format!("http://{admin}/dashboard"), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(!page.text().contains("s3cret"));
     assert_eq!(
         get(&format!("http://{admin}/healthz"), &[]).await.status,
         200
@@ -249,7 +254,16 @@ async fn traceparent_passes_through_and_debug_header_explains_the_decision() {
         backend_entry(&a, ""),
         backend_entry(&b, "")
     );
-    let proxy = TestProxy::start(&config);
+    // Off by default: internals are not for any client that asks.
+    let closed = TestProxy::start(&config);
+    let r = get(&closed.url("/x"), &[("x-switchyard-debug", "1")]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.headers.contains_key("x-switchyard-plugin"),
+        "{:?}",
+        r.headers
+    );
+    let proxy = TestProxy::start_full(&config, "debug_header = true", None);
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = get(
         &proxy.url("/x"),

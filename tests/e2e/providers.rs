@@ -277,5 +277,9 @@ async fn an_unresolvable_backend_name_is_a_connect_error_that_names_it() {
     let proxy = TestProxy::start(config);
     let r = get(&proxy.url("/v1/models"), &[]).await;
     assert_eq!(r.status, 502);
-    assert!(r.text().contains("cannot resolve no-such-backend.invalid"), "{}", r.text());
+    assert!(
+        r.text().contains("cannot resolve no-such-backend.invalid"),
+        "{}",
+        r.text()
+    );
 }

@@ -57,9 +57,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// Binds `addr` and serves admin requests on a thread of its own. With a
-/// `token`, every request but `/healthz` must carry it, as
-/// `authorization: Bearer TOKEN` or (for the dashboard in a browser)
-/// `?token=TOKEN`.
+/// `token`, every request but `/healthz` and the dashboard page must carry
+/// it as `authorization: Bearer TOKEN`; the dashboard takes it from its URL
+/// fragment (`/dashboard#token=TOKEN`) and sends it that way.
 pub fn start(
     addr: SocketAddr,
     reloader: Arc<Reloader>,
@@ -121,24 +121,19 @@ pub fn start(
     Ok(bound)
 }
 
-/// Whether `req` may see the admin API: no token set, `/healthz`, or the
-/// token given as a bearer header or a `token` query parameter.
+/// Whether `req` may see the admin API: no token set, `/healthz`, the
+/// dashboard page itself (static; it asks for the token and sends it on
+/// its API calls), or the token as a bearer header. Never in the query
+/// string, which ends up in access logs and browser history.
 fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
     let Some(token) = token else { return true };
-    if req.uri().path() == "/healthz" {
+    if matches!(req.uri().path(), "/healthz" | "/dashboard") {
         return true;
     }
-    let bearer = req
-        .headers()
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let query = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-    bearer
-        .or(query)
+        .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|given| same(given.as_bytes(), token.as_bytes()))
 }
 

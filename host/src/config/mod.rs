@@ -133,8 +133,9 @@ pub struct ServerConfig {
     #[serde(default)]
     pub access_log: bool,
     /// Answer requests carrying `x-switchyard-debug` with the decision's
-    /// details in `x-switchyard-route`, `-plugin` and `-candidates`.
-    #[serde(default = "yes")]
+    /// details in `x-switchyard-route`, `-plugin` and `-candidates`. Off by
+    /// default: plugin versions and backend names are not for any client.
+    #[serde(default)]
     pub debug_header: bool,
     /// Serve TLS (h2 and HTTP/1.1 by ALPN) instead of plain HTTP.
     #[serde(default)]
@@ -160,7 +161,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read(),
             drain_timeout: default_drain(),
             access_log: false,
-            debug_header: true,
+            debug_header: false,
             tls: None,
         }
     }

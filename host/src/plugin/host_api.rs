@@ -10,6 +10,10 @@ use wasmtime::StoreLimits;
 /// Log lines one instance may write per second; the rest are counted, not
 /// written, so a chatty plugin cannot flood the log.
 const LOG_LINES_PER_SECOND: u32 = 50;
+/// Bytes of log one plugin instance may write per second, lines included.
+const LOG_BYTES_PER_SECOND: usize = 16 * 1024;
+/// Longest log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 1024;
 
 /// Per-instance state the host keeps for a plugin.
 pub struct HostState {
@@ -19,15 +23,28 @@ pub struct HostState {
     rng: u64,
     counters: HashMap<String, metrics::Counter>,
     gauges: HashMap<String, metrics::Gauge>,
-    log_second: u64,
-    log_lines: u32,
+    log: LogBudget,
     /// The current request's declared attributes, set for one `route` call.
     pub(crate) attributes: Vec<Option<String>>,
     shared: Arc<SharedStore>,
     /// Time spent waiting on the shared store since the deadline was last
     /// checked; it extends the deadline rather than counting against it.
     pub(crate) waited: Duration,
+    /// How much more waiting the current call may have credited: a call's
+    /// wall time stays bounded however many store calls it makes.
+    pub(crate) credit_left: Duration,
+    /// Whether a refused metric name was logged already.
+    metrics_refused: bool,
 }
+
+/// Metric names one plugin instance may use.
+pub const MAX_PLUGIN_METRICS: usize = 64;
+/// Longest plugin metric name.
+pub const MAX_METRIC_NAME: usize = 64;
+
+/// The most store waiting one plugin call may have credited to its
+/// deadline: a few slow Redis round trips, not an endless loop of them.
+pub const MAX_CALL_WAIT: Duration = Duration::from_millis(250);
 
 impl HostState {
     pub fn new(
@@ -43,12 +60,40 @@ impl HostState {
             rng: seed(),
             counters: HashMap::new(),
             gauges: HashMap::new(),
-            log_second: 0,
-            log_lines: 0,
+            log: LogBudget::default(),
             attributes: Vec::new(),
             shared,
             waited: Duration::ZERO,
+            credit_left: MAX_CALL_WAIT,
+            metrics_refused: false,
         }
+    }
+
+    /// Whether a plugin may start a new metric series named `name`: names
+    /// are short, and an instance has at most [`MAX_PLUGIN_METRICS`], so a
+    /// plugin cannot flood the metrics with series.
+    fn may_add_metric(&mut self, name: &str) -> bool {
+        let ok = name.len() <= MAX_METRIC_NAME
+            && self.counters.len() + self.gauges.len() < MAX_PLUGIN_METRICS;
+        if !ok && !self.metrics_refused {
+            self.metrics_refused = true;
+            tracing::warn!(plugin = %self.plugin, route = %self.route,
+                "plugin metric {name:.64?} refused: at most {MAX_PLUGIN_METRICS} names of up to {MAX_METRIC_NAME} bytes per plugin");
+        }
+        ok
+    }
+
+    /// Starts a new call's accounting of store waits.
+    pub(crate) fn start_call(&mut self) {
+        self.waited = Duration::ZERO;
+        self.credit_left = MAX_CALL_WAIT;
+    }
+
+    /// The wait to credit to the deadline now, within what is left.
+    pub(crate) fn take_credit(&mut self) -> Duration {
+        let credit = std::mem::take(&mut self.waited).min(self.credit_left);
+        self.credit_left -= credit;
+        credit
     }
 
     /// Runs a shared-store call, crediting its wait to the deadline and
@@ -117,18 +162,14 @@ impl wit::Host for HostState {}
 impl Host for HostState {
     fn log(&mut self, level: wit::Level, message: String) {
         let second = crate::clock::millis() / 1000;
-        if second != self.log_second {
-            if self.log_lines > LOG_LINES_PER_SECOND {
-                tracing::warn!(plugin = %self.plugin, route = %self.route,
-                    "plugin log rate limit: {} lines dropped", self.log_lines - LOG_LINES_PER_SECOND);
-            }
-            self.log_second = second;
-            self.log_lines = 0;
+        if let Some((lines, bytes)) = self.log.roll(second) {
+            tracing::warn!(plugin = %self.plugin, route = %self.route,
+                "plugin log rate limit: {lines} lines ({bytes} bytes) dropped");
         }
-        self.log_lines += 1;
-        if self.log_lines > LOG_LINES_PER_SECOND {
+        let Some(keep) = self.log.admit(message.len()) else {
             return;
-        }
+        };
+        let message = cut(&message, keep);
         let (plugin, route) = (&*self.plugin, &*self.route);
         match level {
             wit::Level::Trace => tracing::trace!(plugin, route, "{message}"),
@@ -158,6 +199,9 @@ impl Host for HostState {
     }
 
     fn counter_add(&mut self, name: String, value: u64) {
+        if !self.counters.contains_key(&name) && !self.may_add_metric(&name) {
+            return;
+        }
         let (plugin, route) = (self.plugin.clone(), self.route.clone());
         self.counters
             .entry(name)
@@ -169,6 +213,9 @@ impl Host for HostState {
     }
 
     fn gauge_set(&mut self, name: String, value: f64) {
+        if !self.gauges.contains_key(&name) && !self.may_add_metric(&name) {
+            return;
+        }
         let (plugin, route) = (self.plugin.clone(), self.route.clone());
         self.gauges
             .entry(name)
@@ -177,5 +224,80 @@ impl Host for HostState {
                     "plugin" => plugin.to_string(), "route" => route.to_string(), "name" => name.clone())
             })
             .set(value);
+    }
+}
+
+/// What a plugin instance has logged this second, bounded in lines and in
+/// bytes, so neither many short lines nor a few huge ones flood the log.
+#[derive(Debug, Default)]
+struct LogBudget {
+    second: u64,
+    lines: u32,
+    bytes: usize,
+    dropped_lines: u32,
+    dropped_bytes: usize,
+}
+
+impl LogBudget {
+    /// Starts a new second; returns what the last one dropped, if anything.
+    fn roll(&mut self, second: u64) -> Option<(u32, usize)> {
+        if second == self.second {
+            return None;
+        }
+        let dropped = (self.dropped_lines > 0).then_some((self.dropped_lines, self.dropped_bytes));
+        *self = LogBudget {
+            second,
+            ..LogBudget::default()
+        };
+        dropped
+    }
+
+    /// How many bytes of a `len`-byte line to write, or `None` to drop it.
+    fn admit(&mut self, len: usize) -> Option<usize> {
+        let keep = len.min(MAX_LOG_LINE);
+        if self.lines >= LOG_LINES_PER_SECOND || self.bytes + keep > LOG_BYTES_PER_SECOND {
+            self.dropped_lines += 1;
+            self.dropped_bytes += len;
+            return None;
+        }
+        self.lines += 1;
+        self.bytes += keep;
+        Some(keep)
+    }
+}
+
+/// `text` cut to at most `keep` bytes at a character boundary, saying so.
+fn cut(text: &str, keep: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= keep {
+        return text.into();
+    }
+    let mut end = keep;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_bounded_in_bytes_and_lines() {
+        let mut budget = LogBudget::default();
+        budget.roll(1);
+        let mut written = 0;
+        for _ in 0..1000 {
+            if let Some(keep) = budget.admit(1 << 20) {
+                assert_eq!(keep, MAX_LOG_LINE);
+                written += keep;
+            }
+        }
+        assert!(written <= LOG_BYTES_PER_SECOND, "{written}");
+        assert_eq!(budget.roll(2), Some((1000 - 16, 984 << 20)));
+        let short = (0..100).filter(|_| budget.admit(10).is_some()).count();
+        assert_eq!(short, LOG_LINES_PER_SECOND as usize);
+        assert_eq!(cut("héllo", 2), "h… (5 bytes cut)");
+        assert_eq!(cut("hello", 9), "hello");
     }
 }

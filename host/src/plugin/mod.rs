@@ -155,7 +155,7 @@ impl PluginRuntime {
     /// Reads and compiles `file` (or takes it from the cache), and checks it
     /// exports `wanted` (an interface of this package) at this host's version.
     pub fn load(&self, file: &Path, wanted: &str) -> Result<Arc<LoadedComponent>, PluginError> {
-        let bytes = std::fs::read(file).map_err(|source| PluginError::Read {
+        let bytes = read_plugin_file(file).map_err(|source| PluginError::Read {
             file: file.into(),
             source,
         })?;
@@ -318,18 +318,52 @@ fn new_store(
     let mut store = wasmtime::Store::new(engine, HostState::new(name, owner, limits, shared));
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|mut ctx| {
-        let waited = std::mem::take(&mut ctx.data_mut().waited);
-        if waited.is_zero() {
+        let credit = ctx.data_mut().take_credit();
+        if credit.is_zero() {
             return Err(wasmtime::Trap::Interrupt.into());
         }
         Ok(wasmtime::UpdateDeadline::Continue(
-            PluginRuntime::deadline_ticks(waited),
+            PluginRuntime::deadline_ticks(credit),
         ))
     });
     store.set_epoch_deadline(
         deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
     );
     store
+}
+
+/// Largest plugin file accepted; real components are well under 1 MiB.
+pub const MAX_PLUGIN_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Reads a plugin file: a regular file (links followed) of at most
+/// [`MAX_PLUGIN_BYTES`], read with that bound, so a FIFO, a device or a
+/// link to `/dev/zero` in the plugin directory is refused, never read.
+fn read_plugin_file(file: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (plugins must be .wasm files, not devices, pipes or directories)",
+        ));
+    }
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_PLUGIN_BYTES >> 20),
+        )
+    };
+    if meta.len() > MAX_PLUGIN_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(file)?
+        .take(MAX_PLUGIN_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// A failed instantiation of `file`.

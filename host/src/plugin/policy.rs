@@ -139,6 +139,7 @@ pub struct HealthInstance {
 impl HealthInstance {
     /// Judges one probe. After an `Err` the instance must be replaced.
     pub fn check(&mut self, probe: &wit::ProbeResult) -> Result<wit::Verdict, CallFailure> {
+        self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
             .switchyard_policy_health_check()
@@ -192,6 +193,7 @@ impl BreakerInstance {
         &mut self,
         outcome: wit::Outcome,
     ) -> Result<Option<wit::BreakerUpdate>, CallFailure> {
+        self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
             .switchyard_policy_circuit_breaker()
@@ -201,6 +203,7 @@ impl BreakerInstance {
 
     /// Asks what follows the end of `backend`'s open period.
     pub fn cool_down_ended(&mut self, backend: u32) -> Result<wit::BreakerUpdate, CallFailure> {
+        self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
             .switchyard_policy_circuit_breaker()

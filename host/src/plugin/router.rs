@@ -289,6 +289,7 @@ impl RouterInstance {
         loads: &[u32],
         attributes: Vec<Option<String>>,
     ) -> Result<Answer, CallFailure> {
+        self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         if !attributes.is_empty() {
             self.store.data_mut().attributes = attributes;

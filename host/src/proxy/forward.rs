@@ -615,6 +615,9 @@ impl Context<'_> {
                     tracing::warn!(route = %route.name, backend = %backend.name, "{reason}; trying the next candidate");
                     exhausted.connect_error = Some(reason.to_string());
                     if out.replay.is_none() {
+                        let mut back = back;
+                        // The next backend gets its own credentials only.
+                        backend.rules.undo(back.headers_mut());
                         out.streamed = Some(back);
                     }
                     previous = Some("connect");
@@ -623,6 +626,18 @@ impl Context<'_> {
                     drop(guard);
                     pool.record(id, Outcome::Timeout, timing_of(started));
                     route.metrics.count(pool, own, backend.id, 504);
+                    metrics::counter!("switchyard_timeouts_total", "route" => route.name.clone(), "kind" => "first_byte")
+                        .increment(1);
+                    // Nothing came back: a request that may be repeated
+                    // tries the next candidate, as after a 504.
+                    if more && out.retry_answers && out.replay.is_some() && retries.on_5xx {
+                        tracing::warn!(route = %route.name, backend = %backend.name,
+                            "no response within {first_byte:?}; trying the next candidate");
+                        exhausted.connect_only = false;
+                        exhausted.last_answer = Some((504, backend.name_header.clone()));
+                        previous = Some("timeout");
+                        continue;
+                    }
                     let body = format!(
                         "backend {} sent no response within {first_byte:?}\n",
                         backend.name

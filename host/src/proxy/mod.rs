@@ -173,19 +173,26 @@ async fn serve(
         .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(shared.server.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let handshake_timeout = shared.server.header_read_timeout;
+    // Pings find HTTP/2 clients that vanished without closing.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    let start_timeout = shared.server.header_read_timeout;
     let builder = Rc::new(builder);
     let worker = Rc::new(Worker::new(shared));
     let graceful = GracefulShutdown::new();
+    let mut accept_errors = AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!("accept failed: {e}");
+                        // Out of file descriptors and the like: back off
+                        // briefly, and say so once a second, not per try.
+                        accept_errors.note(&e);
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     }
@@ -194,19 +201,24 @@ async fn serve(
                 let client = Rc::new(ClientConn::new(peer));
                 let worker = worker.clone();
                 let service = service_fn(move |req| forward::serve(worker.clone(), client.clone(), req));
-                let Some(acceptor) = &acceptor else {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::task::spawn_local(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!("client connection ended: {e}");
-                        }
-                    });
-                    continue;
-                };
                 let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
                 tokio::task::spawn_local(async move {
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    // hyper's header timer starts at the first byte, and its
+                    // HTTP version detection has none: a client that sends
+                    // nothing, or a partial HTTP/2 preface, is closed here.
+                    if !request_starts(&stream, start_timeout, acceptor.is_some()).await {
+                        metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_silent")
+                            .increment(1);
+                        return;
+                    }
+                    let Some(acceptor) = acceptor else {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!("client connection ended: {e}");
+                        }
+                        return;
+                    };
+                    let stream = match tokio::time::timeout(start_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             metrics::counter!("switchyard_tls_handshake_failures_total").increment(1);
@@ -232,5 +244,61 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("drain timeout {drain:?} reached; closing remaining connections");
+    }
+}
+
+/// The HTTP/2 client preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, up to `limit`, until a new connection has sent something worth
+/// serving: for TLS, any byte (the handshake has its own timer); for plain
+/// HTTP, a byte that is not the start of the HTTP/2 preface, or the whole
+/// preface. `false`: close it.
+async fn request_starts(
+    stream: &tokio::net::TcpStream,
+    limit: std::time::Duration,
+    tls: bool,
+) -> bool {
+    let wait = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            if stream.readable().await.is_err() {
+                return false;
+            }
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) if tls => return true,
+                Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => return true,
+                // Part of the preface so far: look again shortly (the bytes
+                // stay readable, so `readable` alone would spin).
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    };
+    matches!(tokio::time::timeout(limit, wait).await, Ok(true))
+}
+
+/// Accept failures, logged at most once a second with a count.
+#[derive(Default)]
+struct AcceptErrors {
+    since_log: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, e: &std::io::Error) {
+        self.since_log += 1;
+        metrics::counter!("switchyard_accept_errors_total").increment(1);
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(
+                "accept failed ({} times since the last report): {e}",
+                self.since_log
+            );
+            self.since_log = 0;
+            self.last_log = Some(std::time::Instant::now());
+        }
     }
 }

@@ -199,10 +199,42 @@ fn on_failure(plugin: &RouterPlugin, pool: &Pool) -> Choice {
     }
 }
 
-/// Turns a plugin's decision into a choice, refusing ids outside the pool,
-/// bad statuses and malformed headers.
+/// Headers a router may add, at most.
+const MAX_ADDED_HEADERS: usize = 32;
+/// Bytes of added header names and values, at most.
+const MAX_ADDED_BYTES: usize = 16 * 1024;
+/// Bytes of a reject body, at most.
+const MAX_REJECT_BODY: usize = 64 * 1024;
+
+/// Whether a router may set header `name`: not the ones that frame or
+/// route the message (a router-added `content-length` would desync the
+/// upstream connection), and not the proxy's own.
+fn may_add(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "host"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+            | "proxy-connection"
+            | "expect"
+    ) && !name.as_str().starts_with("x-switchyard-")
+}
+
+/// Turns a plugin's decision into a choice, refusing empty candidate
+/// lists, ids outside the pool, bad statuses, oversized bodies, and
+/// malformed, forbidden or too many headers.
 fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
     let decision = match answer {
+        Answer::Few(_, 0) => {
+            return Err(CallFailure::Invalid(
+                "no candidates (to refuse a request, reject it)".into(),
+            ));
+        }
         Answer::Few(ids, len) => {
             let candidates = Candidates::Few(ids, len);
             if let Some(bad) = candidates
@@ -223,21 +255,41 @@ fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
     };
     match decision {
         wit::Decision::Forward(f) => {
+            if f.candidates.is_empty() {
+                return Err(CallFailure::Invalid(
+                    "no candidates (to refuse a request, reject it)".into(),
+                ));
+            }
             if let Some(bad) = f.candidates.iter().find(|&&id| id as usize >= pool_size) {
                 return Err(CallFailure::Invalid(format!(
                     "candidate {bad} is not a backend id (pool has {pool_size})"
+                )));
+            }
+            let bytes: usize = f
+                .add_headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum();
+            if f.add_headers.len() > MAX_ADDED_HEADERS || bytes > MAX_ADDED_BYTES {
+                return Err(CallFailure::Invalid(format!(
+                    "{} added headers of {bytes} bytes (at most {MAX_ADDED_HEADERS} and {MAX_ADDED_BYTES})",
+                    f.add_headers.len()
                 )));
             }
             let add_headers = f
                 .add_headers
                 .into_iter()
                 .map(|h| {
+                    let name: String = h.name.chars().take(64).collect();
                     match (
                         HeaderName::from_bytes(h.name.as_bytes()),
                         HeaderValue::from_str(&h.value),
                     ) {
-                        (Ok(n), Ok(v)) => Ok((n, v)),
-                        _ => Err(CallFailure::Invalid(format!("invalid header {:?}", h.name))),
+                        (Ok(n), Ok(v)) if may_add(&n) => Ok((n, v)),
+                        (Ok(_), Ok(_)) => Err(CallFailure::Invalid(format!(
+                            "header {name:?} may not be set by a router"
+                        ))),
+                        _ => Err(CallFailure::Invalid(format!("invalid header {name:?}"))),
                     }
                 })
                 .collect::<Result<_, _>>()?;
@@ -245,6 +297,12 @@ fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
                 candidates: Candidates::Many(f.candidates),
                 add_headers,
             })
+        }
+        wit::Decision::Reject(r) if r.body.len() > MAX_REJECT_BODY => {
+            Err(CallFailure::Invalid(format!(
+                "reject body of {} bytes (at most {MAX_REJECT_BODY})",
+                r.body.len()
+            )))
         }
         wit::Decision::Reject(r) if (200..=599).contains(&r.status) => Ok(Choice::Reply {
             status: r.status,
@@ -350,6 +408,65 @@ mod tests {
         assert!(matches!(
             check(Answer::Few([1, 0, 9, 9], 2), 2),
             Ok(Choice::Forward { .. })
+        ));
+        let header = |name: &str, value: &str| wit::Header {
+            name: name.into(),
+            value: value.into(),
+        };
+        let forward = |headers: Vec<wit::Header>| {
+            Answer::Full(wit::Decision::Forward(wit::Forward {
+                candidates: vec![0],
+                add_headers: headers,
+            }))
+        };
+        for forbidden in [
+            "content-length",
+            "Transfer-Encoding",
+            "host",
+            "x-switchyard-client",
+            "connection",
+        ] {
+            assert!(
+                matches!(
+                    check(forward(vec![header(forbidden, "1")]), 2),
+                    Err(CallFailure::Invalid(_))
+                ),
+                "{forbidden}"
+            );
+        }
+        assert!(matches!(
+            check(forward(vec![header("x-tier", "fast")]), 2),
+            Ok(Choice::Forward { .. })
+        ));
+        let many = (0..33).map(|i| header(&format!("x-h{i}"), "v")).collect();
+        assert!(matches!(
+            check(forward(many), 2),
+            Err(CallFailure::Invalid(_))
+        ));
+        let huge = vec![header("x-big", &"v".repeat(20_000))];
+        assert!(matches!(
+            check(forward(huge), 2),
+            Err(CallFailure::Invalid(_))
+        ));
+        assert!(matches!(
+            check(Answer::Few([0; 4], 0), 2),
+            Err(CallFailure::Invalid(_))
+        ));
+        let none = wit::Decision::Forward(wit::Forward {
+            candidates: vec![],
+            add_headers: vec![],
+        });
+        assert!(matches!(
+            check(Answer::Full(none), 2),
+            Err(CallFailure::Invalid(_))
+        ));
+        let big = wit::Decision::Reject(wit::Reject {
+            status: 400,
+            body: "x".repeat(MAX_REJECT_BODY + 1),
+        });
+        assert!(matches!(
+            check(Answer::Full(big), 2),
+            Err(CallFailure::Invalid(_))
         ));
         let odd = wit::Decision::Reject(wit::Reject {
             status: 42,

@@ -86,7 +86,9 @@ impl ReloadWatcher {
                         let _ = reloader.reload(&cause);
                     }
                     for p in plugins {
-                        if p.exists() && !reloader.is_referenced(p) {
+                        // The entry itself, not its target: a dangling link
+                        // or a link loop is reported, not skipped.
+                        if p.symlink_metadata().is_ok() && !reloader.is_referenced(p) {
                             reloader.check_unreferenced(p);
                         }
                     }

@@ -1,0 +1,171 @@
+//! What a hostile or broken peer does to the proxy: each case a hole found
+//! by probing, closed, and kept closed here.
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use switchyard_tests::*;
+
+/// A backend that accepts connections and never answers.
+struct Silent {
+    addr: SocketAddr,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+fn silent() -> Silent {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let thread = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(64) {
+            match stream {
+                Ok(s) => held.push(s),
+                Err(_) => return,
+            }
+        }
+    });
+    Silent {
+        addr,
+        _thread: thread,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_byte_timeout_is_retried_on_the_next_candidate_when_the_request_may_repeat() {
+    let stuck = silent();
+    let good = mock("good");
+    let config = format!(
+        "[pools.p]\nbackends = [{{ name = \"stuck\", address = \"{}\" }}, {}]\n\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\ntimeouts = {{ first_byte = \"300ms\" }}\n\
+         router = {{ plugin = \"fallback-chain.wasm\", config = {{ order = [\"stuck\", \"good\"] }} }}\n",
+        stuck.addr,
+        backend_entry(&good, "")
+    );
+    let proxy = TestProxy::start(&config);
+    let started = Instant::now();
+    let r = get(&proxy.url("/ok"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.backend(), "good");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A POST is not repeated after it may have reached a backend.
+    let post = send("POST", &proxy.url("/ok"), &[], Bytes::from_static(b"{}")).await;
+    assert_eq!(post.status, 504, "{}", post.text());
+    assert_eq!(post.backend(), "stuck");
+    let admin = proxy.proxy().admin_addr.expect("admin");
+    let metrics = get(&format!("http://{admin}/metrics"), &[]).await.text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_retries_total{") && l.contains("reason=\"timeout\"")),
+        "{metrics}"
+    );
+}
+
+/// Reload events the admin `/status` lists, as text.
+async fn reload_events(proxy: &TestProxy) -> String {
+    proxy.status().await["reloads"].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipes_devices_and_link_loops_in_the_plugin_directory_are_refused_by_name() {
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start(&config);
+    let dir = proxy.plugin_path("");
+    let fifo = dir.join("pipe.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.wasm")).expect("symlink");
+    std::os::unix::fs::symlink(dir.join("loop-b.wasm"), dir.join("loop-a.wasm")).expect("symlink");
+    std::os::unix::fs::symlink(dir.join("loop-a.wasm"), dir.join("loop-b.wasm")).expect("symlink");
+    eventually(
+        Duration::from_secs(10),
+        "every bad file reported",
+        || async {
+            let events = reload_events(&proxy).await;
+            ["pipe.wasm", "zero.wasm", "loop-a.wasm"]
+                .iter()
+                .all(|f| events.contains(f))
+        },
+    )
+    .await;
+    let events = reload_events(&proxy).await;
+    assert!(events.contains("not a regular file"), "{events}");
+    // The watcher is not stuck on the pipe: a good file dropped after it
+    // is compiled, and the proxy serves throughout.
+    std::fs::write(dir.join("late.wasm"), plugin_bytes("round-robin.wasm")).expect("copy");
+    eventually(
+        Duration::from_secs(10),
+        "the late plugin compiled",
+        || async { reload_events(&proxy).await.contains("late.wasm compiled") },
+    )
+    .await;
+    assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 200);
+
+    // A route naming such a file is refused with its name.
+    let bad = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\nrouter = {{ plugin = \"zero.wasm\" }}\n",
+        backend_entry(&b, "")
+    );
+    proxy.write_config(&bad);
+    eventually(Duration::from_secs(10), "the refusal", || async {
+        let events = reload_events(&proxy).await;
+        events.contains("zero.wasm: cannot read: not a regular file")
+    })
+    .await;
+    assert_eq!(
+        get(&proxy.url("/ok"), &[]).await.status,
+        200,
+        "the last good config serves"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_nothing_or_half_a_preface_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_full(&config, "header_read_timeout = \"1s\"", None);
+    let mut idle = Vec::new();
+    for i in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        if i % 2 == 1 {
+            s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        }
+        idle.push(s);
+    }
+    // New requests are served meanwhile.
+    assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 200);
+    let started = Instant::now();
+    for mut s in idle {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    // A full h2c preface is served, and plain HTTP/1.1 still is.
+    let req = http::Request::get(format!("http://{}/ok", proxy.addr()))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request");
+    let (reply, _) = switchyard_tests::pki::h2c_request(proxy.addr(), req)
+        .await
+        .expect("h2c");
+    assert_eq!(reply.status, 200);
+    assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 200);
+}
