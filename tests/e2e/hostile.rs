@@ -169,3 +169,65 @@ async fn connections_that_send_nothing_or_half_a_preface_are_closed() {
     assert_eq!(reply.status, 200);
     assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_prefix_is_a_boundary_whatever_the_path_spelling() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (public, admin) = (mock("public"), mock("admin"));
+    let config = format!(
+        "[pools.public]\nbackends = [{}]\n[pools.admin]\nbackends = [{}]\n\n\
+         [[routes]]\nname = \"public\"\nmatch = {{ path_prefix = \"/public\" }}\nstrip_prefix = true\npool = \"public\"\n\n\
+         [[routes]]\nname = \"admin\"\nmatch = {{ path_prefix = \"/admin\" }}\npool = \"admin\"\n",
+        backend_entry(&public, ""),
+        backend_entry(&admin, "")
+    );
+    let proxy = TestProxy::start(&config);
+    // Raw bytes: HTTP clients would clean these paths before sending.
+    let raw = |path: &'static str| {
+        let addr = proxy.addr();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    for path in [
+        "/public/../admin/secret",
+        "/public/%2e%2e/admin/secret",
+        "/public/./../admin/secret",
+        "/public//../admin/secret",
+    ] {
+        let answer = raw(path).await;
+        // Resolved before matching: it is the admin route's request now,
+        // and the admin backend sees the clean path.
+        assert!(
+            answer.contains("x-switchyard-backend: admin"),
+            "{path}: {answer}"
+        );
+        assert!(
+            answer.contains("\"path\":\"/admin/secret\""),
+            "{path}: {answer}"
+        );
+    }
+    for path in [
+        "/public/..%2fadmin/secret",
+        "/public/..%5Cadmin",
+        "/public/../../etc/passwd",
+    ] {
+        let answer = raw(path).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    let answer = raw("/public/docs/./a//b").await;
+    assert!(answer.contains("\"path\":\"/docs/a/b\""), "{answer}");
+    assert_eq!(
+        public.served() + admin.served(),
+        5,
+        "refused paths reached no backend"
+    );
+}

@@ -5,6 +5,7 @@ use super::body::{Exchange, ProxiedBody, UsageMeter};
 use super::headers::{
     X_SWITCHYARD_BACKEND, X_SWITCHYARD_DEBUG, add_forwarded_for, is_upgrade, strip_hop_by_hop,
 };
+use super::path;
 use super::upstream::{Replay, SendError, StreamedBody, UpstreamBody, WantsUpgrade};
 use super::usage::UsageScan;
 use super::worker::{Choice, Worker};
@@ -52,6 +53,17 @@ pub async fn serve(
     client: Rc<ClientConn>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    match path::normalize(req.uri().path()) {
+        Ok(None) => {}
+        Ok(Some(canonical)) => match with_path(req.uri(), &canonical) {
+            Some(uri) => *req.uri_mut() = uri,
+            None => return Ok(reply(StatusCode::BAD_REQUEST, "invalid path\n")),
+        },
+        Err(e) => {
+            metrics::counter!("switchyard_paths_refused_total").increment(1);
+            return Ok(reply(StatusCode::BAD_REQUEST, format!("{e}\n")));
+        }
+    }
     let table = worker.table();
     let Some(route) = table.find(&req) else {
         return Ok(reply(
@@ -830,6 +842,17 @@ fn upstream_uri(uri: &Uri, strip: Option<&str>) -> Option<Uri> {
         None if uri.scheme().is_some() || uri.authority().is_some() => path_and_query.parse().ok(),
         None => None,
     }
+}
+
+/// `uri` with its path replaced by `path`, query and authority kept.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 fn micros(since: Instant) -> u32 {

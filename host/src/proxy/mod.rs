@@ -5,6 +5,7 @@ mod body;
 mod forward;
 mod headers;
 mod json_field;
+mod path;
 mod upstream;
 mod usage;
 mod worker;
