@@ -149,6 +149,19 @@ fn the_providers_example_checks_with_keys_in_the_environment_and_names_a_missing
 }
 
 #[test]
+fn check_loads_the_listener_certificate_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate\n").expect("write");
+    std::fs::write(dir.path().join("key.pem"), "not a key\n").expect("write");
+    let (ok, out) = check(&format!(
+        "[server]\ntls = {{ cert = \"{0}/cert.pem\", key = \"{0}/key.pem\" }}\n\n{POOL}\n[[routes]]\nname = \"r\"\npool = \"models\"\n",
+        dir.path().display()
+    ));
+    assert!(!ok, "{out}");
+    assert!(out.contains("server.tls") && out.contains("cert.pem") && out.contains("holds no certificate"), "{out}");
+}
+
+#[test]
 fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
     let backend = switchyard::demo::MockBackend::start(switchyard::demo::MockOptions::new("b"))
         .expect("mock backend");

@@ -293,6 +293,26 @@ mod tests {
         assert_eq!(q.remaining_tokens, Some(7000));
         let reset = q.reset_ms.unwrap();
         assert!((38_000..=40_000).contains(&reset), "{reset}");
+        // What a router sees next.
+        let s = BackendState::default();
+        s.record_quota(&q);
+        let seen = s.snapshot();
+        assert_eq!((seen.remaining_requests, seen.remaining_tokens), (Some(49), Some(7000)));
+        assert!((37_000..=40_000).contains(&seen.quota_reset_ms), "{}", seen.quota_reset_ms);
+    }
+
+    #[test]
+    fn azure_headers_are_openai_with_retry_after_ms() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "119".into()),
+            ("x-ratelimit-remaining-tokens", "119000".into()),
+            ("retry-after-ms", "2500".into()),
+            ("retry-after", "3".into()),
+        ]);
+        let q = QuotaReport::from_headers(&h).unwrap();
+        assert_eq!(q.remaining_tokens, Some(119_000));
+        assert_eq!(q.retry_after_ms, Some(2500));
+        assert_eq!(q.reset_ms, Some(3000));
     }
 
     #[test]
