@@ -199,7 +199,9 @@ pub struct PluginSettings {
     /// Directory holding `.wasm` plugins; relative to the config file.
     #[serde(default = "default_plugin_dir")]
     pub dir: PathBuf,
-    /// Directory for compiled plugins; default `<dir>/.cache`.
+    /// Directory for compiled plugins; default `$XDG_CACHE_HOME/switchyard`
+    /// (or `~/.cache/switchyard`). Entries are authenticated, so only this
+    /// install's own are loaded.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Reload when the config file or a plugin changes.
@@ -963,11 +965,21 @@ impl Config {
         self.base_dir.join(&self.plugins.dir)
     }
 
-    /// The compiled-plugin cache directory.
+    /// The compiled-plugin cache directory: `plugins.cache_dir`, else the
+    /// user's cache directory (`$XDG_CACHE_HOME` or `~/.cache`), never the
+    /// plugin directory, so whoever may drop a `.wasm` there cannot drop
+    /// compiled code beside it.
     pub fn cache_dir(&self) -> PathBuf {
-        match &self.plugins.cache_dir {
-            Some(dir) => self.base_dir.join(dir),
-            None => self.plugin_dir().join(".cache"),
+        if let Some(dir) = &self.plugins.cache_dir {
+            return self.base_dir.join(dir);
+        }
+        let user_cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        match user_cache {
+            Some(dir) => dir.join("switchyard"),
+            None => std::env::temp_dir().join("switchyard-cache"),
         }
     }
 

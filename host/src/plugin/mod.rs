@@ -96,7 +96,7 @@ pub struct LoadedComponent {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<cache::CompileCache>,
     /// Components by content hash, so routes sharing a plugin compile once.
     loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
     /// The store behind the plugins' `shared` interface.
@@ -130,7 +130,7 @@ impl PluginRuntime {
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
-            cache_dir,
+            cache: cache_dir.as_deref().and_then(cache::CompileCache::open),
             loaded: Mutex::new(HashMap::new()),
             shared: SharedStore::in_process(),
         }))
@@ -192,6 +192,18 @@ impl PluginRuntime {
             .map_err(|e| instantiate_error(file, &e))
     }
 
+    /// Forgets compiled components nothing uses any more (a plugin version
+    /// replaced by a reload), so loading version after version does not
+    /// grow memory.
+    pub fn forget_unused(&self) {
+        self.loaded_lock().retain(|_, c| Arc::strong_count(c) > 1);
+    }
+
+    /// Compiled components held, for tests and the admin API.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded_lock().len()
+    }
+
     fn loaded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -211,8 +223,8 @@ impl PluginRuntime {
         if bytes.len() >= 8 && bytes[4..8] == [1, 0, 0, 0] {
             return Err(PluginError::CoreModule { file: file.into() });
         }
-        if let Some(dir) = &self.cache_dir
-            && let Some(component) = cache::load(&self.engine, dir, hash)
+        if let Some(cache) = &self.cache
+            && let Some(component) = cache.load(&self.engine, hash)
         {
             return Ok((component, true));
         }
@@ -222,10 +234,10 @@ impl PluginRuntime {
             reason: format!("{e:#}"),
         })?;
         tracing::debug!(file = %file.display(), elapsed = ?started.elapsed(), "compiled plugin");
-        if let Some(dir) = &self.cache_dir
-            && let Err(e) = cache::store(dir, hash, &component)
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.store(hash, &component)
         {
-            tracing::warn!(dir = %dir.display(), "cannot cache compiled plugin: {e}");
+            tracing::warn!("cannot cache compiled plugin: {e}");
         }
         Ok((component, false))
     }
@@ -309,12 +321,7 @@ fn new_store(
     memory_mb: u32,
     deadline_ticks: u64,
 ) -> wasmtime::Store<HostState> {
-    let limits = wasmtime::StoreLimitsBuilder::new()
-        .memory_size(memory_mb as usize * 1024 * 1024)
-        .instances(4)
-        .tables(4)
-        .memories(2)
-        .build();
+    let limits = store_limits(memory_mb);
     let mut store = wasmtime::Store::new(engine, HostState::new(name, owner, limits, shared));
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|mut ctx| {
@@ -366,6 +373,23 @@ fn read_plugin_file(file: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Elements one Wasm table may hold: Rust components need a few hundred;
+/// unbounded, a plugin could grow tables to gigabytes outside its memory
+/// cap.
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// What one plugin instance may hold: `memory_mb` of linear memory, and
+/// few, bounded tables, memories and instances.
+fn store_limits(memory_mb: u32) -> wasmtime::StoreLimits {
+    wasmtime::StoreLimitsBuilder::new()
+        .memory_size(memory_mb as usize * 1024 * 1024)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(4)
+        .tables(4)
+        .memories(2)
+        .build()
+}
+
 /// A failed instantiation of `file`.
 fn instantiate_error(file: &Path, e: &wasmtime::Error) -> PluginError {
     let mut reason = format!("{e:#}");
@@ -415,4 +439,20 @@ fn spawn_epoch_ticker(engine: &Engine) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn tables_and_memories_are_bounded() {
+        let mut limits = store_limits(16);
+        assert!(limits.table_growing(100, 1_000, None).unwrap());
+        assert!(!limits.table_growing(100, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert!(!limits.table_growing(0, usize::MAX, None).unwrap());
+        assert!(limits.memory_growing(0, 16 << 20, None).unwrap());
+        assert!(!limits.memory_growing(0, (16 << 20) + 65536, None).unwrap());
+    }
 }

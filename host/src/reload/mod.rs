@@ -140,6 +140,7 @@ impl Reloader {
                 if let Some(config) = good {
                     *lock(&self.config) = config;
                 }
+                self.runtime.forget_unused();
                 tracing::info!(cause, "reloaded: {message}");
                 Ok(message)
             }
@@ -187,6 +188,7 @@ impl Reloader {
             ),
             Err(e) => (false, e.to_string()),
         };
+        self.runtime.forget_unused();
         if ok {
             tracing::info!("{message}");
         } else {
