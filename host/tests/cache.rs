@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use switchyard::plugin::PluginRuntime;
 
 fn plugin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(name);
     assert!(path.exists(), "run ./scripts/build-plugins.sh");
     path
 }
@@ -33,7 +35,10 @@ fn a_tampered_or_foreign_cache_entry_is_recompiled_not_loaded() {
     let first = PluginRuntime::new(Some(cache.clone())).expect("runtime");
     assert!(!first.load(&file, "router").expect("load").from_cache);
     let again = PluginRuntime::new(Some(cache.clone())).expect("runtime");
-    assert!(again.load(&file, "router").expect("load").from_cache, "an authentic entry is used");
+    assert!(
+        again.load(&file, "router").expect("load").from_cache,
+        "an authentic entry is used"
+    );
 
     let entry = std::fs::read_dir(&cache)
         .expect("cache dir")
@@ -46,7 +51,10 @@ fn a_tampered_or_foreign_cache_entry_is_recompiled_not_loaded() {
     bytes[mid] ^= 0xff;
     std::fs::write(&entry, &bytes).expect("write");
     let tampered = PluginRuntime::new(Some(cache.clone())).expect("runtime");
-    assert!(!tampered.load(&file, "router").expect("load").from_cache, "a tampered entry is not loaded");
+    assert!(
+        !tampered.load(&file, "router").expect("load").from_cache,
+        "a tampered entry is not loaded"
+    );
 
     // An entry made by another install (another key) is refused as well.
     let other = dir.path().join("other");
@@ -59,7 +67,10 @@ fn a_tampered_or_foreign_cache_entry_is_recompiled_not_loaded() {
         }
     }
     let planted = PluginRuntime::new(Some(cache)).expect("runtime");
-    assert!(!planted.load(&file, "router").expect("load").from_cache, "a foreign entry is not loaded");
+    assert!(
+        !planted.load(&file, "router").expect("load").from_cache,
+        "a foreign entry is not loaded"
+    );
 }
 
 #[test]
@@ -71,7 +82,9 @@ fn versions_nothing_uses_are_forgotten() {
     let mut kept = None;
     for n in 0..30 {
         std::fs::write(&file, variant(&bytes, n)).expect("write");
-        let loaded = runtime.load(&file, "router").expect("a padded component still loads");
+        let loaded = runtime
+            .load(&file, "router")
+            .expect("a padded component still loads");
         // The route holds the newest version; the one before is let go.
         kept = Some(loaded);
         runtime.forget_unused();

@@ -158,7 +158,12 @@ fn check_loads_the_listener_certificate_and_names_a_bad_one() {
         dir.path().display()
     ));
     assert!(!ok, "{out}");
-    assert!(out.contains("server.tls") && out.contains("cert.pem") && out.contains("holds no certificate"), "{out}");
+    assert!(
+        out.contains("server.tls")
+            && out.contains("cert.pem")
+            && out.contains("holds no certificate"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -231,3 +231,50 @@ async fn a_route_prefix_is_a_boundary_whatever_the_path_spelling() {
         "refused paths reached no backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_upload_times_out_and_frees_its_admission_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\nlimits = {{ max_in_flight = 2 }}\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_full(&config, "body_read_timeout = \"1s\"", None);
+    // One upload small enough to be held whole, one large enough to stream.
+    let mut slow = Vec::new();
+    for length in [65_536, 4 << 20] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        s.write_all(
+            format!("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\nab")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both slots are taken by the trickling clients now.
+    assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 503);
+    let started = Instant::now();
+    for mut s in slow {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 502"),
+            "{text}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(3), "the slots to be free", || async {
+        get(&proxy.url("/ok"), &[]).await.status == 200
+    })
+    .await;
+}

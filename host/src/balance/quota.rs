@@ -297,8 +297,15 @@ mod tests {
         let s = BackendState::default();
         s.record_quota(&q);
         let seen = s.snapshot();
-        assert_eq!((seen.remaining_requests, seen.remaining_tokens), (Some(49), Some(7000)));
-        assert!((37_000..=40_000).contains(&seen.quota_reset_ms), "{}", seen.quota_reset_ms);
+        assert_eq!(
+            (seen.remaining_requests, seen.remaining_tokens),
+            (Some(49), Some(7000))
+        );
+        assert!(
+            (37_000..=40_000).contains(&seen.quota_reset_ms),
+            "{}",
+            seen.quota_reset_ms
+        );
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct ServerConfig {
     /// Longest a client may take to send request headers (slow-loris guard).
     #[serde(default = "default_header_read", with = "duration")]
     pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body (nginx's
+    /// `client_body_timeout`): a stalled upload gets 408 and frees its slot.
+    #[serde(default = "default_body_read", with = "duration")]
+    pub body_read_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_timeout: Duration,
@@ -159,6 +163,7 @@ impl Default for ServerConfig {
             workers: 0,
             backend_header: true,
             header_read_timeout: default_header_read(),
+            body_read_timeout: default_body_read(),
             drain_timeout: default_drain(),
             access_log: false,
             debug_header: false,
@@ -651,6 +656,9 @@ fn default_plugin_dir() -> PathBuf {
 }
 fn default_header_read() -> Duration {
     Duration::from_secs(30)
+}
+fn default_body_read() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_drain() -> Duration {
     Duration::from_secs(30)

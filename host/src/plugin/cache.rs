@@ -141,7 +141,9 @@ impl CompileCache {
 /// Deletes the oldest `.cwasm` entries of `dir` until they total at most
 /// `max` bytes.
 pub fn prune(dir: &Path, max: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
@@ -209,7 +211,10 @@ mod tests {
         key[..4].copy_from_slice(b"Jefe");
         let tag = hmac_sha256(&key, &[b"what do ya want ", b"for nothing?"]);
         let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

@@ -450,7 +450,11 @@ mod tests {
     fn tables_and_memories_are_bounded() {
         let mut limits = store_limits(16);
         assert!(limits.table_growing(100, 1_000, None).unwrap());
-        assert!(!limits.table_growing(100, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert!(
+            !limits
+                .table_growing(100, MAX_TABLE_ELEMENTS + 1, None)
+                .unwrap()
+        );
         assert!(!limits.table_growing(0, usize::MAX, None).unwrap());
         assert!(limits.memory_growing(0, 16 << 20, None).unwrap());
         assert!(!limits.memory_growing(0, (16 << 20) + 65536, None).unwrap());

@@ -6,6 +6,7 @@ use super::headers::{
     X_SWITCHYARD_BACKEND, X_SWITCHYARD_DEBUG, add_forwarded_for, is_upgrade, strip_hop_by_hop,
 };
 use super::path;
+use super::request_body::{ClientBody, ClientBodyError};
 use super::upstream::{Replay, SendError, StreamedBody, UpstreamBody, WantsUpgrade};
 use super::usage::UsageScan;
 use super::worker::{Choice, Worker};
@@ -51,8 +52,10 @@ impl ClientConn {
 pub async fn serve(
     worker: Rc<Worker>,
     client: Rc<ClientConn>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let table = worker.table();
+    let mut req = req.map(|body| ClientBody::new(body, table.body_read_timeout));
     match path::normalize(req.uri().path()) {
         Ok(None) => {}
         Ok(Some(canonical)) => match with_path(req.uri(), &canonical) {
@@ -64,7 +67,6 @@ pub async fn serve(
             return Ok(reply(StatusCode::BAD_REQUEST, format!("{e}\n")));
         }
     }
-    let table = worker.table();
     let Some(route) = table.find(&req) else {
         return Ok(reply(
             StatusCode::NOT_FOUND,
@@ -122,12 +124,7 @@ pub async fn serve(
         Some(p) if p.reads_body() && is_json(&req) => {
             match peek(req.body_mut(), p.spec.body_peek).await {
                 Ok(peeked) => Some(peeked),
-                Err(e) => {
-                    return Ok(reply(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the request body: {e}\n"),
-                    ));
-                }
+                Err(e) => return Ok(body_failed(&e)),
             }
         }
         _ => None,
@@ -304,7 +301,7 @@ impl Context<'_> {
     async fn forward(
         &self,
         client: &ClientConn,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peeked: Option<Peeked>,
         candidates: &[u32],
         add_headers: Vec<(http::HeaderName, HeaderValue)>,
@@ -357,12 +354,7 @@ impl Context<'_> {
                 preserve_host: route.preserve_host,
                 upgrade: client_upgrade,
             },
-            Err(Held::Failed(e)) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}\n"),
-                );
-            }
+            Err(Held::Failed(e)) => return body_failed(&e),
         };
         let mut permit = permit;
         let exhausted = match self
@@ -692,8 +684,8 @@ impl Context<'_> {
 enum Held {
     /// Its body is too large or of unknown length: it streams, once.
     Streamed(Box<Request<UpstreamBody>>),
-    /// The client's body broke while it was read.
-    Failed(hyper::Error),
+    /// The client's body broke, or stalled, while it was read.
+    Failed(ClientBodyError),
 }
 
 /// Holds the request whole when its body is empty or declares a length
@@ -701,7 +693,7 @@ enum Held {
 /// (the common GET) is held without awaiting anything.
 async fn hold(
     parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     peeked: Option<Peeked>,
     limit: u64,
     preserve_host: bool,
@@ -772,7 +764,7 @@ fn is_json<B>(req: &Request<B>) -> bool {
 /// Reads up to `limit` bytes of `req`'s body, stopping early at its end.
 /// The bytes read go upstream ahead of the rest, so the body is sent on
 /// unchanged.
-async fn peek(body: &mut Incoming, limit: usize) -> Result<Peeked, hyper::Error> {
+async fn peek(body: &mut ClientBody, limit: usize) -> Result<Peeked, ClientBodyError> {
     let mut head = bytes::BytesMut::new();
     let mut complete = body.is_end_stream();
     while !complete && head.len() < limit {
@@ -857,6 +849,19 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
 
 fn micros(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// The answer to a request whose body could not be read: 408 when the
+/// client stalled, 400 when its body was malformed or cut.
+fn body_failed(e: &ClientBodyError) -> Response<ResponseBody> {
+    let status = match e {
+        ClientBodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        ClientBodyError::Read(_) => StatusCode::BAD_REQUEST,
+    };
+    let mut resp = reply(status, format!("cannot read the request body: {e}\n"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// A refused client key, in the OpenAI error shape so SDKs raise their

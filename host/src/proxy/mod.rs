@@ -6,6 +6,7 @@ mod forward;
 mod headers;
 mod json_field;
 mod path;
+mod request_body;
 mod upstream;
 mod usage;
 mod worker;

@@ -7,6 +7,7 @@
 //! multiplexed connection per thread, whose handle every request clones.
 
 use super::LocalExec;
+use super::request_body::{ClientBody, ClientBodyError};
 use crate::balance::Backend;
 use crate::endpoint::{DialError, Endpoint};
 use bytes::Bytes;
@@ -29,12 +30,12 @@ pub type UpstreamBody = Either<StreamedBody, Full<Bytes>>;
 #[derive(Debug)]
 pub struct StreamedBody {
     head: Option<Bytes>,
-    rest: Incoming,
+    rest: ClientBody,
 }
 
 impl StreamedBody {
     /// `head` (possibly empty), then the rest of `rest`.
-    pub fn after(head: Bytes, rest: Incoming) -> StreamedBody {
+    pub fn after(head: Bytes, rest: ClientBody) -> StreamedBody {
         StreamedBody {
             head: (!head.is_empty()).then_some(head),
             rest,
@@ -44,12 +45,12 @@ impl StreamedBody {
 
 impl http_body::Body for StreamedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, ClientBodyError>>> {
         if let Some(head) = self.head.take() {
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
         }

@@ -221,6 +221,8 @@ pub struct RouteTable {
     pub access_log: bool,
     /// Honour `x-switchyard-debug` (`server.debug_header`).
     pub debug_header: bool,
+    /// Longest wait for the next bytes of a request body.
+    pub body_read_timeout: std::time::Duration,
 }
 
 // === impl RouteTable ===
@@ -354,6 +356,7 @@ impl RouteTable {
             backend_header: config.server.backend_header,
             access_log: config.server.access_log,
             debug_header: config.server.debug_header,
+            body_read_timeout: config.server.body_read_timeout,
         })
     }
 
