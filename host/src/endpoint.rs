@@ -312,11 +312,31 @@ pub enum DialError {
         authority: String,
         source: std::io::Error,
     },
+    /// The proxy's own trouble (out of file descriptors, memory or
+    /// buffers): not the backend's fault, never counted against it.
+    #[error("the proxy cannot open a connection to {authority}: {source}")]
+    Local {
+        authority: String,
+        source: std::io::Error,
+    },
     #[error("TLS handshake with {authority}: {source}")]
     Tls {
         authority: String,
         source: std::io::Error,
     },
+}
+
+impl DialError {
+    /// Whether the failure is the proxy's own, not the backend's.
+    pub fn is_local(&self) -> bool {
+        matches!(self, DialError::Local { .. })
+    }
+}
+
+/// Errors of the local machine: descriptors, memory, buffers.
+fn is_local(e: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS on Linux.
+    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 105))
 }
 
 /// A connection to a backend, plain or TLS.
@@ -376,9 +396,13 @@ impl Endpoint {
         }
         let tcp = tokio::net::TcpStream::connect(&addrs[..])
             .await
-            .map_err(|source| DialError::Connect {
-                authority: self.authority.clone(),
-                source,
+            .map_err(|source| {
+                let authority = self.authority.clone();
+                if is_local(&source) {
+                    DialError::Local { authority, source }
+                } else {
+                    DialError::Connect { authority, source }
+                }
             })?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.tls else {

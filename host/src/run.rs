@@ -52,6 +52,7 @@ impl Switchyard {
         resolver: Arc<dyn crate::discovery::Resolve>,
     ) -> Result<Switchyard, StartError> {
         crate::admin::prometheus();
+        crate::proxy::raise_open_file_limit();
         let runtime = PluginRuntime::new(Some(config.cache_dir())).map_err(StartError::Runtime)?;
         let control = Control::start().map_err(|e| StartError::Runtime(e.into()))?;
         let mut registry = LiveRegistry::with_control(control.sender());

@@ -278,3 +278,44 @@ async fn a_trickled_upload_times_out_and_frees_its_admission_slot() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_on_accept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_full(
+        &config,
+        "max_connections = 4\nheader_read_timeout = \"30s\"",
+        None,
+    );
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tokio::net::TcpStream::connect(proxy.addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let _ = extra
+        .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a fifth connection was served: {read:?}"
+    );
+    drop(held);
+    eventually(Duration::from_secs(3), "slots to free", || async {
+        get(&proxy.url("/ok"), &[]).await.status == 200
+    })
+    .await;
+}

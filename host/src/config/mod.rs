@@ -125,6 +125,11 @@ pub struct ServerConfig {
     /// Longest a client may take to send request headers (slow-loris guard).
     #[serde(default = "default_header_read", with = "duration")]
     pub header_read_timeout: Duration,
+    /// Client connections served at once, all workers; more are closed on
+    /// accept. 0: half the open-file limit, leaving the rest for upstream
+    /// connections and files.
+    #[serde(default)]
+    pub max_connections: usize,
     /// Longest wait for the next bytes of a request body (nginx's
     /// `client_body_timeout`): a stalled upload gets 408 and frees its slot.
     #[serde(default = "default_body_read", with = "duration")]
@@ -164,6 +169,7 @@ impl Default for ServerConfig {
             backend_header: true,
             header_read_timeout: default_header_read(),
             body_read_timeout: default_body_read(),
+            max_connections: 0,
             drain_timeout: default_drain(),
             access_log: false,
             debug_header: false,

@@ -613,6 +613,21 @@ impl Context<'_> {
                         ))
                     }));
                 }
+                Err(SendError::Connect(_, reason)) if reason.is_local() => {
+                    // Out of descriptors here: no backend is to blame, and
+                    // the next candidate would fail the same way.
+                    drop(guard);
+                    metrics::counter!("switchyard_local_errors_total", "kind" => "connect")
+                        .increment(1);
+                    tracing::error!(route = %route.name, "{reason}; answering 503");
+                    let mut resp = reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the proxy is out of resources (open files); try again shortly\n",
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Ok(resp);
+                }
                 Err(SendError::Connect(back, reason)) => {
                     drop(guard);
                     pool.record(id, Outcome::ConnectError, timing_of(started));

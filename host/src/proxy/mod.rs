@@ -33,15 +33,67 @@ use worker::Worker;
 pub struct Shared {
     pub table: ArcSwap<RouteTable>,
     pub server: ServerConfig,
+    /// Client connections open, all workers.
+    connections: std::sync::atomic::AtomicUsize,
+    /// Most client connections served at once.
+    max_connections: usize,
 }
 
 impl Shared {
     pub fn new(table: RouteTable, server: ServerConfig) -> Arc<Shared> {
+        let max_connections = match server.max_connections {
+            0 => (open_file_limit() / 2).max(64) as usize,
+            n => n,
+        };
         Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             server,
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            max_connections,
         })
     }
+
+    /// Takes a connection slot, or `None` at `max_connections`.
+    fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let taken = self.connections.fetch_update(Relaxed, Relaxed, |n| {
+            (n < self.max_connections).then_some(n + 1)
+        });
+        taken.ok().map(|_| ConnectionSlot(self.clone()))
+    }
+}
+
+/// One client connection's place under `max_connections`, freed on drop.
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (the default soft limit
+/// of 1024 is far below what a proxy holds), logging the change, and
+/// returns the limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    let before = open_file_limit();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now > before => {
+            tracing::info!("raised the open-file limit from {before} to {now}");
+            now
+        }
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit ({before}): {e}");
+            before
+        }
+    }
+}
+
+fn open_file_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
@@ -183,7 +235,7 @@ async fn serve(
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let start_timeout = shared.server.header_read_timeout;
     let builder = Rc::new(builder);
-    let worker = Rc::new(Worker::new(shared));
+    let worker = Rc::new(Worker::new(shared.clone()));
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
     loop {
@@ -199,12 +251,17 @@ async fn serve(
                         continue;
                     }
                 };
+                let Some(slot) = shared.connection_slot() else {
+                    metrics::counter!("switchyard_connections_refused_total").increment(1);
+                    continue; // dropped: closed at once
+                };
                 let _ = stream.set_nodelay(true);
                 let client = Rc::new(ClientConn::new(peer));
                 let worker = worker.clone();
                 let service = service_fn(move |req| forward::serve(worker.clone(), client.clone(), req));
                 let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
                 tokio::task::spawn_local(async move {
+                    let _slot = slot;
                     // hyper's header timer starts at the first byte, and its
                     // HTTP version detection has none: a client that sends
                     // nothing, or a partial HTTP/2 preface, is closed here.
