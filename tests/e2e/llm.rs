@@ -70,9 +70,9 @@ async fn routes_on_the_body_model_and_forwards_the_body_unchanged() {
         assert_eq!(r.json()["model"], model, "the backend saw the body's model");
     }
 
-    // Bodies inside the peek (held whole) and past it (the read prefix,
-    // then the rest streamed) reach the backend byte for byte.
-    for filler in [100, 7 * 1024, 300 * 1024] {
+    // Bodies inside the peek are read whole, routed, and reach the backend
+    // byte for byte.
+    for filler in [100, 7 * 1024] {
         let body = chat_body("llama-3.1-8b", filler);
         let r = post_json(&proxy.url("/echo"), body.clone()).await;
         assert_eq!(r.status, 200, "{}", r.text());
@@ -82,15 +82,25 @@ async fn routes_on_the_body_model_and_forwards_the_body_unchanged() {
         assert_eq!(echo["body_sha256"], sha256_hex(&body), "filler {filler}");
     }
 
-    // A `model` past the first 8 KiB is not read: the router sees none and
-    // refuses, OpenAI style.
-    let late = Bytes::from(format!(
-        r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"llama-3.1-8b"}}"#,
-        "y".repeat(9 * 1024)
-    ));
-    let r = post_json(&proxy.url("/v1/chat/completions"), late).await;
-    assert_eq!(r.status, 404, "{}", r.text());
-    assert!(r.text().contains("model_not_found"), "{}", r.text());
+    // Past the peek the object is not read whole, so even a `model` at the
+    // front is not trusted (a later duplicate would win at the backend):
+    // the router sees none and says so, OpenAI style.
+    for body in [
+        chat_body("llama-3.1-8b", 300 * 1024),
+        Bytes::from(format!(
+            r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"llama-3.1-8b"}}"#,
+            "y".repeat(9 * 1024)
+        )),
+    ] {
+        let r = post_json(&proxy.url("/v1/chat/completions"), body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("model_not_seen"), "{}", r.text());
+    }
+    // Duplicate keys: the last one decides, as at the backend.
+    let twice =
+        Bytes::from_static(br#"{"model":"gpt-4o-mini","messages":[],"model":"llama-3.1-8b"}"#);
+    let r = post_json(&proxy.url("/v1/chat/completions"), twice).await;
+    assert_eq!(r.backend(), "cheap", "{}", r.text());
     let r = post_json(&proxy.url("/v1/chat/completions"), chat_body("gpt-9", 10)).await;
     assert_eq!(r.status, 404);
     assert!(r.text().contains("gpt-9"), "{}", r.text());
@@ -103,7 +113,35 @@ async fn routes_on_the_body_model_and_forwards_the_body_unchanged() {
         chat_body("llama-3.1-8b", 10),
     )
     .await;
-    assert_eq!(r.status, 404);
+    assert_eq!(r.status, 400);
+}
+
+/// With the default peek (1 MiB) an agent-sized prompt is routed on, and a
+/// body past any peek still streams through whole where the router lets
+/// unknown models through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_prompts_are_routed_and_bodies_past_the_peek_stream_unchanged() {
+    let (fast, cheap) = (mock("fast"), mock("cheap"));
+    let config = format!(
+        "[pools.models]\nbackends = [{}, {}]\n\n\
+         [[routes]]\nname = \"peek\"\nmatch = {{ path_prefix = \"/small\" }}\npool = \"models\"\n\
+         router = {{ plugin = \"model-router.wasm\", body_peek = \"8KiB\", config = {{ unknown = \"any\" }} }}\n\n\
+         [[routes]]\nname = \"default\"\npool = \"models\"\nrouter = {{ plugin = \"model-router.wasm\" }}\n",
+        backend_entry(&fast, r#"models = "gpt-4o-mini""#),
+        backend_entry(&cheap, r#"models = "llama-3.1-8b""#),
+    );
+    let proxy = TestProxy::start(&config);
+    let body = chat_body("llama-3.1-8b", 600 * 1024);
+    let r = post_json(&proxy.url("/echo"), body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.backend(), "cheap");
+    assert_eq!(r.json()["body_sha256"], sha256_hex(&body));
+    let body = chat_body("llama-3.1-8b", 300 * 1024);
+    let r = post_json(&proxy.url("/small/echo"), body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["body_len"], body.len());
+    assert_eq!(echo["body_sha256"], sha256_hex(&body));
 }
 
 /// A body read to route on, then retried: the held copy goes to the next

@@ -554,13 +554,16 @@ pub struct RouterConfig {
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
     /// How much of a JSON request body is read to find the `json-body`
-    /// attributes the router asks for; the body is sent on unchanged.
+    /// attributes the router asks for; the body is sent on unchanged. A
+    /// field is only reported when the whole object fits (a later
+    /// duplicate key would override it), so this must exceed the largest
+    /// body routed on: agent prompts of hundreds of KiB are common.
     #[serde(default = "default_body_peek", deserialize_with = "size::deserialize")]
     pub body_peek: u64,
 }
 
 fn default_body_peek() -> u64 {
-    64 * 1024
+    1024 * 1024
 }
 
 /// What happens when a plugin traps, runs past its deadline, or answers

@@ -1,31 +1,40 @@
 //! Reads one top-level field of a JSON object from a prefix of its text,
-//! for routers that route on the request body (`model`, `user`): the body
-//! may be cut anywhere, so the reader never needs the whole document and
-//! answers `None` whenever the prefix ends before the field's value does.
+//! for routers that route on the request body (`model`, `user`).
+//!
+//! It reads the field as the backend will: keys are unescaped
+//! (`"mod\u0065l"` is `model`), and of duplicate keys the last one counts,
+//! as in serde_json, Python's `json` and JavaScript. So a value is only
+//! known once the whole object has been read: when the prefix ends before
+//! the object does, the answer is `None`, never a guess a later duplicate
+//! could contradict.
 
 /// The value of the top-level field `name` in the JSON object that `text`
 /// begins: a string unescaped, any other value as its JSON text. `None` when
-/// `text` is not an object, lacks the field, or ends before its value does.
+/// `text` is not an object, lacks the field, or ends before the object does.
 pub fn top_level_field(text: &[u8], name: &str) -> Option<String> {
     let mut c = Cursor { text, at: 0 };
     c.space();
     c.eat(b'{')?;
+    let mut found = None;
+    c.space();
+    if c.peek()? == b'}' {
+        return None;
+    }
     loop {
         c.space();
-        if c.peek()? == b'}' {
-            return None;
-        }
         let key = c.string()?;
         c.space();
         c.eat(b':')?;
         c.space();
         if key == name {
-            return c.value_text();
+            found = Some(c.value_text()?);
+        } else {
+            c.skip_value()?;
         }
-        c.skip_value()?;
         c.space();
         match c.next()? {
             b',' => continue,
+            b'}' => return found,
             _ => return None,
         }
     }
@@ -191,6 +200,24 @@ mod tests {
             assert!(max.is_none(), "cut {cut}: a number at the end may be cut");
         }
         assert_eq!(field(body, "max_tokens").as_deref(), Some("128"));
+    }
+
+    #[test]
+    fn the_last_duplicate_wins_and_escaped_keys_count() {
+        assert_eq!(
+            field(br#"{"model":"a","model":"b"}"#, "model").as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            field(br#"{"model":"a","mod\u0065l":"b"}"#, "model").as_deref(),
+            Some("b")
+        );
+        // Cut before the object ends: a later duplicate may follow.
+        assert_eq!(field(br#"{"model":"a","messages":[]"#, "model"), None);
+        // serde_json reads the same.
+        let parsed: serde_json::Value =
+            serde_json::from_slice(br#"{"model":"a","mod\u0065l":"b"}"#).unwrap();
+        assert_eq!(parsed["model"], "b");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! label (comma-separated); the config's `aliases` map public names to the
 //! names backends list (`aliases.fast = "gpt-4o-mini"`).
 //!
-//! A request for a model no usable backend serves gets `unknown`:
+//! A request whose body names no model (or is larger than the route's
+//! `body_peek`, so not read whole) is refused with 400 `model_not_seen`
+//! under `reject`. A request for a model no usable backend serves gets
+//! `unknown`:
 //! `reject` (the default) answers 404 with an OpenAI-style error, `any`
 //! sends it to the least outstanding backend of the pool. The body reaches
 //! the backend unchanged; the host reads only its first `body_peek` bytes.
@@ -86,6 +89,12 @@ impl Router for ModelRouter {
                 };
             }
         }
+        if self.reject_unknown && model.is_none() {
+            return Decision::reject(
+                400,
+                "{\"error\":{\"message\":\"the request body names no model: it needs a top-level `model` field, and the proxy reads bodies up to the route's body_peek (larger bodies are forwarded but not routed on)\",\"type\":\"invalid_request_error\",\"code\":\"model_not_seen\"}}",
+            );
+        }
         if self.reject_unknown {
             // Quoted for a JSON string: backslashes and quotes escaped,
             // control characters dropped.
@@ -154,7 +163,9 @@ mod tests {
         let d = strict.route(&Request::new(&[Some("a\"b")]), &loads);
         assert!(matches!(d, Decision::Reject { ref body, .. } if body.contains(r#"'a\"b'"#)));
         let d = strict.route(&Request::new(&[None]), &loads);
-        assert!(matches!(d, Decision::Reject { .. }));
+        assert!(
+            matches!(d, Decision::Reject { status: 400, ref body } if body.contains("model_not_seen"))
+        );
         let mut any = router(&[("unknown", "any")]);
         let d = any.route(&Request::new(&[Some("gpt-5")]), &loads);
         assert_eq!(d.candidates().unwrap().len(), 3);
