@@ -737,6 +737,15 @@ impl Config {
                 let at = text.find(&self.server.listen);
                 (at, format!("server.listen {:?}: {e}", self.server.listen))
             })?;
+        if self.server.workers > 1024 {
+            return Err((
+                text.find("workers"),
+                format!(
+                    "server.workers = {} is above 1024 (0: one per core)",
+                    self.server.workers
+                ),
+            ));
+        }
         if let Some(admin) = &self.admin {
             let addr = admin.listen.parse::<std::net::SocketAddr>().map_err(|e| {
                 let at = text.find(&admin.listen);
