@@ -319,3 +319,51 @@ async fn connections_past_max_connections_are_closed_on_accept() {
     })
     .await;
 }
+
+/// A plugin whose `init` hangs after its first instances were made (at
+/// load) never stalls a worker: instances are made off the request path,
+/// and until one is ready the failure policy decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_init_that_hangs_later_never_stalls_a_worker() {
+    let b = mock("b0");
+    // The instances made at load: one per core and one spare.
+    let at_load = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n\
+         [[routes]]\nname = \"trapping\"\nmatch = {{ path_prefix = \"/trap\" }}\npool = \"p\"\n\
+         router = {{ plugin = \"fixture-trap.wasm\", config = {{ init_spin_after = {at_load} }} }}\n\n\
+         [[routes]]\nname = \"plain\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start(&config);
+    assert_eq!(
+        get(&proxy.url("/trap/x"), &[]).await.json()["headers"]["x-decided-by"],
+        "fixture-trap"
+    );
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
+        // A trap costs a worker its instance; the next request on the
+        // route needs a new one, whose making hangs. Plain requests run
+        // meanwhile, on both workers.
+        let trap = proxy.url("/trap/x");
+        let routed = tokio::spawn(async move {
+            let r = get(&trap, &[("x-trap", "1")]).await;
+            assert_eq!(r.status, 200, "fail-open serves: {}", r.text());
+            for _ in 0..4 {
+                assert_eq!(get(&trap, &[]).await.status, 200);
+            }
+        });
+        for _ in 0..8 {
+            let started = Instant::now();
+            assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 200);
+            slowest = slowest.max(started.elapsed());
+        }
+        routed.await.expect("trap requests");
+    }
+    // A hanging init runs for its start-up deadline (1 s); a worker that
+    // ran it would have stalled that long.
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a plain request took {slowest:?}"
+    );
+}

@@ -95,6 +95,15 @@ pub struct RouterPlugin {
     /// `switchyard_route_plugin_info{route, plugin, version}`: how many live
     /// bindings run this version on this route (1 while it serves).
     info: metrics::Gauge,
+    /// Instances made and initialised off the request path, for workers to
+    /// take: a worker thread never runs a plugin's `init`.
+    spares: std::sync::Mutex<Vec<RouterInstance>>,
+}
+
+/// Instances kept ready per plugin: one per core, and one more for the
+/// worker whose instance trapped.
+fn spare_target() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
 }
 
 // === impl RouterPlugin ===
@@ -143,11 +152,45 @@ impl RouterPlugin {
             quarantined_until_ms: AtomicU64::new(0),
             stats,
             info,
+            spares: std::sync::Mutex::new(Vec::new()),
         };
-        let (_, interest) = plugin.start_instance()?;
+        let (first, interest) = plugin.start_instance()?;
         plugin.reads_body = interest.iter().any(|i| matches!(i, Interest::JsonBody(_)));
         plugin.interest = interest;
+        // Ready before the version serves, made here on the loading thread.
+        let mut spares = vec![first];
+        for _ in 1..spare_target() {
+            spares.push(plugin.instantiate()?);
+        }
+        plugin.spares = std::sync::Mutex::new(spares);
         Ok(Arc::new(plugin))
+    }
+
+    /// An instance made off the request path, if one is ready; a new one is
+    /// then made in the background for the next taker.
+    pub fn take_instance(self: &Arc<Self>) -> Option<RouterInstance> {
+        let taken = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        refill(Arc::downgrade(self));
+        taken
+    }
+
+    fn top_up(&self) {
+        loop {
+            if self.spares.lock().unwrap_or_else(|e| e.into_inner()).len() >= spare_target() {
+                return;
+            }
+            match self.instantiate() {
+                Ok(instance) => self
+                    .spares
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(instance),
+                Err(e) => {
+                    self.record_failure(&CallFailure::Instantiate(e.to_string()));
+                    return;
+                }
+            }
+        }
     }
 
     /// Plugin file name, as shown in logs and metrics.
@@ -263,6 +306,36 @@ impl RouterPlugin {
 impl Drop for RouterPlugin {
     fn drop(&mut self) {
         self.info.decrement(1.0);
+    }
+}
+
+/// Asks the instantiation thread to top up `plugin`'s spare instances.
+fn refill(plugin: std::sync::Weak<RouterPlugin>) {
+    type Queue = std::sync::mpsc::Sender<std::sync::Weak<RouterPlugin>>;
+    static QUEUE: std::sync::OnceLock<Option<std::sync::Mutex<Queue>>> = std::sync::OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::Weak<RouterPlugin>>();
+        let spawned = std::thread::Builder::new()
+            .name("switchyard-instances".into())
+            .spawn(move || {
+                while let Ok(plugin) = rx.recv() {
+                    if let Some(plugin) = plugin.upgrade()
+                        && !plugin.is_quarantined()
+                    {
+                        plugin.top_up();
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(std::sync::Mutex::new(tx)),
+            Err(e) => {
+                tracing::error!("cannot start the plugin instance thread: {e}");
+                None
+            }
+        }
+    });
+    if let Some(tx) = queue {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(plugin);
     }
 }
 

@@ -89,8 +89,9 @@ impl Worker {
         cached.clone()
     }
 
-    /// Creates instances for the table's plugins so the first request does
-    /// not pay for it, and drops instances of plugins no longer in use.
+    /// Takes ready instances for the table's plugins (made and initialised
+    /// on the loading thread) so the first request does not wait, and drops
+    /// instances of plugins no longer in use.
     fn warm(&self) {
         let table = self.table.borrow().clone();
         let mut instances = self.instances.borrow_mut();
@@ -101,13 +102,10 @@ impl Worker {
                 .any(|r| r.router.as_ref().is_some_and(|p| p.id == *id))
         });
         for plugin in table.routes.iter().filter_map(|r| r.router.as_ref()) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = instances.entry(plugin.id) {
-                match plugin.instantiate() {
-                    Ok(instance) => {
-                        slot.insert(instance);
-                    }
-                    Err(e) => tracing::warn!("cannot instantiate plugin: {e}"),
-                }
+            if let std::collections::hash_map::Entry::Vacant(slot) = instances.entry(plugin.id)
+                && let Some(instance) = plugin.take_instance()
+            {
+                slot.insert(instance);
             }
         }
     }
@@ -147,10 +145,14 @@ impl Worker {
         let mut instances = self.instances.borrow_mut();
         let instance = match instances.entry(plugin.id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => match plugin.instantiate() {
-                Ok(instance) => e.insert(instance),
-                Err(err) => {
-                    plugin.record_failure(&CallFailure::Instantiate(err.to_string()));
+            // Instances are made and initialised off this thread; until one
+            // is ready (just after a trap), the failure policy decides.
+            std::collections::hash_map::Entry::Vacant(e) => match plugin.take_instance() {
+                Some(instance) => e.insert(instance),
+                None => {
+                    metrics::counter!("switchyard_plugin_instance_waits_total",
+                        "plugin" => plugin.name().to_string(), "route" => route.name.clone())
+                    .increment(1);
                     return on_failure(plugin, &route.pool);
                 }
             },
