@@ -152,7 +152,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &mut Default::default(),
                 None,
             )
-            .with_context(|| format!("{}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!(e.located(&config)))?;
             if let Some(tls) = &config.server.tls {
                 switchyard::tls::certified_key(&tls.cert, &tls.key)
                     .with_context(|| format!("{}: server.tls", path.display()))?;

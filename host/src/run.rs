@@ -7,15 +7,16 @@ use crate::control::Control;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{self, RunningProxy, Shared};
 use crate::reload::{ReloadWatcher, Reloader};
-use crate::route::{BuildError, RouteTable};
+use crate::route::RouteTable;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Build(#[from] BuildError),
+    /// The config could not be put into service; names file and line.
+    #[error("{0}")]
+    Config(String),
     #[error("plugin runtime: {0:#}")]
     Runtime(anyhow::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -66,7 +67,8 @@ impl Switchyard {
                 registry.set_discovered(name, found);
             }
         }
-        let table = RouteTable::build(config, &runtime, &mut registry, None)?;
+        let table = RouteTable::build(config, &runtime, &mut registry, None)
+            .map_err(|e| StartError::Config(e.located(config)))?;
         control.link().apply(table.pools.clone());
         let listen_err = |addr: &str| {
             let addr = addr.to_string();

@@ -87,8 +87,8 @@ fn missing_or_mismatched_plugin_fails_naming_it() {
     ));
     assert!(!ok, "{out}");
     assert!(
-        out.contains("route `r`") && out.contains("no-such.wasm: cannot read"),
-        "{out}"
+        out.contains("switchyard.toml:13: route `r`") && out.contains("no-such.wasm: cannot read"),
+        "a missing plugin is reported at its line: {out}"
     );
     let (ok, out) = check(&format!(
         "{POOL}\n[[routes]]\nname = \"r\"\npool = \"models\"\nrouter = {{ plugin = \"fixture-future-version.wasm\" }}\n"

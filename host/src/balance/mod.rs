@@ -366,13 +366,14 @@ pub fn least_outstanding(pool: &Pool) -> ([u32; BUILTIN_CANDIDATES], u8) {
         t.set(v.wrapping_add(1));
         v % n
     });
+    let now = crate::clock::millis();
     for i in (0..n).map(|i| (start + i) % n) {
         let state = &pool.backends[i].state;
         if !state.is_usable() {
             continue;
         }
         // Insert into the sorted prefix; equal ranks keep scan order.
-        let mut item = (state.load_rank(), i as u32);
+        let mut item = (state.load_rank(now), i as u32);
         for slot in best.iter_mut().take((len + 1).min(BUILTIN_CANDIDATES)) {
             if item.0 < slot.0 || slot.1 == u32::MAX {
                 std::mem::swap(slot, &mut item);

@@ -103,6 +103,10 @@ pub struct BackendState {
     in_flight: AtomicU32,
     ewma_latency_us: AtomicU32,
     ewma_ttfb_us: AtomicU32,
+    /// When each average last took a sample (process clock, ms): averages
+    /// decay with age, so a figure from long ago does not decide ties.
+    latency_at_ms: AtomicU64,
+    ttfb_at_ms: AtomicU64,
     window: RollingWindow,
     /// Error rate over the window in per mille, refreshed on every outcome.
     error_rate: AtomicU16,
@@ -152,6 +156,8 @@ impl Default for BackendState {
             in_flight: AtomicU32::new(0),
             ewma_latency_us: AtomicU32::new(0),
             ewma_ttfb_us: AtomicU32::new(0),
+            latency_at_ms: AtomicU64::new(0),
+            ttfb_at_ms: AtomicU64::new(0),
             window: Default::default(),
             error_rate: AtomicU16::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
@@ -180,18 +186,22 @@ impl BackendState {
         self.in_flight.load(Relaxed)
     }
 
-    /// Sort key of the built-in router: in flight, then latency.
-    pub fn load_rank(&self) -> (u32, u32) {
+    /// Sort key of the built-in router at `now_ms`: in flight, then the
+    /// latency average as decayed since its last sample.
+    pub fn load_rank(&self, now_ms: u64) -> (u32, u32) {
         (
             self.in_flight.load(Relaxed),
-            self.ewma_latency_us.load(Relaxed),
+            decayed(&self.ewma_latency_us, &self.latency_at_ms, now_ms),
         )
     }
 
     /// Counts a request as started; the guard ends it when dropped.
     pub fn start_request(self: &std::sync::Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlightGuard(self.clone())
+        InFlightGuard {
+            state: self.clone(),
+            trial: false,
+        }
     }
 
     /// Sets passive health: after `max_fails` connect errors, timeouts or
@@ -292,24 +302,41 @@ impl BackendState {
         self.health() != Health::Unhealthy && self.breaker() != Breaker::Open
     }
 
-    /// Whether this request may go here now: usable, under `cap` requests
-    /// in flight (0 = no cap), and, when half-open, holding one of the
-    /// breaker's trial permits, which this takes.
-    pub fn admit(&self, cap: u32) -> bool {
+    /// Starts a request here if it may go now: usable, under `cap` requests
+    /// in flight (0 = no cap; reserved atomically, so workers racing for
+    /// the last slot cannot both take it), and, when half-open, holding one
+    /// of the breaker's trial permits. A guard dropped before
+    /// [`InFlightGuard::sent`] gives its trial permit back.
+    pub fn try_start(self: &std::sync::Arc<Self>, cap: u32) -> Option<InFlightGuard> {
         if self.health() == Health::Unhealthy {
-            return false;
+            return None;
         }
-        if cap != 0 && self.in_flight.load(Relaxed) >= cap {
-            return false;
+        let trial = match self.breaker() {
+            Breaker::Closed => false,
+            Breaker::Open => return None,
+            Breaker::HalfOpen => true,
+        };
+        let reserved = self
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (cap == 0 || n < cap).then_some(n + 1));
+        if reserved.is_err() {
+            return None;
         }
-        match self.breaker() {
-            Breaker::Closed => true,
-            Breaker::Open => false,
-            Breaker::HalfOpen => self
+        let mut guard = InFlightGuard {
+            state: self.clone(),
+            trial: false,
+        };
+        if trial {
+            if self
                 .trial_permits
                 .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-                .is_ok(),
+                .is_err()
+            {
+                return None; // the guard gives the slot back
+            }
+            guard.trial = true;
         }
+        Some(guard)
     }
 
     /// Requests that finished over the rolling window.
@@ -319,12 +346,12 @@ impl BackendState {
 
     /// Records the time to the response headers.
     pub fn record_ttfb(&self, micros: u32) {
-        update_ewma(&self.ewma_ttfb_us, micros);
+        update_ewma(&self.ewma_ttfb_us, &self.ttfb_at_ms, micros);
     }
 
     /// Records how a request ended and how long it took in all.
     pub fn record_outcome(&self, outcome: Outcome, micros: u32) {
-        update_ewma(&self.ewma_latency_us, micros);
+        update_ewma(&self.ewma_latency_us, &self.latency_at_ms, micros);
         self.record_passive(outcome);
         let failed = match outcome {
             Outcome::Response(status) => status >= 500,
@@ -380,19 +407,22 @@ impl BackendState {
 
     /// The state as one consistent-enough snapshot.
     pub fn snapshot(&self) -> LoadSnapshot {
+        self.snapshot_at(clock::millis())
+    }
+
+    /// The snapshot at `now_ms` (one clock read for a whole pool).
+    pub fn snapshot_at(&self, now_ms: u64) -> LoadSnapshot {
         let known = |v: u64| (v != UNKNOWN).then_some(v);
         let reset_at = self.quota_reset_at_ms.load(Relaxed);
         let quota_reset_ms = if reset_at == 0 {
             0
         } else {
-            reset_at
-                .saturating_sub(clock::millis())
-                .min(u64::from(u32::MAX)) as u32
+            reset_at.saturating_sub(now_ms).min(u64::from(u32::MAX)) as u32
         };
         LoadSnapshot {
             in_flight: self.in_flight.load(Relaxed),
-            ewma_latency_us: self.ewma_latency_us.load(Relaxed),
-            ewma_ttfb_us: self.ewma_ttfb_us.load(Relaxed),
+            ewma_latency_us: decayed(&self.ewma_latency_us, &self.latency_at_ms, now_ms),
+            ewma_ttfb_us: decayed(&self.ewma_ttfb_us, &self.ttfb_at_ms, now_ms),
             error_rate: self.error_rate.load(Relaxed),
             health: self.health(),
             breaker: self.breaker(),
@@ -404,23 +434,56 @@ impl BackendState {
     }
 }
 
-/// Moving average with weight 1/5 for the new sample.
-fn update_ewma(cell: &AtomicU32, sample: u32) {
-    let old = cell.load(Relaxed);
+/// Half-life of an average that takes no samples.
+const EWMA_HALF_LIFE_MS: f64 = 2000.0;
+
+/// `cell`'s average as it stands at `now_ms`: halved for every
+/// [`EWMA_HALF_LIFE_MS`] since its last sample (as peak-EWMA decays), so
+/// an idle backend's old figure fades and it is tried again.
+fn decayed(cell: &AtomicU32, at: &AtomicU64, now_ms: u64) -> u32 {
+    let value = cell.load(Relaxed);
+    let age = now_ms.saturating_sub(at.load(Relaxed));
+    if value == 0 || age < 50 {
+        return value;
+    }
+    let factor = (-(age as f64) / EWMA_HALF_LIFE_MS).exp2();
+    ((f64::from(value) * factor) as u32).max(1)
+}
+
+/// Moving average with weight 1/5 for the new sample, over the old average
+/// as decayed to now.
+fn update_ewma(cell: &AtomicU32, at: &AtomicU64, sample: u32) {
+    let now = clock::millis();
+    let old = decayed(cell, at, now);
     let new = if old == 0 {
         sample.max(1)
     } else {
         ((u64::from(old) * 4 + u64::from(sample)) / 5).max(1) as u32
     };
     cell.store(new, Relaxed);
+    at.store(now, Relaxed);
 }
 
 /// Ends an in-flight request when dropped, whatever path the request took.
-pub struct InFlightGuard(std::sync::Arc<BackendState>);
+pub struct InFlightGuard {
+    state: std::sync::Arc<BackendState>,
+    /// Holds a half-open trial permit not yet spent on a sent request.
+    trial: bool,
+}
+
+impl InFlightGuard {
+    /// The request went out: its trial permit, if any, is spent.
+    pub fn sent(&mut self) {
+        self.trial = false;
+    }
+}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.state.in_flight.fetch_sub(1, Relaxed);
+        if self.trial {
+            self.state.trial_permits.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -450,6 +513,77 @@ mod tests {
         assert_eq!(s.snapshot().error_rate, 250);
         s.record_outcome(Outcome::ConnectError, 0);
         assert_eq!(s.snapshot().error_rate, 400);
+    }
+
+    #[test]
+    fn an_idle_average_fades_with_time() {
+        let s = BackendState::default();
+        s.record_outcome(Outcome::Response(200), 1000);
+        let at = s.latency_at_ms.load(Relaxed);
+        assert_eq!(s.load_rank(at).1, 1000);
+        assert_eq!(s.load_rank(at + 2000).1, 500);
+        assert!(s.load_rank(at + 20_000).1 <= 1);
+        assert_eq!(s.snapshot_at(at + 4000).ewma_latency_us, 250);
+    }
+
+    /// Light sequential traffic: nothing in flight, so latency breaks the
+    /// tie. A backend that was slower once and then idle must win the tie
+    /// again before long, or one backend takes every request.
+    #[test]
+    fn a_stale_figure_does_not_decide_ties_for_ever() {
+        let (busy, idle) = (BackendState::default(), BackendState::default());
+        idle.record_outcome(Outcome::Response(200), 600);
+        busy.record_outcome(Outcome::Response(200), 500);
+        let now = busy.latency_at_ms.load(Relaxed);
+        assert!(
+            busy.load_rank(now) < idle.load_rank(now),
+            "the faster one leads at first"
+        );
+        // A second of traffic to `busy` only: its figure is fresh then,
+        // the idle one's a second old.
+        let later = now + 1000;
+        busy.latency_at_ms.store(later, Relaxed);
+        assert!(
+            idle.load_rank(later) < busy.load_rank(later),
+            "the idle one is tried again"
+        );
+    }
+
+    #[test]
+    fn the_in_flight_cap_is_reserved_atomically_and_trial_permits_come_back() {
+        let s = Arc::new(BackendState::default());
+        let peak = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, peak) = (s.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        if let Some(guard) = s.try_start(3) {
+                            peak.fetch_max(s.in_flight(), Relaxed);
+                            drop(guard);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Relaxed) <= 3, "{}", peak.load(Relaxed));
+        assert_eq!(s.in_flight(), 0);
+        s.set_breaker(Breaker::HalfOpen, 0, 1);
+        let unsent = s.try_start(0).unwrap();
+        assert!(s.try_start(0).is_none(), "one trial at a time");
+        drop(unsent);
+        assert_eq!(
+            s.trial_permits(),
+            1,
+            "a request never sent gives its permit back"
+        );
+        let mut sent = s.try_start(0).unwrap();
+        sent.sent();
+        drop(sent);
+        assert_eq!(s.trial_permits(), 0);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct Config {
     /// The file this config was read from.
     #[serde(skip)]
     pub path: PathBuf,
+    /// Line of each route's router `plugin`, so a plugin that fails to
+    /// load later is reported at its line.
+    #[serde(skip)]
+    pub plugin_lines: BTreeMap<String, usize>,
 }
 
 /// Where plugins' shared counters and values live.
@@ -721,6 +725,15 @@ impl Config {
         }
         config.base_dir = base_dir;
         config.path = file.to_path_buf();
+        config.plugin_lines = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let r = r.get_ref();
+                let plugin = r.router.as_ref()?;
+                Some((r.name.clone(), line_of(text, plugin.plugin.span().start)))
+            })
+            .collect();
         config
             .validate(text)
             .map_err(|(offset, message)| err(offset.map(|o| line_of(text, o)), message))?;
@@ -791,7 +804,7 @@ impl Config {
             if let Some(d) = &pool.discover
                 && (d.every.is_zero() || !matches!(split_address(&d.dns), Some((None, _, _))))
             {
-                let at = text.find(&d.dns).or(at);
+                let at = find_quoted(text, &d.dns).or(at);
                 return Err((
                     at,
                     format!(
@@ -807,7 +820,7 @@ impl Config {
             );
             for h in headers {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    let at = text.find(h.as_str()).or(at);
+                    let at = find_quoted(text, h).or(at);
                     return Err((
                         at,
                         format!("pool `{name}`: {h:?} is not a valid header name"),
@@ -822,7 +835,7 @@ impl Config {
                 .chain(pool.breakers.iter().cloned());
             for p in plugins {
                 if !is_plugin_file(&p.plugin) || p.deadline.is_zero() || p.memory_mb == 0 {
-                    let at = text.find(&p.plugin).or(at);
+                    let at = find_quoted(text, &p.plugin).or(at);
                     return Err((
                         at,
                         format!(
@@ -855,7 +868,7 @@ impl Config {
                     ));
                 }
                 if split_address(&b.address).is_none() {
-                    let at = text.find(&b.address).or(at);
+                    let at = find_quoted(text, &b.address).or(at);
                     return Err((
                         at,
                         format!(
@@ -986,6 +999,14 @@ impl Config {
         Ok(())
     }
 
+    /// `file:line` of route `route`'s router plugin, or the file alone.
+    pub fn plugin_location(&self, route: &str) -> String {
+        match self.plugin_lines.get(route) {
+            Some(line) => format!("{}:{line}", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+
     /// The plugin directory, resolved against the config file's directory.
     pub fn plugin_dir(&self) -> PathBuf {
         self.base_dir.join(&self.plugins.dir)
@@ -1055,6 +1076,12 @@ pub fn scalar_text(value: &toml::Value) -> String {
 /// A bare `.wasm` file name: plugins come from the plugin directory only.
 fn is_plugin_file(name: &str) -> bool {
     !name.contains('/') && !name.contains('\\') && name.ends_with(".wasm")
+}
+
+/// Where `value` stands as a whole quoted string in `text`: `"10.0.0.5"`
+/// is not found inside `"10.0.0.5:8080"` on an earlier line.
+fn find_quoted(text: &str, value: &str) -> Option<usize> {
+    text.find(&format!("\"{value}\"")).map(|at| at + 1)
 }
 
 /// 1-based line number of byte `offset` in `text`.

@@ -59,6 +59,14 @@ fn unknown_pool_names_the_line() {
 }
 
 #[test]
+fn an_address_without_a_port_names_its_own_line() {
+    let text = "[server]\nlisten = \"127.0.0.1:8080\"\n\n[pools.p]\nbackends = [\n  { name = \"a\", address = \"127.0.0.1:9\" },\n  { name = \"b\", address = \"127.0.0.1\" },\n]\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, Some(7), "{e}");
+    assert!(e.message.contains("not host:port"), "{e}");
+}
+
+#[test]
 fn syntax_errors_and_unknown_keys_name_the_line() {
     let e = parse("[server]\nlisten = \n").unwrap_err();
     assert_eq!(e.line, Some(2), "{e}");

@@ -491,11 +491,11 @@ impl Context<'_> {
             if attempts == retries.attempts {
                 break;
             }
-            if !backend.state.admit(pool.max_in_flight) {
+            let Some(mut guard) = backend.state.try_start(pool.max_in_flight) else {
                 exhausted.saw_full |=
                     pool.max_in_flight != 0 && backend.state.in_flight() >= pool.max_in_flight;
                 continue;
-            }
+            };
             if let Some(reason) = previous
                 && reason != "connect"
                 && !route.budget.try_retry(pool.recent_requests())
@@ -511,7 +511,7 @@ impl Context<'_> {
             }
             attempts += 1;
             exhausted.tried = true;
-            let guard = backend.state.start_request();
+            guard.sent();
             let started = Instant::now();
             let sent = self
                 .worker

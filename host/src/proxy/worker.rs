@@ -139,8 +139,9 @@ impl Worker {
         let mut loads = self.loads.borrow_mut();
         loads.clear();
         loads.reserve(route.pool.backends.len() * LOAD_WORDS);
+        let now = crate::clock::millis();
         for b in &route.pool.backends {
-            push_load_words(&mut loads, b.id, &b.state.snapshot());
+            push_load_words(&mut loads, b.id, &b.state.snapshot_at(now));
         }
         let mut instances = self.instances.borrow_mut();
         let instance = match instances.entry(plugin.id) {

@@ -122,7 +122,7 @@ impl Reloader {
                 .configure(&config.shared)
                 .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
             let table = RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
-                .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
+                .map_err(|e| e.located(&config))?;
             good = Some(config);
             Ok(table)
         });

@@ -38,6 +38,19 @@ pub enum BuildError {
     },
 }
 
+impl BuildError {
+    /// The error prefixed with where in `config` it stands: `file:line`
+    /// for a route's plugin, the file otherwise.
+    pub fn located(&self, config: &Config) -> String {
+        match self {
+            BuildError::Plugin { route, .. } | BuildError::Auth { route, .. } => {
+                format!("{}: {self}", config.plugin_location(route))
+            }
+            _ => format!("{}: {self}", config.path.display()),
+        }
+    }
+}
+
 /// What a request must carry to take a route.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
