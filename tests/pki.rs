@@ -113,17 +113,7 @@ pub async fn tls_request(
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     };
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await.map_err(|e| e.to_string())?;
-    let trailers = collected.trailers().cloned();
-    Ok((
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: collected.to_bytes(),
-        },
-        trailers,
-    ))
+    read_whole(resp).await
 }
 
 /// Sends one request over a new plain HTTP/2 (prior knowledge) connection
@@ -143,6 +133,13 @@ pub async fn h2c_request(
     .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    read_whole(resp).await
+}
+
+/// A response read whole, with its trailers.
+async fn read_whole(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<(Reply, Option<http::HeaderMap>), String> {
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await.map_err(|e| e.to_string())?;
     let trailers = collected.trailers().cloned();
