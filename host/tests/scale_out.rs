@@ -473,3 +473,47 @@ retries = {{ attempts = 1 }}
         assert_eq!(chat(b.addr).0, 200, "b sends nothing to flaky");
     }
 }
+
+/// Polls `check` every 20 ms for up to 5 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_routers_view_of_redis_catches_up_without_waiting() {
+    use switchyard::shared::{Access, SharedStore};
+    let redis = Redis::start(free_port());
+    let config = switchyard::config::SharedConfig {
+        store: redis.url(),
+        ..Default::default()
+    };
+    let store = SharedStore::in_process();
+    store.configure(&config).expect("configure");
+    // Written by a pool plugin (or another replica): the router's first
+    // read says it is being read, later reads see it.
+    store.set(Access::Wait, "flag", "on", 0).expect("set");
+    assert!(store.get(Access::NoWait, "flag").is_err());
+    eventually("the router never saw `flag`", || {
+        store.get(Access::NoWait, "flag") == Ok(Some("on".into()))
+    });
+    // A router's additions reach Redis in the background, and the router's
+    // own view includes them at once.
+    for i in 1..=50 {
+        assert_eq!(store.counter_add(Access::NoWait, "hits", 1, 60_000), Ok(i));
+    }
+    eventually("the additions never reached redis", || {
+        store.counter_get(Access::Wait, "hits") == Ok(50)
+    });
+    // Another writer's additions show in the router's view once it refreshes.
+    store
+        .counter_add(Access::Wait, "hits", 100, 0)
+        .expect("add");
+    eventually("the router never saw the other writer", || {
+        store.counter_get(Access::NoWait, "hits") == Ok(150)
+    });
+    assert_eq!(redis.sum("*hits"), 150);
+}

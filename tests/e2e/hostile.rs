@@ -314,8 +314,19 @@ async fn connections_past_max_connections_are_closed_on_accept() {
         "a fifth connection was served: {read:?}"
     );
     drop(held);
-    eventually(Duration::from_secs(3), "slots to free", || async {
-        get(&proxy.url("/ok"), &[]).await.status == 200
+    // Until the proxy has seen the held connections close, a new one may
+    // still be refused: try on fresh sockets until one is served.
+    let addr = proxy.addr();
+    eventually(Duration::from_secs(3), "slots to free", || async move {
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+            return false;
+        };
+        let _ = s
+            .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
+        answer.starts_with(b"HTTP/1.1 200")
     })
     .await;
 }
@@ -365,5 +376,97 @@ async fn a_plugin_init_that_hangs_later_never_stalls_a_worker() {
     assert!(
         slowest < Duration::from_millis(500),
         "a plain request took {slowest:?}"
+    );
+}
+
+/// Reads until the peer closes, up to `limit`; `None` if it stayed open.
+async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The frame types of an HTTP/2 byte stream, in order.
+fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let b = mock_with(MockOptions {
+        chunk_interval: Duration::from_millis(100),
+        ..MockOptions::new("b")
+    });
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_full(&config, "idle_timeout = \"1s\"", None);
+    // HTTP/2 after its preface and settings, then nothing: a GOAWAY, then closed.
+    let mut h2 = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    // HTTP/1.1 keep-alive after one answered request.
+    let mut h1 = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    h1.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    // The client answers no ping, so closing takes the proxy's grace too.
+    let h2_bytes = read_to_close(&mut h2, Duration::from_secs(8))
+        .await
+        .expect("an idle HTTP/2 connection stayed open");
+    assert!(
+        h2_frame_types(&h2_bytes).contains(&7),
+        "no GOAWAY among {:?}",
+        h2_frame_types(&h2_bytes)
+    );
+    let h1_bytes = read_to_close(&mut h1, Duration::from_secs(5))
+        .await
+        .expect("an idle keep-alive connection stayed open");
+    assert!(String::from_utf8_lossy(&h1_bytes).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // A stream longer than the idle timeout is busy, not idle: all of it arrives.
+    let stream = get(&proxy.url("/sse?n=20"), &[]).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(
+        stream.text().matches("data: ").count(),
+        20,
+        "{}",
+        stream.text()
+    );
+    let admin = proxy.proxy().admin_addr.expect("admin");
+    let metrics = get(&format!("http://{admin}/metrics"), &[]).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_timeouts_total")
+                && l.contains("kind=\"client_idle\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
     );
 }

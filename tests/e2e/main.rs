@@ -12,5 +12,6 @@ mod proxying;
 mod reload;
 mod resilience;
 mod routing;
+mod smuggling;
 mod streaming;
 mod tls;

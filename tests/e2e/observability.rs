@@ -320,19 +320,13 @@ fn grafana_and_the_metrics_table_name_only_metrics_the_proxy_exports() {
         .collect();
     let documented = metric_names(&table);
     let mut source = String::new();
-    for dir in [
-        "host/src",
-        "host/src/admin",
-        "host/src/balance",
-        "host/src/control",
-        "host/src/plugin",
-        "host/src/proxy",
-        "host/src/reload",
-        "host/src/route",
-    ] {
-        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+    let mut dirs = vec![root.join("host/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rs") {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
                 source.push_str(&std::fs::read_to_string(path).unwrap());
             }
         }

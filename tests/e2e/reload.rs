@@ -424,3 +424,147 @@ async fn a_configmap_style_swap_reloads_the_config() {
     }
     proxy.shutdown();
 }
+
+/// Edge values a config may hold by mistake or by malice.
+const EDGE_VALUES: &[&str] = &[
+    "0",
+    "-1",
+    "18446744073709551615",
+    "99999999999999999999",
+    "1e308",
+    "nan",
+    "\"\"",
+    "\"10\"",
+    "\"99999999999999999999h\"",
+    "\"18446744073709551615s\"",
+    "\"1ms\"",
+    "\"0s\"",
+    "\"-5s\"",
+    "\"1.5MiB\"",
+    "\"999999TiB\"",
+    "\"ünïcødé\"",
+    "\"127.0.0.1\"",
+    "\"[::1]:99999\"",
+    "true",
+    "[]",
+    "[\"a\", 1]",
+    "{}",
+    "{ env = \"NO_SUCH_VARIABLE\" }",
+    "{ file = \"/no/such/file\" }",
+];
+
+/// Keys placed into the config's tables with edge values.
+const FUZZ_KEYS: &[&str] = &[
+    "max_fails",
+    "fail_timeout",
+    "max_in_flight",
+    "weight",
+    "protocol",
+    "attempts",
+    "budget_ratio",
+    "first_byte",
+    "total",
+    "connect",
+    "deadline",
+    "memory_mb",
+    "body_peek",
+    "queue",
+    "queue_timeout",
+    "strip_prefix",
+    "set_headers",
+    "address",
+    "tls",
+    "discover",
+];
+
+/// `good` with one line changed: a value replaced, a key added with an edge
+/// value, a line dropped or duplicated, or a line cut short.
+fn mutated(good: &str, seed: &mut u64) -> String {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed as usize
+    };
+    let mut lines: Vec<String> = good.lines().map(String::from).collect();
+    let at = next() % lines.len();
+    let edge = EDGE_VALUES[next() % EDGE_VALUES.len()];
+    match next() % 5 {
+        0 => {
+            if let Some((key, _)) = lines[at].split_once(" = ") {
+                lines[at] = format!("{key} = {edge}");
+            }
+        }
+        1 => {
+            let key = FUZZ_KEYS[next() % FUZZ_KEYS.len()];
+            if lines[at].ends_with('}') && lines[at].contains(" = {") {
+                let line = lines[at].trim_end_matches('}').trim_end().to_string();
+                lines[at] = format!("{line}, {key} = {edge} }}");
+            } else {
+                lines.insert(at, format!("{key} = {edge}"));
+            }
+        }
+        2 => {
+            lines.remove(at);
+        }
+        3 => {
+            let line = lines[at].clone();
+            lines.insert(at, line);
+        }
+        _ => {
+            let cut = lines[at].len() / 2;
+            let cut = (0..=cut)
+                .rev()
+                .find(|&c| lines[at].is_char_boundary(c))
+                .unwrap_or(0);
+            lines[at].truncate(cut);
+        }
+    }
+    lines.join("\n")
+}
+
+/// Mutated configs loaded into a running proxy, one after another: each
+/// is applied or refused with a message, the proxy answers every request
+/// meanwhile, and the good config serves again at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_configs_reloaded_live_never_take_the_proxy_down() {
+    let (a, b) = (mock("a"), mock("b"));
+    let good = format!(
+        "[pools.p]\nmax_fails = 3\nfail_timeout = \"2s\"\nbackends = [{}, {}]\n\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\ntimeouts = {{ connect = \"1s\", first_byte = \"2s\" }}\n\
+         retries = {{ attempts = 2, budget_ratio = 0.2 }}\nlimits = {{ max_in_flight = 64, queue = 8 }}\n\
+         router = {{ plugin = \"round-robin.wasm\", deadline = \"5ms\", memory_mb = 8 }}\n",
+        backend_entry(&a, ""),
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start(&good);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let (mut applied, mut refused) = (0, 0);
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..150 {
+        let text = mutated(&good, &mut seed);
+        proxy.write_config(&text);
+        let outcome = tokio::task::block_in_place(|| proxy.proxy().reloader.reload("fuzz"));
+        match outcome {
+            Ok(()) => applied += 1,
+            Err(e) => {
+                assert!(!e.trim().is_empty(), "case {i}: an empty error for\n{text}");
+                refused += 1;
+            }
+        }
+        // Whatever was loaded, the proxy answers: `send` fails the test on
+        // a dead socket; the status may be an error if the mutation broke
+        // the route.
+        let r = send("GET", &proxy.url("/ok"), &[], Bytes::new()).await;
+        *statuses.entry(r.status.as_u16()).or_insert(0) += 1;
+    }
+    eprintln!("{applied} mutated configs applied, {refused} refused; answers {statuses:?}");
+    assert!(
+        applied > 10 && refused > 10,
+        "{applied} applied, {refused} refused"
+    );
+    proxy.write_config(&good);
+    tokio::task::block_in_place(|| proxy.proxy().reloader.reload("fuzz"))
+        .expect("the good config reloads");
+    assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 200);
+}

@@ -138,6 +138,11 @@ pub struct ServerConfig {
     /// `client_body_timeout`): a stalled upload gets 408 and frees its slot.
     #[serde(default = "default_body_read", with = "duration")]
     pub body_read_timeout: Duration,
+    /// How long a client connection may stay open with no request in
+    /// progress (HTTP/1.1 keep-alive or HTTP/2) before it is closed
+    /// gracefully; 0 = never.
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_timeout: Duration,
@@ -174,6 +179,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read(),
             body_read_timeout: default_body_read(),
             max_connections: 0,
+            idle_timeout: default_idle(),
             drain_timeout: default_drain(),
             access_log: false,
             debug_header: false,
@@ -670,6 +676,10 @@ fn default_plugin_dir() -> PathBuf {
 fn default_header_read() -> Duration {
     Duration::from_secs(30)
 }
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_body_read() -> Duration {
     Duration::from_secs(60)
 }

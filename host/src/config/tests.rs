@@ -279,6 +279,7 @@ fn generated(g: &mut Gen) -> String {
         "header_read_timeout",
         "body_read_timeout",
         "drain_timeout",
+        "idle_timeout",
         "max_connections",
         "listen",
     ];

@@ -1,7 +1,7 @@
 //! The host side of `switchyard:policy/host`: what a plugin may call.
 
 use super::generated::{Host, SharedHost, shared_wit, wit};
-use crate::shared::{SharedError, SharedStore};
+use crate::shared::{Access, SharedError, SharedStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ pub struct HostState {
     /// The current request's declared attributes, set for one `route` call.
     pub(crate) attributes: Vec<Option<String>>,
     shared: Arc<SharedStore>,
+    /// Routers run on worker threads and never wait on the store.
+    access: Access,
     /// Time spent waiting on the shared store since the deadline was last
     /// checked; it extends the deadline rather than counting against it.
     pub(crate) waited: Duration,
@@ -52,6 +54,7 @@ impl HostState {
         route: Arc<str>,
         limits: StoreLimits,
         shared: Arc<SharedStore>,
+        access: Access,
     ) -> Self {
         HostState {
             limits,
@@ -63,6 +66,7 @@ impl HostState {
             log: LogBudget::default(),
             attributes: Vec::new(),
             shared,
+            access,
             waited: Duration::ZERO,
             credit_left: MAX_CALL_WAIT,
             metrics_refused: false,
@@ -101,10 +105,10 @@ impl HostState {
     fn shared_call<T>(
         &mut self,
         op: &str,
-        call: impl FnOnce(&SharedStore) -> Result<T, SharedError>,
+        call: impl FnOnce(&SharedStore, Access) -> Result<T, SharedError>,
     ) -> Result<T, shared_wit::SharedError> {
         let started = Instant::now();
-        let result = call(&self.shared);
+        let result = call(&self.shared, self.access);
         self.waited += started.elapsed();
         result.map_err(|e| {
             tracing::debug!(plugin = %self.plugin, route = %self.route, "shared {op}: {e}");
@@ -123,15 +127,15 @@ impl SharedHost for HostState {
         delta: i64,
         ttl_ms: u32,
     ) -> Result<i64, shared_wit::SharedError> {
-        self.shared_call("counter-add", |s| s.counter_add(&key, delta, ttl_ms))
+        self.shared_call("counter-add", |s, a| s.counter_add(a, &key, delta, ttl_ms))
     }
 
     fn counter_get(&mut self, key: String) -> Result<i64, shared_wit::SharedError> {
-        self.shared_call("counter-get", |s| s.counter_get(&key))
+        self.shared_call("counter-get", |s, a| s.counter_get(a, &key))
     }
 
     fn get(&mut self, key: String) -> Result<Option<String>, shared_wit::SharedError> {
-        self.shared_call("get", |s| s.get(&key))
+        self.shared_call("get", |s, a| s.get(a, &key))
     }
 
     fn set(
@@ -140,7 +144,7 @@ impl SharedHost for HostState {
         value: String,
         ttl_ms: u32,
     ) -> Result<(), shared_wit::SharedError> {
-        self.shared_call("set", |s| s.set(&key, &value, ttl_ms))
+        self.shared_call("set", |s, a| s.set(a, &key, &value, ttl_ms))
     }
 
     fn wall_clock_ms(&mut self) -> u64 {

@@ -316,13 +316,15 @@ impl PluginRuntime {
 fn new_store(
     engine: &Engine,
     shared: Arc<SharedStore>,
+    access: crate::shared::Access,
     name: Arc<str>,
     owner: Arc<str>,
     memory_mb: u32,
     deadline_ticks: u64,
 ) -> wasmtime::Store<HostState> {
     let limits = store_limits(memory_mb);
-    let mut store = wasmtime::Store::new(engine, HostState::new(name, owner, limits, shared));
+    let mut store =
+        wasmtime::Store::new(engine, HostState::new(name, owner, limits, shared, access));
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|mut ctx| {
         let credit = ctx.data_mut().take_credit();

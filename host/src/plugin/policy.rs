@@ -49,6 +49,7 @@ impl<P> Policy<P> {
         super::new_store(
             engine,
             self.shared.clone(),
+            crate::shared::Access::Wait,
             self.name.clone(),
             format!("pool:{}", self.spec.pool).into(),
             self.spec.memory_mb,

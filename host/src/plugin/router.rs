@@ -208,6 +208,7 @@ impl RouterPlugin {
         let mut store = super::new_store(
             self.pre.engine(),
             self.shared.clone(),
+            crate::shared::Access::NoWait,
             self.name.clone(),
             self.route.clone(),
             self.spec.memory_mb,

@@ -663,6 +663,15 @@ impl Context<'_> {
                     );
                     return Ok(self.tagged(reply(StatusCode::GATEWAY_TIMEOUT, body), backend));
                 }
+                Err(SendError::Failed(e)) if client_body_fault(&e).is_some() => {
+                    // The client's body broke off or was malformed: not the
+                    // backend's failure, and nothing a retry could mend.
+                    drop(guard);
+                    let fault = client_body_fault(&e).unwrap_or_else(|| unreachable!("guard"));
+                    tracing::debug!(route = %route.name, "request body failed while streaming: {fault}");
+                    route.metrics.count(pool, own, backend.id, 400);
+                    return Ok(body_failed(fault));
+                }
                 Err(SendError::Failed(e)) => {
                     drop(guard);
                     pool.record(id, Outcome::Reset, timing_of(started));
@@ -864,6 +873,12 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
 
 fn micros(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// The client-body error behind an upstream send failure, if that is what
+/// broke it.
+fn client_body_fault(e: &hyper::Error) -> Option<&ClientBodyError> {
+    std::error::Error::source(e)?.downcast_ref::<ClientBodyError>()
 }
 
 /// The answer to a request whose body could not be read: 408 when the

@@ -2,6 +2,7 @@
 //! runtime and its own `SO_REUSEPORT` listener, serving HTTP/1.1 and h2c.
 
 mod body;
+mod connection;
 mod forward;
 mod headers;
 mod json_field;
@@ -21,7 +22,6 @@ use forward::ClientConn;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -234,9 +234,11 @@ async fn serve(
         .keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let start_timeout = shared.server.header_read_timeout;
+    let idle = shared.server.idle_timeout;
     let builder = Rc::new(builder);
     let worker = Rc::new(Worker::new(shared.clone()));
-    let graceful = GracefulShutdown::new();
+    // Each connection task holds a sender; the drain waits until all are gone.
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut accept_errors = AcceptErrors::default();
     loop {
         tokio::select! {
@@ -258,10 +260,20 @@ async fn serve(
                 let _ = stream.set_nodelay(true);
                 let client = Rc::new(ClientConn::new(peer));
                 let worker = worker.clone();
-                let service = service_fn(move |req| forward::serve(worker.clone(), client.clone(), req));
-                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                let activity = connection::Activity::new();
+                let requests = activity.clone();
+                let service = service_fn(move |req| {
+                    let request = requests.start();
+                    let served = forward::serve(worker.clone(), client.clone(), req);
+                    async move {
+                        let resp = served.await?;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| connection::Tracked::new(b, request)))
+                    }
+                });
+                let (acceptor, builder, stopped, alive) = (acceptor.clone(), builder.clone(), stopped.clone(), alive.clone());
                 tokio::task::spawn_local(async move {
                     let _slot = slot;
+                    let _alive = alive;
                     // hyper's header timer starts at the first byte, and its
                     // HTTP version detection has none: a client that sends
                     // nothing, or a partial HTTP/2 preface, is closed here.
@@ -272,7 +284,7 @@ async fn serve(
                     }
                     let Some(acceptor) = acceptor else {
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
+                        if let Err(e) = connection::drive(conn, activity, idle, stopped).await {
                             tracing::debug!("client connection ended: {e}");
                         }
                         return;
@@ -289,7 +301,7 @@ async fn serve(
                         }
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    if let Err(e) = connection::drive(conn, activity, idle, stopped).await {
                         tracing::debug!("client connection ended: {e}");
                     }
                 });
@@ -298,7 +310,8 @@ async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    drop(alive);
+    if tokio::time::timeout(drain, all_closed.recv())
         .await
         .is_err()
     {

@@ -5,7 +5,15 @@
 //!
 //! Every call can fail: with [`SharedError::Unavailable`] when the store
 //! cannot be reached (the host reconnects by itself), and a policy must say
-//! what it does then. Natively (in unit tests) the store is a map in the
+//! what it does then.
+//!
+//! In a router (which runs on the proxy's worker threads) no call waits on
+//! Redis: reads answer from a local copy refreshed in the background (a key
+//! read for the first time is `Unavailable` until its copy arrives), and
+//! writes apply to that copy at once and reach Redis shortly after. Health
+//! checks and breakers get Redis's own answer on every call.
+//!
+//! Natively (in unit tests) the store is a map in the
 //! test's thread, and [`set_unavailable`] simulates an outage.
 
 pub use crate::bindings::switchyard::policy::shared::SharedError;
