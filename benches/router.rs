@@ -107,7 +107,7 @@ fn decisions(c: &mut Criterion) {
         let (_plugin, mut instance) = wasm_router(&runtime, "priority-router.wasm", n);
         group.bench_with_input(BenchmarkId::new("priority-router/wasm", n), &n, |b, _| {
             b.iter(|| {
-                let attributes = vec![Some("high".to_string())];
+                let attributes = vec![wit::AttributeValue::Value("high".to_string())];
                 black_box(instance.route(wasm_req, black_box(&loads), attributes))
             })
         });
@@ -161,10 +161,22 @@ fn call_floor(c: &mut Criterion) {
     let (_p, mut with) = wasm_router(&runtime, "priority-router.wasm", 16);
     let (_q, mut without) = wasm_router(&unbounded, "priority-router.wasm", 16);
     c.bench_function("deadline/priority-router/wasm/16/with", |b| {
-        b.iter(|| black_box(with.route(request, &loads, vec![Some("high".into())])))
+        b.iter(|| {
+            black_box(with.route(
+                request,
+                &loads,
+                vec![wit::AttributeValue::Value("high".into())],
+            ))
+        })
     });
     c.bench_function("deadline/priority-router/wasm/16/without", |b| {
-        b.iter(|| black_box(without.route(request, &loads, vec![Some("high".into())])))
+        b.iter(|| {
+            black_box(without.route(
+                request,
+                &loads,
+                vec![wit::AttributeValue::Value("high".into())],
+            ))
+        })
     });
 }
 
@@ -197,7 +209,7 @@ fn loading(c: &mut Criterion) {
             let loaded = runtime
                 .load(&file, "router")
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(loaded.from_cache);
+            assert!(loaded.0.from_cache);
             black_box(loaded);
         })
     });

@@ -17,3 +17,11 @@ pub fn millis() -> u64 {
 pub fn nanos() -> u64 {
     start().elapsed().as_nanos() as u64
 }
+
+/// Wall-clock milliseconds since the Unix epoch, for time windows that
+/// replicas must agree on.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -33,10 +33,10 @@ fn a_tampered_or_foreign_cache_entry_is_recompiled_not_loaded() {
     let file = dir.path().join("rr.wasm");
     std::fs::copy(plugin("round-robin.wasm"), &file).expect("copy");
     let first = PluginRuntime::new(Some(cache.clone())).expect("runtime");
-    assert!(!first.load(&file, "router").expect("load").from_cache);
+    assert!(!first.load(&file, "router").expect("load").0.from_cache);
     let again = PluginRuntime::new(Some(cache.clone())).expect("runtime");
     assert!(
-        again.load(&file, "router").expect("load").from_cache,
+        again.load(&file, "router").expect("load").0.from_cache,
         "an authentic entry is used"
     );
 
@@ -52,7 +52,7 @@ fn a_tampered_or_foreign_cache_entry_is_recompiled_not_loaded() {
     std::fs::write(&entry, &bytes).expect("write");
     let tampered = PluginRuntime::new(Some(cache.clone())).expect("runtime");
     assert!(
-        !tampered.load(&file, "router").expect("load").from_cache,
+        !tampered.load(&file, "router").expect("load").0.from_cache,
         "a tampered entry is not loaded"
     );
 
@@ -68,7 +68,7 @@ fn a_tampered_or_foreign_cache_entry_is_recompiled_not_loaded() {
     }
     let planted = PluginRuntime::new(Some(cache)).expect("runtime");
     assert!(
-        !planted.load(&file, "router").expect("load").from_cache,
+        !planted.load(&file, "router").expect("load").0.from_cache,
         "a foreign entry is not loaded"
     );
 }

@@ -306,3 +306,30 @@ async fn fallback_chain_follows_its_order() {
         Some(&20)
     );
 }
+
+/// Every plugin README's config names a file the build writes.
+#[test]
+fn plugin_readmes_name_the_files_the_build_writes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let built = plugin_dir();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).expect("plugins/") {
+        let readme = entry.expect("entry").path().join("README.md");
+        let Ok(text) = std::fs::read_to_string(&readme) else {
+            continue;
+        };
+        for part in text.split("plugin = \"").skip(1) {
+            let file = part.split('"').next().unwrap_or_default();
+            assert!(
+                built.join(file).exists(),
+                "{} names {file}, which the build does not write",
+                readme.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 14,
+        "only {checked} plugin names found in the READMEs"
+    );
+}

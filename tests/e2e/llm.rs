@@ -84,7 +84,7 @@ async fn routes_on_the_body_model_and_forwards_the_body_unchanged() {
 
     // Past the peek the object is not read whole, so even a `model` at the
     // front is not trusted (a later duplicate would win at the backend):
-    // the router sees none and says so, OpenAI style.
+    // the router is told the field was not seen, and says so, OpenAI style.
     for body in [
         chat_body("llama-3.1-8b", 300 * 1024),
         Bytes::from(format!(
@@ -95,7 +95,16 @@ async fn routes_on_the_body_model_and_forwards_the_body_unchanged() {
         let r = post_json(&proxy.url("/v1/chat/completions"), body).await;
         assert_eq!(r.status, 400, "{}", r.text());
         assert!(r.text().contains("model_not_seen"), "{}", r.text());
+        assert!(r.text().contains("body_peek"), "{}", r.text());
     }
+    // A body read whole that lacks the field is a different error.
+    let r = post_json(
+        &proxy.url("/v1/chat/completions"),
+        Bytes::from_static(br#"{"messages":[]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("model_missing"), "{}", r.text());
     // Duplicate keys: the last one decides, as at the backend.
     let twice =
         Bytes::from_static(br#"{"model":"gpt-4o-mini","messages":[],"model":"llama-3.1-8b"}"#);

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, real sockets on 127.0.0.1, compiled plugins.
 
+mod compat;
 mod dashboard;
 mod failures;
 mod hostile;

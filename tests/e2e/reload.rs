@@ -102,7 +102,7 @@ async fn broken_plugins_are_refused_while_the_old_version_serves() {
         (
             "priority-router.wasm",
             plugin_bytes("fixture-future-version.wasm"),
-            "built for switchyard:policy@9.0.0, but this host speaks switchyard:policy@0.1.0",
+            "built for switchyard:policy@9.0.0, but this host speaks switchyard:policy 0.1.0–0.2.0",
         ),
     ];
     for (file, bytes, needle) in cases {
@@ -149,7 +149,7 @@ fn hash_prefix(bytes: &[u8]) -> String {
     let loaded = runtime
         .load(&path, "router")
         .unwrap_or_else(|e| panic!("{e}"));
-    loaded.hash[..12].to_string()
+    loaded.0.hash[..12].to_string()
 }
 
 /// Adding a backend and a route, then an invalid config, while requests flow.

@@ -233,11 +233,12 @@ pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
     let entry = |kind: &str,
                  owner: String,
                  file: &str,
-                 c: &LoadedComponent,
+                 (c, interface): (&LoadedComponent, crate::plugin::Version),
                  stats: &CallStats,
                  quarantined: bool| {
         json!({
             "kind": kind, "owner": owner, "file": file, "version": c.hash,
+            "interface": interface.to_string(),
             "loaded_at_unix": c.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "from_cache": c.from_cache,
             "calls": stats.calls(), "failures": stats.failures(), "last_error": stats.last_error(),
@@ -251,7 +252,7 @@ pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
                 "router",
                 format!("route:{}", r.name),
                 p.name(),
-                &p.component,
+                (&p.component, p.version),
                 &p.stats,
                 p.is_quarantined(),
             ));
@@ -263,7 +264,7 @@ pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
                 "health-check",
                 format!("pool:{}", pool.name),
                 h.name(),
-                &h.component,
+                (&h.component, h.version),
                 &h.stats,
                 false,
             ));
@@ -273,7 +274,7 @@ pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
                 "circuit-breaker",
                 format!("pool:{}", pool.name),
                 b.name(),
-                &b.component,
+                (&b.component, b.version),
                 &b.stats,
                 false,
             ));
@@ -292,6 +293,7 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
                 json!({
                     "file": p.name(),
                     "version": p.component.hash,
+                    "interface": p.version.to_string(),
                     "loaded_at_unix": p.component.loaded_at
                         .duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "from_cache": p.component.from_cache,

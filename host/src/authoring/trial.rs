@@ -85,7 +85,7 @@ pub fn trial(options: &TrialOptions) -> anyhow::Result<String> {
         request = request.header(k, v);
     }
     let request = request.body(())?;
-    let attributes: Vec<Option<String>> = plugin
+    let attributes: Vec<crate::plugin::wit::AttributeValue> = plugin
         .interest
         .iter()
         .map(|i| crate::proxy::request_attribute(i, &request, None))
@@ -95,9 +95,10 @@ pub fn trial(options: &TrialOptions) -> anyhow::Result<String> {
     let interest: Vec<String> = plugin.interest.iter().map(describe).collect();
     writeln!(
         out,
-        "{} (version {}), interest: [{}]",
+        "{} (version {}, {}), interest: [{}]",
         plugin.name(),
         &plugin.component.hash[..12],
+        plugin.version,
         interest.join(", ")
     )?;
     writeln!(
@@ -201,5 +202,6 @@ fn describe(interest: &Interest) -> String {
         Interest::Cookie(c) => format!("cookie {c}"),
         Interest::Host => "host".into(),
         Interest::JsonBody(f) => format!("json-body {f}"),
+        Interest::BodySize => "body-size".into(),
     }
 }

@@ -1,6 +1,7 @@
-//! The host side of `switchyard:policy/host`: what a plugin may call.
+//! The host's side of what a plugin may call (`host` and `shared`), for
+//! every interface version: each version's bindings call these methods.
 
-use super::generated::{Host, SharedHost, shared_wit, wit};
+use super::wit;
 use crate::shared::{Access, SharedError, SharedStore};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub struct HostState {
     gauges: HashMap<String, metrics::Gauge>,
     log: LogBudget,
     /// The current request's declared attributes, set for one `route` call.
-    pub(crate) attributes: Vec<Option<String>>,
+    pub(crate) attributes: Vec<wit::AttributeValue>,
     shared: Arc<SharedStore>,
     /// Routers run on worker threads and never wait on the store.
     access: Access,
@@ -102,69 +103,22 @@ impl HostState {
 
     /// Runs a shared-store call, crediting its wait to the deadline and
     /// logging failures at debug level (the store logs outages itself).
-    fn shared_call<T>(
+    pub(super) fn shared_call<T>(
         &mut self,
         op: &str,
         call: impl FnOnce(&SharedStore, Access) -> Result<T, SharedError>,
-    ) -> Result<T, shared_wit::SharedError> {
+    ) -> Result<T, SharedError> {
         let started = Instant::now();
         let result = call(&self.shared, self.access);
         self.waited += started.elapsed();
-        result.map_err(|e| {
+        if let Err(e) = &result {
             tracing::debug!(plugin = %self.plugin, route = %self.route, "shared {op}: {e}");
-            match e {
-                SharedError::Unavailable(m) => shared_wit::SharedError::Unavailable(m),
-                SharedError::Invalid(m) => shared_wit::SharedError::Invalid(m),
-            }
-        })
-    }
-}
-
-impl SharedHost for HostState {
-    fn counter_add(
-        &mut self,
-        key: String,
-        delta: i64,
-        ttl_ms: u32,
-    ) -> Result<i64, shared_wit::SharedError> {
-        self.shared_call("counter-add", |s, a| s.counter_add(a, &key, delta, ttl_ms))
+        }
+        result
     }
 
-    fn counter_get(&mut self, key: String) -> Result<i64, shared_wit::SharedError> {
-        self.shared_call("counter-get", |s, a| s.counter_get(a, &key))
-    }
-
-    fn get(&mut self, key: String) -> Result<Option<String>, shared_wit::SharedError> {
-        self.shared_call("get", |s, a| s.get(a, &key))
-    }
-
-    fn set(
-        &mut self,
-        key: String,
-        value: String,
-        ttl_ms: u32,
-    ) -> Result<(), shared_wit::SharedError> {
-        self.shared_call("set", |s, a| s.set(a, &key, &value, ttl_ms))
-    }
-
-    fn wall_clock_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// A per-instance seed from the clock and the address of a stack value.
-fn seed() -> u64 {
-    let local = 0u8;
-    let mixed = crate::clock::nanos() ^ (&local as *const u8 as u64).rotate_left(32);
-    mixed | 1
-}
-
-impl wit::Host for HostState {}
-
-impl Host for HostState {
-    fn log(&mut self, level: wit::Level, message: String) {
+    /// Writes a plugin's log line within its budget.
+    pub(super) fn write_log(&mut self, level: tracing::Level, message: &str) {
         let second = crate::clock::millis() / 1000;
         if let Some((lines, bytes)) = self.log.roll(second) {
             tracing::warn!(plugin = %self.plugin, route = %self.route,
@@ -173,27 +127,27 @@ impl Host for HostState {
         let Some(keep) = self.log.admit(message.len()) else {
             return;
         };
-        let message = cut(&message, keep);
+        let message = cut(message, keep);
         let (plugin, route) = (&*self.plugin, &*self.route);
         match level {
-            wit::Level::Trace => tracing::trace!(plugin, route, "{message}"),
-            wit::Level::Debug => tracing::debug!(plugin, route, "{message}"),
-            wit::Level::Info => tracing::info!(plugin, route, "{message}"),
-            wit::Level::Warn => tracing::warn!(plugin, route, "{message}"),
-            wit::Level::Error => tracing::error!(plugin, route, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, route, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, route, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, route, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, route, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, route, "{message}"),
         }
     }
 
-    fn attribute(&mut self, index: u32) -> Option<String> {
-        self.attributes.get(index as usize)?.clone()
+    /// The `index`-th declared attribute of the current request.
+    pub(super) fn attribute_value(&self, index: u32) -> wit::AttributeValue {
+        self.attributes
+            .get(index as usize)
+            .cloned()
+            .unwrap_or(wit::AttributeValue::Absent)
     }
 
-    fn now(&mut self) -> u64 {
-        crate::clock::nanos()
-    }
-
-    fn random(&mut self) -> u64 {
-        // xorshift64*
+    /// The next number of the instance's generator (xorshift64*).
+    pub(super) fn next_random(&mut self) -> u64 {
         let mut x = self.rng;
         x ^= x >> 12;
         x ^= x << 25;
@@ -202,7 +156,8 @@ impl Host for HostState {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn counter_add(&mut self, name: String, value: u64) {
+    /// Adds to the plugin counter `name`.
+    pub(super) fn add_to_counter(&mut self, name: String, value: u64) {
         if !self.counters.contains_key(&name) && !self.may_add_metric(&name) {
             return;
         }
@@ -216,7 +171,8 @@ impl Host for HostState {
             .increment(value);
     }
 
-    fn gauge_set(&mut self, name: String, value: f64) {
+    /// Sets the plugin gauge `name`.
+    pub(super) fn set_gauge(&mut self, name: String, value: f64) {
         if !self.gauges.contains_key(&name) && !self.may_add_metric(&name) {
             return;
         }
@@ -229,6 +185,13 @@ impl Host for HostState {
             })
             .set(value);
     }
+}
+
+/// A per-instance seed from the clock and the address of a stack value.
+fn seed() -> u64 {
+    let local = 0u8;
+    let mixed = crate::clock::nanos() ^ (&local as *const u8 as u64).rotate_left(32);
+    mixed | 1
 }
 
 /// What a plugin instance has logged this second, bounded in lines and in

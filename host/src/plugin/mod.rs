@@ -1,15 +1,15 @@
 //! The plugin runtime: one wasmtime engine, components compiled once and
-//! cached on disk by content hash, checked against the interface version this
-//! host speaks, and run with a deadline and a memory limit per call.
+//! cached on disk by content hash, matched to one of the interface versions
+//! this host speaks, and run with a deadline and a memory limit per call.
 
+mod bindings;
 mod cache;
-mod generated;
 mod host_api;
 mod policy;
 mod router;
 mod stats;
 
-pub use generated::wit;
+pub use bindings::{INTERFACE_PACKAGE, VERSION_SECTION, Version, wit};
 pub use host_api::HostState;
 pub use policy::{
     BreakerInstance, BreakerPolicy, HealthInstance, HealthPolicy, Policy, PolicySpec,
@@ -29,10 +29,6 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-/// The interface version this host speaks.
-pub const INTERFACE_VERSION: &str = "0.1.0";
-/// The WIT package plugins are built against.
-pub const INTERFACE_PACKAGE: &str = "switchyard:policy";
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -51,11 +47,20 @@ pub enum PluginError {
     #[error("{file}: not a valid WebAssembly component: {reason}")]
     Invalid { file: PathBuf, reason: String },
     #[error(
-        "{file}: built for {INTERFACE_PACKAGE}@{found}, but this host speaks {INTERFACE_PACKAGE}@{INTERFACE_VERSION} (`{export}`)"
+        "{file}: built for {INTERFACE_PACKAGE}@{found}, but this host speaks {INTERFACE_PACKAGE} {} (`{export}`)",
+        Version::range()
     )]
     Version {
         file: PathBuf,
         found: String,
+        export: String,
+    },
+    #[error(
+        "{file}: its SDK stamped {INTERFACE_PACKAGE}@{stamped}, but it exports `{export}`; rebuild it with one SDK"
+    )]
+    StampMismatch {
+        file: PathBuf,
+        stamped: String,
         export: String,
     },
     #[error("{file}: does not export `{wanted}`; it exports: {found}")]
@@ -70,6 +75,14 @@ pub enum PluginError {
     WasiImport { file: PathBuf, import: String },
     #[error("{file}: imports `{import}`, which this host does not provide")]
     UnknownImport { file: PathBuf, import: String },
+    #[error(
+        "{file}: its {version} does not match the released one ({reason}); it was built from an edited or unreleased WIT: rebuild it with a released SDK"
+    )]
+    Shape {
+        file: PathBuf,
+        version: Version,
+        reason: String,
+    },
     #[error("{file}: cannot instantiate: {reason}")]
     Instantiate { file: PathBuf, reason: String },
     /// `owner` is `route `name`` or `pool `name``.
@@ -89,6 +102,8 @@ pub struct LoadedComponent {
     pub loaded_at: std::time::SystemTime,
     /// Whether it came from the on-disk cache rather than a fresh compile.
     pub from_cache: bool,
+    /// The interface version its SDK stamped in it, if any.
+    pub stamp: Option<String>,
     pub component: Component,
 }
 
@@ -125,7 +140,7 @@ impl PluginRuntime {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        generated::add_to_linker(&mut linker)?;
+        bindings::add_to_linker(&mut linker)?;
         spawn_epoch_ticker(&engine);
         Ok(Arc::new(PluginRuntime {
             engine,
@@ -152,9 +167,14 @@ impl PluginRuntime {
         deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
     }
 
-    /// Reads and compiles `file` (or takes it from the cache), and checks it
-    /// exports `wanted` (an interface of this package) at this host's version.
-    pub fn load(&self, file: &Path, wanted: &str) -> Result<Arc<LoadedComponent>, PluginError> {
+    /// Reads and compiles `file` (or takes it from the cache), and finds the
+    /// interface version at which it exports `wanted` (an interface of this
+    /// package), one this host speaks.
+    pub fn load(
+        &self,
+        file: &Path,
+        wanted: &str,
+    ) -> Result<(Arc<LoadedComponent>, Version), PluginError> {
         let bytes = read_plugin_file(file).map_err(|source| PluginError::Read {
             file: file.into(),
             source,
@@ -170,26 +190,28 @@ impl PluginRuntime {
                     hash: hash.clone(),
                     loaded_at: std::time::SystemTime::now(),
                     from_cache,
+                    stamp: bindings::stamped_version(&bytes),
                     component,
                 });
                 self.loaded_lock().insert(hash, loaded.clone());
                 loaded
             }
         };
-        self.check_interface(file, &loaded.component, wanted)?;
-        Ok(loaded)
+        let version = self.check_interface(file, &loaded, wanted)?;
+        Ok((loaded, version))
     }
 
-    /// Links `component` against the host's imports, ready to instantiate;
-    /// errors name `file`.
+    /// Links `component` against the host's imports of `version`, ready to
+    /// instantiate; errors name `file` and the version.
     fn pre_instantiate(
         &self,
         file: &Path,
         component: &Component,
+        version: Version,
     ) -> Result<wasmtime::component::InstancePre<HostState>, PluginError> {
         self.linker
             .instantiate_pre(component)
-            .map_err(|e| instantiate_error(file, &e))
+            .map_err(|e| shape_error(file, version, &e))
     }
 
     /// Forgets compiled components nothing uses any more (a plugin version
@@ -242,40 +264,51 @@ impl PluginRuntime {
         Ok((component, false))
     }
 
-    /// Checks the component's exports and imports against this host's
-    /// interface, so a mismatch is reported with both versions instead of a
-    /// link error.
+    /// Finds the version of the component's `wanted` export and checks its
+    /// imports against the same version, so a mismatch is reported with
+    /// both versions instead of a link error.
     fn check_interface(
         &self,
         file: &Path,
-        component: &Component,
+        loaded: &LoadedComponent,
         wanted: &str,
-    ) -> Result<(), PluginError> {
-        let ty = component.component_type();
-        let wanted_full = format!("{INTERFACE_PACKAGE}/{wanted}@{INTERFACE_VERSION}");
+    ) -> Result<Version, PluginError> {
+        let ty = loaded.component.component_type();
+        let prefix = format!("{INTERFACE_PACKAGE}/{wanted}@");
         let exports: Vec<&str> = ty.exports(&self.engine).map(|(n, _)| n).collect();
-        if !exports.contains(&wanted_full.as_str()) {
-            let unversioned = format!("{INTERFACE_PACKAGE}/{wanted}@");
-            if let Some(other) = exports.iter().find(|e| e.starts_with(&unversioned)) {
-                return Err(PluginError::Version {
-                    file: file.into(),
-                    found: other[unversioned.len()..].to_string(),
-                    export: other.to_string(),
-                });
-            }
+        let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) else {
             return Err(PluginError::WrongWorld {
                 file: file.into(),
-                wanted: wanted_full,
+                wanted: format!("{prefix}{}", Version::NEWEST.as_str()),
                 found: if exports.is_empty() {
                     "nothing".into()
                 } else {
                     exports.join(", ")
                 },
             });
+        };
+        let found = &export[prefix.len()..];
+        let Some(version) = Version::parse(found) else {
+            return Err(PluginError::Version {
+                file: file.into(),
+                found: found.into(),
+                export: export.to_string(),
+            });
+        };
+        // Both speak a version this host knows, but not the same one: the
+        // component mixes SDKs, and neither can be trusted.
+        if let Some(stamp) = &loaded.stamp
+            && stamp != found
+        {
+            return Err(PluginError::StampMismatch {
+                file: file.into(),
+                stamped: stamp.clone(),
+                export: export.to_string(),
+            });
         }
-        let host_import = format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}");
-        let types_import = format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}");
-        let shared_import = format!("{INTERFACE_PACKAGE}/shared@{INTERFACE_VERSION}");
+        let ours = |name: &str| format!("{INTERFACE_PACKAGE}/{name}@{}", version.as_str());
+        let (host_import, types_import, shared_import) =
+            (ours("host"), ours("types"), ours("shared"));
         for (import, _) in ty.imports(&self.engine) {
             if import == host_import || import == types_import || import == shared_import {
                 continue;
@@ -286,15 +319,15 @@ impl PluginRuntime {
                     import: import.into(),
                 });
             }
-            if let Some(version) = import
+            if let Some(other) = import
                 .strip_prefix(INTERFACE_PACKAGE)
                 .and_then(|rest| rest.split_once('@'))
                 .map(|(_, v)| v)
-                .filter(|v| *v != INTERFACE_VERSION)
+                .filter(|v| *v != version.as_str())
             {
                 return Err(PluginError::Version {
                     file: file.into(),
-                    found: version.into(),
+                    found: other.into(),
                     export: import.into(),
                 });
             }
@@ -303,7 +336,7 @@ impl PluginRuntime {
                 import: import.into(),
             });
         }
-        Ok(())
+        Ok(version)
     }
 }
 
@@ -394,16 +427,19 @@ fn store_limits(memory_mb: u32) -> wasmtime::StoreLimits {
 
 /// A failed instantiation of `file`.
 fn instantiate_error(file: &Path, e: &wasmtime::Error) -> PluginError {
-    let mut reason = format!("{e:#}");
-    if reason.contains("type mismatch") {
-        // Same version, different shapes: built from a pre-release draft.
-        reason.push_str(&format!(
-            " (the plugin's {INTERFACE_PACKAGE}@{INTERFACE_VERSION} types differ from this host's; rebuild it with this release's SDK)"
-        ));
-    }
     PluginError::Instantiate {
         file: file.into(),
-        reason,
+        reason: format!("{e:#}"),
+    }
+}
+
+/// A component whose exports name a version this host speaks but whose
+/// types do not link against it: built from an edited or unreleased WIT.
+fn shape_error(file: &Path, version: Version, e: &wasmtime::Error) -> PluginError {
+    PluginError::Shape {
+        file: file.into(),
+        version,
+        reason: format!("{e:#}"),
     }
 }
 

@@ -2,8 +2,10 @@
 //! one pool and runs as a single instance on the control thread, off the
 //! request path, so it sees every probe and every outcome of its pool.
 
-use super::generated::{BreakerPlugin, BreakerPluginPre, HealthPlugin, HealthPluginPre, wit};
-use super::{CallFailure, CallStats, HostState, LoadedComponent, PluginError, PluginRuntime};
+use super::bindings::{Breaker, BreakerPre, HealthCheck, HealthPre};
+use super::{
+    CallFailure, CallStats, HostState, LoadedComponent, PluginError, PluginRuntime, Version, wit,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ pub struct PolicySpec {
 /// Loaded, linked and validated policy plugin of one kind.
 pub struct Policy<P> {
     pub component: Arc<LoadedComponent>,
+    /// The interface version the component was built against.
+    pub version: Version,
     pub spec: PolicySpec,
     pre: P,
     shared: Arc<crate::shared::SharedStore>,
@@ -35,9 +39,9 @@ pub struct Policy<P> {
 }
 
 /// A health-check plugin bound to a pool.
-pub type HealthPolicy = Policy<HealthPluginPre<HostState>>;
+pub type HealthPolicy = Policy<HealthPre>;
 /// A circuit-breaker plugin bound to a pool.
-pub type BreakerPolicy = Policy<BreakerPluginPre<HostState>>;
+pub type BreakerPolicy = Policy<BreakerPre>;
 
 impl<P> Policy<P> {
     /// Plugin file name, as logs and metrics show it.
@@ -79,18 +83,23 @@ impl<P> Policy<P> {
 
     fn bind(
         runtime: &PluginRuntime,
-        component: Arc<LoadedComponent>,
+        (component, version): (Arc<LoadedComponent>, Version),
         spec: PolicySpec,
-        make_pre: impl FnOnce(wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<P>,
+        make_pre: impl FnOnce(
+            Version,
+            wasmtime::component::InstancePre<HostState>,
+        ) -> wasmtime::Result<P>,
     ) -> Result<Policy<P>, PluginError> {
-        let pre = runtime.pre_instantiate(&spec.file, &component.component)?;
-        let pre = make_pre(pre).map_err(|e| super::instantiate_error(&spec.file, &e))?;
+        let pre = runtime.pre_instantiate(&spec.file, &component.component, version)?;
+        let pre =
+            make_pre(version, pre).map_err(|e| super::shape_error(&spec.file, version, &e))?;
         let name = super::file_name(&spec.file);
         Ok(Policy {
             stats: CallStats::new(&name, &format!("pool:{}", spec.pool), &component.hash[..12]),
             name,
             deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
             component,
+            version,
             spec,
             pre,
             shared: runtime.shared().clone(),
@@ -100,12 +109,12 @@ impl<P> Policy<P> {
 
 // === impl HealthPolicy ===
 
-impl Policy<HealthPluginPre<HostState>> {
+impl Policy<HealthPre> {
     /// Loads `spec.file` as a health plugin and starts one instance to
     /// validate it, so a broken plugin is refused at load.
     pub fn load(runtime: &PluginRuntime, spec: PolicySpec) -> Result<Arc<Self>, PluginError> {
-        let component = runtime.load(&spec.file, "health-check")?;
-        let policy = Policy::bind(runtime, component, spec, HealthPluginPre::new)?;
+        let loaded = runtime.load(&spec.file, "health-check")?;
+        let policy = Policy::bind(runtime, loaded, spec, HealthPre::new)?;
         policy.instantiate()?;
         Ok(Arc::new(policy))
     }
@@ -117,10 +126,9 @@ impl Policy<HealthPluginPre<HostState>> {
             .pre
             .instantiate(&mut store)
             .map_err(|e| super::instantiate_error(&self.spec.file, &e))?;
-        let check = bindings.switchyard_policy_health_check();
-        let init = check.call_init(&mut store, &self.spec.pool, &self.spec.config);
+        let init = bindings.init(&mut store, &self.spec.pool, &self.spec.config);
         self.started(init, || {
-            check.call_set_backends(&mut store, &self.spec.backends)
+            bindings.set_backends(&mut store, &self.spec.backends)
         })?;
         Ok(HealthInstance {
             store,
@@ -133,7 +141,7 @@ impl Policy<HealthPluginPre<HostState>> {
 /// A live health-check instance.
 pub struct HealthInstance {
     store: Store<HostState>,
-    bindings: HealthPlugin,
+    bindings: HealthCheck,
     deadline_ticks: u64,
 }
 
@@ -143,20 +151,19 @@ impl HealthInstance {
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
-            .switchyard_policy_health_check()
-            .call_check(&mut self.store, probe)
+            .check(&mut self.store, probe)
             .map_err(|e| super::call_failure(&e))
     }
 }
 
 // === impl BreakerPolicy ===
 
-impl Policy<BreakerPluginPre<HostState>> {
+impl Policy<BreakerPre> {
     /// Loads `spec.file` as a circuit-breaker plugin and starts one
     /// instance to validate it.
     pub fn load(runtime: &PluginRuntime, spec: PolicySpec) -> Result<Arc<Self>, PluginError> {
-        let component = runtime.load(&spec.file, "circuit-breaker")?;
-        let policy = Policy::bind(runtime, component, spec, BreakerPluginPre::new)?;
+        let loaded = runtime.load(&spec.file, "circuit-breaker")?;
+        let policy = Policy::bind(runtime, loaded, spec, BreakerPre::new)?;
         policy.instantiate()?;
         Ok(Arc::new(policy))
     }
@@ -168,10 +175,9 @@ impl Policy<BreakerPluginPre<HostState>> {
             .pre
             .instantiate(&mut store)
             .map_err(|e| super::instantiate_error(&self.spec.file, &e))?;
-        let breaker = bindings.switchyard_policy_circuit_breaker();
-        let init = breaker.call_init(&mut store, &self.spec.pool, &self.spec.config);
+        let init = bindings.init(&mut store, &self.spec.pool, &self.spec.config);
         self.started(init, || {
-            breaker.call_set_backends(&mut store, &self.spec.backends)
+            bindings.set_backends(&mut store, &self.spec.backends)
         })?;
         Ok(BreakerInstance {
             store,
@@ -184,7 +190,7 @@ impl Policy<BreakerPluginPre<HostState>> {
 /// A live circuit-breaker instance.
 pub struct BreakerInstance {
     store: Store<HostState>,
-    bindings: BreakerPlugin,
+    bindings: Breaker,
     deadline_ticks: u64,
 }
 
@@ -197,8 +203,7 @@ impl BreakerInstance {
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
-            .switchyard_policy_circuit_breaker()
-            .call_record_outcome(&mut self.store, outcome)
+            .record_outcome(&mut self.store, outcome)
             .map_err(|e| super::call_failure(&e))
     }
 
@@ -207,8 +212,7 @@ impl BreakerInstance {
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
-            .switchyard_policy_circuit_breaker()
-            .call_cool_down_ended(&mut self.store, backend)
+            .cool_down_ended(&mut self.store, backend)
             .map_err(|e| super::call_failure(&e))
     }
 }

@@ -1,8 +1,8 @@
 //! Router plugins: a loaded component bound to one route's config, and the
 //! per-thread instances that make decisions.
 
-use super::generated::{RouterPlugin as Bindings, RouterPluginPre, wit};
-use super::{CallStats, HostState, LoadedComponent, PluginError, PluginRuntime};
+use super::bindings::{Router as Bindings, RouterPre};
+use super::{CallStats, HostState, LoadedComponent, PluginError, PluginRuntime, Version, wit};
 use crate::balance::LoadSnapshot;
 use crate::config::FailurePolicy;
 use std::path::PathBuf;
@@ -42,6 +42,8 @@ pub enum Interest {
     Host,
     /// A top-level field of the JSON body, read from its first bytes.
     JsonBody(String),
+    /// The body's size in bytes.
+    BodySize,
 }
 
 /// Why a plugin call produced no usable decision.
@@ -78,12 +80,14 @@ pub struct RouterPlugin {
     /// Unique per load; worker threads key their instances by it.
     pub id: u64,
     pub component: Arc<LoadedComponent>,
+    /// The interface version the component was built against.
+    pub version: Version,
     pub spec: RouterSpec,
     /// Attributes to extract for each request, in the plugin's order.
     pub interest: Vec<Interest>,
     /// Whether `interest` names a body field, so the body is read first.
     reads_body: bool,
-    pre: RouterPluginPre<HostState>,
+    pre: RouterPre,
     shared: Arc<crate::shared::SharedStore>,
     deadline_ticks: u64,
     name: Arc<str>,
@@ -116,8 +120,8 @@ impl RouterPlugin {
         runtime: &PluginRuntime,
         spec: RouterSpec,
     ) -> Result<Arc<RouterPlugin>, PluginError> {
-        let component = runtime.load(&spec.file, "router")?;
-        RouterPlugin::from_component(runtime, component, spec)
+        let (component, version) = runtime.load(&spec.file, "router")?;
+        RouterPlugin::from_component(runtime, component, version, spec)
     }
 
     /// Binds an already loaded component to `spec`, running `init` and
@@ -125,12 +129,13 @@ impl RouterPlugin {
     pub fn from_component(
         runtime: &PluginRuntime,
         component: Arc<LoadedComponent>,
+        version: Version,
         spec: RouterSpec,
     ) -> Result<Arc<RouterPlugin>, PluginError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let pre = runtime.pre_instantiate(&spec.file, &component.component)?;
-        let pre =
-            RouterPluginPre::new(pre).map_err(|e| super::instantiate_error(&spec.file, &e))?;
+        let pre = runtime.pre_instantiate(&spec.file, &component.component, version)?;
+        let pre = RouterPre::new(version, pre)
+            .map_err(|e| super::shape_error(&spec.file, version, &e))?;
         let name = super::file_name(&spec.file);
         let route: Arc<str> = spec.route.as_str().into();
         let info = metrics::gauge!("switchyard_route_plugin_info",
@@ -140,6 +145,7 @@ impl RouterPlugin {
         let mut plugin = RouterPlugin {
             id: NEXT_ID.fetch_add(1, Relaxed),
             component,
+            version,
             interest: Vec::new(),
             reads_body: false,
             pre,
@@ -223,13 +229,12 @@ impl RouterPlugin {
             owner: format!("route `{}`", self.spec.route),
             message,
         };
-        let router = bindings.switchyard_policy_router();
-        let attributes = router
-            .call_init(&mut store, &self.spec.route, &self.spec.config)
+        let attributes = bindings
+            .init(&mut store, &self.spec.route, &self.spec.config)
             .map_err(|e| init_err(format!("trapped: {e:#}")))?
             .map_err(init_err)?;
-        router
-            .call_set_backends(&mut store, &self.spec.backends)
+        bindings
+            .set_backends(&mut store, &self.spec.backends)
             .map_err(|e| init_err(format!("set-backends trapped: {e:#}")))?;
         let interest = attributes
             .into_iter()
@@ -246,6 +251,7 @@ impl RouterPlugin {
                 wit::Attribute::Cookie(c) => Ok(Interest::Cookie(c)),
                 wit::Attribute::Host => Ok(Interest::Host),
                 wit::Attribute::JsonBody(f) => Ok(Interest::JsonBody(f)),
+                wit::Attribute::BodySize => Ok(Interest::BodySize),
             })
             .collect::<Result<_, _>>()?;
         let instance = RouterInstance {
@@ -361,22 +367,22 @@ impl RouterInstance {
         &mut self,
         request: wit::Request,
         loads: &[u32],
-        attributes: Vec<Option<String>>,
+        attributes: Vec<wit::AttributeValue>,
     ) -> Result<Answer, CallFailure> {
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         if !attributes.is_empty() {
             self.store.data_mut().attributes = attributes;
         }
-        let router = self.bindings.switchyard_policy_router();
-        let result = match router.call_route(&mut self.store, request, loads) {
+        let result = match self.bindings.route(&mut self.store, request, loads) {
             Ok(wit::Choice::Forward((a, b, c, d))) => {
                 let ids = [a, b, c, d];
                 let len = ids.iter().position(|&id| id == NO_BACKEND).unwrap_or(4);
                 Ok(Answer::Few(ids, len as u8))
             }
-            Ok(wit::Choice::Detailed) => router
-                .call_detailed_decision(&mut self.store)
+            Ok(wit::Choice::Detailed) => self
+                .bindings
+                .detailed_decision(&mut self.store)
                 .map(Answer::Full),
             Err(e) => Err(e),
         };
@@ -419,19 +425,24 @@ pub fn push_load_words(out: &mut Vec<u32>, id: u32, s: &LoadSnapshot) {
         Breaker::Open => wit::BreakerState::Open,
         Breaker::HalfOpen => wit::BreakerState::HalfOpen,
     };
-    out.extend_from_slice(&[
-        id,
-        s.in_flight,
-        s.ewma_latency_us,
-        s.ewma_ttfb_us,
-        u32::from(s.error_rate),
-        health as u32,
-        breaker as u32,
-        u32::from(s.load_score),
-        rr_low,
-        rr_high,
-        rt_low,
-        rt_high,
-        s.quota_reset_ms,
-    ]);
+    use wit::LoadWord as W;
+    let mut words = [0u32; LOAD_WORDS];
+    for (word, value) in [
+        (W::Id, id),
+        (W::InFlight, s.in_flight),
+        (W::EwmaLatencyUs, s.ewma_latency_us),
+        (W::EwmaTtfbUs, s.ewma_ttfb_us),
+        (W::ErrorRate, u32::from(s.error_rate)),
+        (W::Health, health as u32),
+        (W::Breaker, breaker as u32),
+        (W::LoadScore, u32::from(s.load_score)),
+        (W::RemainingRequestsLow, rr_low),
+        (W::RemainingRequestsHigh, rr_high),
+        (W::RemainingTokensLow, rt_low),
+        (W::RemainingTokensHigh, rt_high),
+        (W::QuotaResetMs, s.quota_reset_ms),
+    ] {
+        words[word as usize] = value;
+    }
+    out.extend_from_slice(&words);
 }

@@ -132,7 +132,7 @@ pub async fn serve(
     let choice = worker.decide(
         route,
         &req,
-        peeked.as_ref().map(Peeked::prefix),
+        peeked.as_ref().map(Peeked::view),
         client.peer.ip(),
     );
     let details = debug.then(|| decision_details(route, &choice));
@@ -771,9 +771,14 @@ pub struct Peeked {
 }
 
 impl Peeked {
-    /// The part a router may see: the first `limit` bytes.
-    fn prefix(&self) -> &[u8] {
-        &self.head[..self.head.len().min(self.limit)]
+    /// The part a router may see: the first `limit` bytes, and whether they
+    /// are the whole body.
+    fn view(&self) -> super::worker::BodyView<'_> {
+        let prefix = &self.head[..self.head.len().min(self.limit)];
+        super::worker::BodyView {
+            prefix,
+            whole: self.complete && prefix.len() == self.head.len(),
+        }
     }
 }
 

@@ -8,17 +8,49 @@
 //! the object does, the answer is `None`, never a guess a later duplicate
 //! could contradict.
 
-/// The value of the top-level field `name` in the JSON object that `text`
-/// begins: a string unescaped, any other value as its JSON text. `None` when
-/// `text` is not an object, lacks the field, or ends before the object does.
-pub fn top_level_field(text: &[u8], name: &str) -> Option<String> {
+/// What the start of a body says about one top-level field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// A string unescaped, any other value as its JSON text.
+    Value(String),
+    /// The object ended without the field, or `text` is not an object.
+    Absent,
+    /// `text` ended before the object did: only the rest of the body could
+    /// tell (a later duplicate key would win).
+    Cut,
+}
+
+/// The top-level field `name` of the JSON object that `text` begins.
+pub fn find_field(text: &[u8], name: &str) -> Field {
     let mut c = Cursor { text, at: 0 };
+    match scan(&mut c, name) {
+        Some(Some(value)) => Field::Value(value),
+        Some(None) => Field::Absent,
+        None if c.at >= text.len() => Field::Cut,
+        None => Field::Absent,
+    }
+}
+
+/// The value of the top-level field `name` in the JSON object that `text`
+/// begins; `None` when `text` is not an object, lacks the field, or ends
+/// before the object does.
+#[cfg(test)]
+pub fn top_level_field(text: &[u8], name: &str) -> Option<String> {
+    match find_field(text, name) {
+        Field::Value(v) => Some(v),
+        Field::Absent | Field::Cut => None,
+    }
+}
+
+/// Reads the object: `Some(found)` once it closed, `None` where it broke
+/// off or is malformed (the cursor shows which).
+fn scan(c: &mut Cursor<'_>, name: &str) -> Option<Option<String>> {
     c.space();
     c.eat(b'{')?;
     let mut found = None;
     c.space();
     if c.peek()? == b'}' {
-        return None;
+        return Some(None);
     }
     loop {
         c.space();
@@ -34,7 +66,7 @@ pub fn top_level_field(text: &[u8], name: &str) -> Option<String> {
         c.space();
         match c.next()? {
             b',' => continue,
-            b'}' => return found,
+            b'}' => return Some(found),
             _ => return None,
         }
     }
@@ -218,6 +250,26 @@ mod tests {
         let parsed: serde_json::Value =
             serde_json::from_slice(br#"{"model":"a","mod\u0065l":"b"}"#).unwrap();
         assert_eq!(parsed["model"], "b");
+    }
+
+    #[test]
+    fn a_cut_object_is_told_from_a_missing_field() {
+        use super::{Field, find_field};
+        assert_eq!(
+            find_field(br#"{"model":"a","messages":[]"#, "model"),
+            Field::Cut
+        );
+        assert_eq!(
+            find_field(br#"{"messages":[{"content":"lo"#, "model"),
+            Field::Cut
+        );
+        assert_eq!(find_field(br#"{"messages":[]}"#, "model"), Field::Absent);
+        assert_eq!(find_field(b"[1,2]", "model"), Field::Absent);
+        assert_eq!(find_field(br#"{"model" x}"#, "model"), Field::Absent);
+        assert_eq!(
+            find_field(br#"{"model":"b"}"#, "model"),
+            Field::Value("b".into())
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Worker {
         &self,
         route: &Route,
         req: &Request<B>,
-        body: Option<&[u8]>,
+        body: Option<BodyView<'_>>,
         client: IpAddr,
     ) -> Choice {
         let Some(plugin) = &route.router else {
@@ -342,24 +342,59 @@ fn ip(addr: IpAddr) -> wit::IpAddress {
     }
 }
 
-/// The value of one declared attribute in `req`, whose body starts with
-/// `body` when it was read.
-pub fn attribute<B>(interest: &Interest, req: &Request<B>, body: Option<&[u8]>) -> Option<String> {
+/// What the proxy read of a request body for a router: its first bytes,
+/// and whether they are all of it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyView<'a> {
+    pub prefix: &'a [u8],
+    pub whole: bool,
+}
+
+/// The value of one declared attribute in `req`; `body` is what was read
+/// of its body, if the router asked for a body field.
+pub fn attribute<B>(
+    interest: &Interest,
+    req: &Request<B>,
+    body: Option<BodyView<'_>>,
+) -> wit::AttributeValue {
+    use wit::AttributeValue::{Absent, NotSeen, Value};
+    let text = |v: Option<&str>| v.map_or(Absent, |v| Value(v.to_string()));
     match interest {
-        Interest::JsonBody(field) => super::json_field::top_level_field(body?, field),
-        Interest::Header(name) => req.headers().get(name)?.to_str().ok().map(String::from),
-        Interest::Path => Some(req.uri().path().to_string()),
-        Interest::Query => req.uri().query().map(String::from),
-        Interest::Host => request_host(req).map(String::from),
-        Interest::Cookie(name) => req
-            .headers()
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.to_string()),
+        Interest::JsonBody(field) => {
+            let Some(body) = body else { return Absent };
+            match super::json_field::find_field(body.prefix, field) {
+                super::json_field::Field::Value(v) => Value(v),
+                super::json_field::Field::Absent => Absent,
+                super::json_field::Field::Cut if body.whole => Absent,
+                super::json_field::Field::Cut => NotSeen,
+            }
+        }
+        Interest::BodySize => {
+            let declared = req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match (declared, body) {
+                (Some(n), _) => Value(n.to_string()),
+                (None, Some(b)) if b.whole => Value(b.prefix.len().to_string()),
+                (None, _) => NotSeen,
+            }
+        }
+        Interest::Header(name) => text(req.headers().get(name).and_then(|v| v.to_str().ok())),
+        Interest::Path => Value(req.uri().path().to_string()),
+        Interest::Query => text(req.uri().query()),
+        Interest::Host => text(request_host(req)),
+        Interest::Cookie(name) => text(
+            req.headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v),
+        ),
     }
 }
 
@@ -376,7 +411,11 @@ mod tests {
             .header("cookie", "a=1; thread=t-42")
             .body(())
             .unwrap();
-        let get = |i: Interest| attribute(&i, &req, None);
+        let get = |i: Interest| match attribute(&i, &req, None) {
+            wit::AttributeValue::Value(v) => Some(v),
+            wit::AttributeValue::Absent => None,
+            wit::AttributeValue::NotSeen => Some("(not seen)".into()),
+        };
         assert_eq!(
             get(Interest::Header(HeaderName::from_static("x-priority"))).as_deref(),
             Some("high")
@@ -392,6 +431,40 @@ mod tests {
             get(Interest::Cookie("thread".into())).as_deref(),
             Some("t-42")
         );
+        assert_eq!(get(Interest::BodySize).as_deref(), Some("(not seen)"));
+    }
+
+    #[test]
+    fn body_attributes_tell_a_cut_body_from_a_missing_field() {
+        use wit::AttributeValue::{Absent, NotSeen, Value};
+        let req = Request::builder()
+            .header("content-length", "40")
+            .body(())
+            .unwrap();
+        let model = Interest::JsonBody("model".into());
+        let cut = BodyView {
+            prefix: br#"{"messages":[],"model":"a""#,
+            whole: false,
+        };
+        assert_eq!(attribute(&model, &req, Some(cut)), NotSeen);
+        let whole = BodyView {
+            prefix: br#"{"messages":[]}"#,
+            whole: true,
+        };
+        assert_eq!(attribute(&model, &req, Some(whole)), Absent);
+        // A truncated body read whole is malformed, not unseen.
+        let broken = BodyView { whole: true, ..cut };
+        assert_eq!(attribute(&model, &req, Some(broken)), Absent);
+        assert_eq!(
+            attribute(&Interest::BodySize, &req, Some(cut)),
+            Value("40".into())
+        );
+        let chunked = Request::builder().body(()).unwrap();
+        assert_eq!(
+            attribute(&Interest::BodySize, &chunked, Some(whole)),
+            Value("15".into())
+        );
+        assert_eq!(attribute(&Interest::BodySize, &chunked, Some(cut)), NotSeen);
     }
 
     #[test]

@@ -179,10 +179,10 @@ impl Reloader {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let (ok, message) = match self.runtime.load(path, "router") {
-            Ok(c) => (
+            Ok((c, interface)) => (
                 true,
                 format!(
-                    "{name} compiled (version {}); no route uses it yet",
+                    "{name} compiled (version {}, {interface}); no route uses it yet",
                     &c.hash[..12]
                 ),
             ),

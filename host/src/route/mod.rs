@@ -388,15 +388,17 @@ fn bind_router(
     before: Option<&Arc<RouterPlugin>>,
 ) -> Result<Arc<RouterPlugin>, PluginError> {
     let same_file = |p: &&Arc<RouterPlugin>| p.spec.file == spec.file;
-    let component = match runtime.load(&spec.file, "router") {
-        Ok(component) => component,
+    let (component, version) = match runtime.load(&spec.file, "router") {
+        Ok(loaded) => loaded,
         Err(PluginError::Read { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound
                 && before.filter(same_file).is_some() =>
         {
-            let kept = before.filter(same_file).map(|p| p.component.clone());
+            let kept = before
+                .filter(same_file)
+                .map(|p| (p.component.clone(), p.version));
             let kept = kept.unwrap_or_else(|| unreachable!("checked by the guard"));
-            tracing::warn!(route = %spec.route, file = %spec.file.display(), version = %&kept.hash[..12],
+            tracing::warn!(route = %spec.route, file = %spec.file.display(), version = %&kept.0.hash[..12],
                 "plugin file was deleted; the route keeps the loaded version until the config stops referencing it");
             kept
         }
@@ -408,7 +410,7 @@ fn bind_router(
     {
         return Ok(before.clone());
     }
-    let plugin = RouterPlugin::from_component(runtime, component, spec)?;
+    let plugin = RouterPlugin::from_component(runtime, component, version, spec)?;
     tracing::info!(route = %plugin.spec.route, plugin = %plugin.name(),
         version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
     Ok(plugin)
@@ -437,7 +439,7 @@ fn bind_policy<P>(
 ) -> Result<Arc<crate::plugin::Policy<P>>, PluginError> {
     let before = before.filter(|p| p.spec.file == spec.file);
     match runtime.load(&spec.file, interface) {
-        Ok(component) => {
+        Ok((component, _)) => {
             if let Some(before) = before
                 && Arc::ptr_eq(&before.component, &component)
                 && before.spec == spec

@@ -35,10 +35,7 @@ impl Router for ClientHash {
         };
         let candidates =
             Candidates::lowest_by_key(backends.iter().filter(|b| b.is_usable()), 4, rank);
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(candidates)
     }
 }
 

@@ -8,8 +8,9 @@
 use switchyard_sdk::prelude::*;
 
 pub struct CostAware {
-    cost_header: String,
-    sla_header: String,
+    interest: Interest,
+    max_cost: AttributeKey,
+    sla: AttributeKey,
     strict: bool,
     /// `cost` label by backend id, in thousandths.
     costs: Vec<u64>,
@@ -25,19 +26,24 @@ fn milli(text: &str) -> Option<u64> {
 
 impl Router for CostAware {
     fn init(_route: &str, config: &Config) -> Result<Self, String> {
+        let mut interest = Interest::new();
+        let max_cost = interest.add(Attribute::Header(
+            config.get_or("cost_header", "x-max-cost").into(),
+        ));
+        let sla = interest.add(Attribute::Header(
+            config.get_or("sla_header", "x-sla-ms").into(),
+        ));
         Ok(CostAware {
-            cost_header: config.get_or("cost_header", "x-max-cost").into(),
-            sla_header: config.get_or("sla_header", "x-sla-ms").into(),
+            interest,
+            max_cost,
+            sla,
             strict: config.parse("strict")?.unwrap_or(false),
             costs: Vec::new(),
         })
     }
 
     fn interest(&self) -> Vec<Attribute> {
-        vec![
-            Attribute::Header(self.cost_header.clone()),
-            Attribute::Header(self.sla_header.clone()),
-        ]
+        self.interest.to_list()
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
@@ -49,11 +55,11 @@ impl Router for CostAware {
 
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
         let max_cost = request
-            .attribute(0)
+            .get(self.max_cost)
             .and_then(|v| milli(&v))
             .unwrap_or(u64::MAX);
         let sla_us = request
-            .attribute(1)
+            .get(self.sla)
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(u64::MAX, |ms| ms * 1000);
         let cost = |b: &BackendLoad| self.costs.get(b.id as usize).copied().unwrap_or(u64::MAX);
@@ -64,10 +70,7 @@ impl Router for CostAware {
             (cost(b), b.ewma_latency_us)
         });
         if !acceptable.is_empty() {
-            return Decision::Forward {
-                candidates: acceptable,
-                add_headers: Vec::new(),
-            };
+            return Decision::forward_to(acceptable);
         }
         if self.strict {
             return Decision::reject(
@@ -75,10 +78,7 @@ impl Router for CostAware {
                 "no backend meets this request's cost and latency limits\n",
             );
         }
-        Decision::Forward {
-            candidates: Candidates::lowest_by_key(usable, 4, |b| b.ewma_latency_us),
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(Candidates::lowest_by_key(usable, 4, |b| b.ewma_latency_us))
     }
 }
 

@@ -25,10 +25,7 @@ impl Router for LeastOutstanding {
             .map(move |i| &backends[(i + turn) % n])
             .filter(|b| b.is_usable());
         let candidates = Candidates::lowest_by_key(usable, 4, |b| (b.in_flight, b.ewma_latency_us));
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(candidates)
     }
 }
 

@@ -4,9 +4,10 @@
 //! label (comma-separated); the config's `aliases` map public names to the
 //! names backends list (`aliases.fast = "gpt-4o-mini"`).
 //!
-//! A request whose body names no model (or is larger than the route's
-//! `body_peek`, so not read whole) is refused with 400 `model_not_seen`
-//! under `reject`. A request for a model no usable backend serves gets
+//! A request whose body names no model is refused with 400 `model_missing`
+//! under `reject`; one whose body runs past the route's `body_peek`, so the
+//! proxy could not read the field, with 400 `model_not_seen`, which says to
+//! raise `body_peek`. A request for a model no usable backend serves gets
 //! `unknown`:
 //! `reject` (the default) answers 404 with an OpenAI-style error, `any`
 //! sends it to the least outstanding backend of the pool. The body reaches
@@ -17,6 +18,8 @@ use switchyard_sdk::prelude::*;
 
 pub struct ModelRouter {
     field: String,
+    interest: Interest,
+    model: AttributeKey,
     aliases: BTreeMap<String, String>,
     reject_unknown: bool,
     /// For each backend id, the models it serves.
@@ -39,8 +42,13 @@ impl Router for ModelRouter {
             "any" => false,
             other => return Err(format!("unknown {other:?}: expected \"reject\" or \"any\"")),
         };
+        let field = config.get_or("field", "model").to_string();
+        let mut interest = Interest::new();
+        let model = interest.add(Attribute::JsonBody(field.clone()));
         Ok(ModelRouter {
-            field: config.get_or("field", "model").to_string(),
+            field,
+            interest,
+            model,
             aliases: config
                 .table("aliases")
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -52,7 +60,7 @@ impl Router for ModelRouter {
     }
 
     fn interest(&self) -> Vec<Attribute> {
-        vec![Attribute::JsonBody(self.field.clone())]
+        self.interest.to_list()
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
@@ -74,32 +82,43 @@ impl Router for ModelRouter {
         self.turn = self.turn.wrapping_add(1);
         let (n, turn) = (backends.len(), self.turn);
         let rotated = move || (0..n).map(move |i| &backends[(i + turn) % n]);
-        let model = request.attribute(0);
-        let wanted = model
-            .as_deref()
-            .map(|m| self.aliases.get(m).map_or(m, String::as_str));
+        let value = request.value(self.model);
+        let model = match &value {
+            AttributeValue::Value(m) => Some(m.as_str()),
+            AttributeValue::Absent | AttributeValue::NotSeen => None,
+        };
+        let wanted = model.map(|m| self.aliases.get(m).map_or(m, String::as_str));
         let least = |b: &BackendLoad| (b.in_flight, b.ewma_latency_us);
         if let Some(wanted) = wanted {
             let matching = rotated().filter(|b| b.is_usable() && self.serves(b.id, wanted));
             let candidates = Candidates::lowest_by_key(matching, 4, least);
             if !candidates.is_empty() {
-                return Decision::Forward {
-                    candidates,
-                    add_headers: Vec::new(),
-                };
+                return Decision::forward_to(candidates);
             }
         }
-        if self.reject_unknown && model.is_none() {
+        if self.reject_unknown && value == AttributeValue::NotSeen {
             return Decision::reject(
                 400,
-                "{\"error\":{\"message\":\"the request body names no model: it needs a top-level `model` field, and the proxy reads bodies up to the route's body_peek (larger bodies are forwarded but not routed on)\",\"type\":\"invalid_request_error\",\"code\":\"model_not_seen\"}}",
+                format!(
+                    "{{\"error\":{{\"message\":\"the request body is larger than the proxy reads to find `{}` (the route's body_peek); raise body_peek to route bodies this large\",\"type\":\"invalid_request_error\",\"code\":\"model_not_seen\"}}}}",
+                    self.field
+                ),
+            );
+        }
+        if self.reject_unknown && value == AttributeValue::Absent {
+            return Decision::reject(
+                400,
+                format!(
+                    "{{\"error\":{{\"message\":\"the request body names no model: it needs a top-level `{}` field\",\"type\":\"invalid_request_error\",\"code\":\"model_missing\"}}}}",
+                    self.field
+                ),
             );
         }
         if self.reject_unknown {
             // Quoted for a JSON string: backslashes and quotes escaped,
             // control characters dropped.
             let mut what = String::new();
-            for c in model.as_deref().unwrap_or("(none)").chars() {
+            for c in model.unwrap_or("(none)").chars() {
                 if c == '"' || c == '\\' {
                     what.push('\\');
                 }
@@ -115,10 +134,7 @@ impl Router for ModelRouter {
             );
         }
         let any = rotated().filter(|b| b.is_usable());
-        Decision::Forward {
-            candidates: Candidates::lowest_by_key(any, 4, least),
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(Candidates::lowest_by_key(any, 4, least))
     }
 }
 
@@ -164,7 +180,12 @@ mod tests {
         assert!(matches!(d, Decision::Reject { ref body, .. } if body.contains(r#"'a\"b'"#)));
         let d = strict.route(&Request::new(&[None]), &loads);
         assert!(
-            matches!(d, Decision::Reject { status: 400, ref body } if body.contains("model_not_seen"))
+            matches!(d, Decision::Reject { status: 400, ref body } if body.contains("model_missing"))
+        );
+        let cut = Request::with_values(vec![AttributeValue::NotSeen]);
+        let d = strict.route(&cut, &loads);
+        assert!(
+            matches!(d, Decision::Reject { status: 400, ref body } if body.contains("model_not_seen") && body.contains("body_peek"))
         );
         let mut any = router(&[("unknown", "any")]);
         let d = any.route(&Request::new(&[Some("gpt-5")]), &loads);

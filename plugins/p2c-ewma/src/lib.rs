@@ -37,10 +37,9 @@ impl Router for P2cEwma {
                 .filter(|&l| l > 0)
                 .min()
                 .unwrap_or(1);
-            return Decision::Forward {
-                candidates: Candidates::lowest_by_key(usable(), 4, |b| cost(b, unseen)),
-                add_headers: Vec::new(),
-            };
+            return Decision::forward_to(Candidates::lowest_by_key(usable(), 4, |b| {
+                cost(b, unseen)
+            }));
         }
         // Optimistic about new backends, so they get probed.
         let unseen = usable()

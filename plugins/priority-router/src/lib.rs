@@ -8,11 +8,14 @@ use switchyard_sdk::prelude::*;
 
 /// The router's state: its config and each backend's tier.
 pub struct PriorityRouter {
-    header: String,
+    interest: Interest,
+    /// The priority header's value.
+    priority: AttributeKey,
+    /// The graph header's value, asked for only when graphs are pinned.
+    graph: Option<AttributeKey>,
     high_values: Vec<String>,
     high_tier: String,
     tier_label: String,
-    graph_header: String,
     /// Graph name to tier, from the `graphs` table.
     graphs: Vec<(String, String)>,
     /// Each backend's tier label, by backend id.
@@ -31,27 +34,32 @@ impl Router for PriorityRouter {
         if high_values.is_empty() {
             high_values.push("high".into());
         }
+        let graphs: Vec<(String, String)> = config
+            .table("graphs")
+            .map(|(g, t)| (g.into(), t.into()))
+            .collect();
+        let mut interest = Interest::new();
+        let priority = interest.add(Attribute::Header(header.into()));
+        let graph = (!graphs.is_empty()).then(|| {
+            interest.add(Attribute::Header(
+                config.get_or("graph_header", "x-graph").into(),
+            ))
+        });
         Ok(PriorityRouter {
-            header: header.into(),
+            interest,
+            priority,
+            graph,
             high_values,
             high_tier: config.get_or("high_tier", "fast").into(),
             tier_label: config.get_or("tier_label", "tier").into(),
-            graph_header: config.get_or("graph_header", "x-graph").into(),
-            graphs: config
-                .table("graphs")
-                .map(|(g, t)| (g.into(), t.into()))
-                .collect(),
+            graphs,
             tiers: Vec::new(),
             turn: 0,
         })
     }
 
     fn interest(&self) -> Vec<Attribute> {
-        let mut wanted = vec![Attribute::Header(self.header.clone())];
-        if !self.graphs.is_empty() {
-            wanted.push(Attribute::Header(self.graph_header.clone()));
-        }
-        wanted
+        self.interest.to_list()
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
@@ -62,16 +70,14 @@ impl Router for PriorityRouter {
     }
 
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
-        let pinned = match self.graphs.is_empty() {
-            true => None,
-            false => request
-                .attribute(1)
-                .and_then(|g| self.graphs.iter().find(|(name, _)| *name == g))
-                .map(|(_, tier)| tier.as_str()),
-        };
+        let pinned = self
+            .graph
+            .and_then(|key| request.get(key))
+            .and_then(|g| self.graphs.iter().find(|(name, _)| *name == g))
+            .map(|(_, tier)| tier.as_str());
         let high = pinned.is_none()
             && request
-                .attribute(0)
+                .get(self.priority)
                 .is_some_and(|v| self.high_values.iter().any(|h| h.eq_ignore_ascii_case(&v)));
         let (tiers, high_tier) = (&self.tiers, self.high_tier.as_str());
         let tier_of = |b: &BackendLoad| tiers.get(b.id as usize).map_or("", String::as_str);
@@ -96,10 +102,7 @@ impl Router for PriorityRouter {
         let others =
             Candidates::lowest_by_key(usable.filter(|b| !preferred(b)), room, least_loaded);
         candidates.extend(others.as_slice().iter().copied());
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(candidates)
     }
 }
 

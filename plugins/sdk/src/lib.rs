@@ -54,13 +54,26 @@ pub use config::Config;
 pub use types::*;
 
 /// The interface version this SDK builds plugins for.
-pub const INTERFACE_VERSION: &str = "0.1.0";
+pub const INTERFACE_VERSION: &str = "0.2.0";
+
+/// The interface version, recorded in the component's
+/// `switchyard:policy-version` custom section: the host reads it before
+/// linking, so it can say exactly which version a plugin needs.
+// `link_section` counts as unsafe code: a custom section holding plain
+// bytes places nothing the program runs.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+#[used]
+#[unsafe(link_section = "switchyard:policy-version")]
+static VERSION_STAMP: [u8; INTERFACE_VERSION.len()] = *b"0.2.0";
+
+const _: () = assert!(matches!(INTERFACE_VERSION.as_bytes(), b"0.2.0"));
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "router-plugin",
-        path: "../../wit/policy@0.1.0",
+        path: "../../wit/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_router_bindings",
         default_bindings_module: "switchyard_sdk::bindings",
@@ -72,14 +85,14 @@ pub mod bindings {
 pub mod health_bindings {
     wit_bindgen::generate!({
         world: "health-plugin",
-        path: "../../wit/policy@0.1.0",
+        path: "../../wit/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_health_bindings",
         default_bindings_module: "switchyard_sdk::health_bindings",
         with: {
-            "switchyard:policy/types@0.1.0": crate::bindings::switchyard::policy::types,
-            "switchyard:policy/host@0.1.0": crate::bindings::switchyard::policy::host,
-            "switchyard:policy/shared@0.1.0": crate::bindings::switchyard::policy::shared,
+            "switchyard:policy/types@0.2.0": crate::bindings::switchyard::policy::types,
+            "switchyard:policy/host@0.2.0": crate::bindings::switchyard::policy::host,
+            "switchyard:policy/shared@0.2.0": crate::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -88,14 +101,14 @@ pub mod health_bindings {
 pub mod breaker_bindings {
     wit_bindgen::generate!({
         world: "breaker-plugin",
-        path: "../../wit/policy@0.1.0",
+        path: "../../wit/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_breaker_bindings",
         default_bindings_module: "switchyard_sdk::breaker_bindings",
         with: {
-            "switchyard:policy/types@0.1.0": crate::bindings::switchyard::policy::types,
-            "switchyard:policy/host@0.1.0": crate::bindings::switchyard::policy::host,
-            "switchyard:policy/shared@0.1.0": crate::bindings::switchyard::policy::shared,
+            "switchyard:policy/types@0.2.0": crate::bindings::switchyard::policy::types,
+            "switchyard:policy/host@0.2.0": crate::bindings::switchyard::policy::host,
+            "switchyard:policy/shared@0.2.0": crate::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -106,9 +119,9 @@ pub mod prelude {
         BreakerUpdate, CircuitBreaker, ErrorKind, HealthCheck, Outcome, ProbeResult, Verdict,
     };
     pub use crate::{
-        Attribute, BackendInfo, BackendLoad, BreakerState, Candidates, Config, Decision, Header,
-        Health, IpAddress, Method, Request, Router, export_breaker, export_health_check,
-        export_router, host, shared,
+        Attribute, AttributeKey, AttributeValue, BackendInfo, BackendLoad, BreakerState,
+        Candidates, Config, Decision, Header, Health, Interest, IpAddress, Method, Request, Router,
+        export_breaker, export_health_check, export_router, host, shared,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;
@@ -134,9 +147,11 @@ pub trait Router: Sized + 'static {
     /// with this message and keep the last good version serving.
     fn init(route: &str, config: &Config) -> Result<Self, String>;
 
-    /// The request attributes [`Router::route`] needs, in the order they
-    /// appear in [`Request::attributes`]. Asked once after `init`. Default:
-    /// none, so requests carry only method and client address.
+    /// The request attributes [`Router::route`] needs. Build the list with
+    /// an [`Interest`] in `init`, keep the [`AttributeKey`]s it hands out,
+    /// and read each value in `route` with [`Request::get`]. Asked once
+    /// after `init`. Default: none, so requests carry only method and
+    /// client address.
     fn interest(&self) -> Vec<Attribute> {
         Vec::new()
     }

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use crate::bindings::switchyard::policy::types::LoadWord;
 pub use crate::bindings::switchyard::policy::types::{
-    Attribute, BackendInfo, BreakerState, Header, Health, IpAddress, Method,
+    Attribute, AttributeValue, BackendInfo, BreakerState, Header, Health, IpAddress, Method,
 };
 pub use crate::candidates::Candidates;
 
@@ -35,6 +35,14 @@ impl Decision {
     pub fn forward(candidates: impl IntoIterator<Item = u32>) -> Self {
         Decision::Forward {
             candidates: candidates.into_iter().collect(),
+            add_headers: Vec::new(),
+        }
+    }
+
+    /// Forward to candidates already gathered (no copy).
+    pub fn forward_to(candidates: Candidates) -> Self {
+        Decision::Forward {
+            candidates,
             add_headers: Vec::new(),
         }
     }
@@ -95,6 +103,35 @@ pub struct BackendLoad {
 }
 
 const _: () = assert!(core::mem::size_of::<BackendLoad>() == LOAD_WORDS * 4);
+
+/// Each field sits at the word its `load-word` case names, so the host's
+/// list is read in place whatever order the cases are declared in.
+macro_rules! at_word {
+    ($($field:ident => $case:ident),+ $(,)?) => {
+        $(const _: () = assert!(
+            core::mem::offset_of!(BackendLoad, $field) == LoadWord::$case as usize * 4
+        );)+
+    };
+}
+
+at_word!(
+    id => Id,
+    in_flight => InFlight,
+    ewma_latency_us => EwmaLatencyUs,
+    ewma_ttfb_us => EwmaTtfbUs,
+    error_rate => ErrorRate,
+    health => Health,
+    breaker => Breaker,
+    load_score => LoadScore,
+    remaining_requests => RemainingRequestsLow,
+    remaining_tokens => RemainingTokensLow,
+    quota_reset_ms => QuotaResetMs,
+);
+const _: () = assert!(
+    LoadWord::RemainingRequestsHigh as usize == LoadWord::RemainingRequestsLow as usize + 1
+);
+const _: () =
+    assert!(LoadWord::RemainingTokensHigh as usize == LoadWord::RemainingTokensLow as usize + 1);
 
 fn split(value: Option<u64>) -> [u32; 2] {
     let v = value.unwrap_or(UNKNOWN);
@@ -218,19 +255,71 @@ pub struct Request {
     /// Natively (in tests) the attribute values; in a plugin, read from the
     /// host on demand.
     #[cfg(not(target_arch = "wasm32"))]
-    attributes: Vec<Option<String>>,
+    attributes: Vec<AttributeValue>,
+}
+
+/// A declared attribute's place in the router's interest, handed out by
+/// [`Interest::add`]: read the value with [`Request::get`], so the order of
+/// declarations never matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttributeKey(u32);
+
+/// The attributes a router asks for, built in [`Router::init`] and returned
+/// from [`Router::interest`](crate::Router::interest).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interest {
+    list: Vec<Attribute>,
+}
+
+// === impl Interest ===
+
+impl Interest {
+    pub fn new() -> Self {
+        Interest::default()
+    }
+
+    /// Declares `attribute`; the key reads its value for each request. The
+    /// same attribute declared twice gets the same key.
+    pub fn add(&mut self, attribute: Attribute) -> AttributeKey {
+        let at = match self.list.iter().position(|a| *a == attribute) {
+            Some(at) => at,
+            None => {
+                self.list.push(attribute);
+                self.list.len() - 1
+            }
+        };
+        AttributeKey(at as u32)
+    }
+
+    /// The declared attributes, for [`Router::interest`](crate::Router::interest).
+    pub fn to_list(&self) -> Vec<Attribute> {
+        self.list.clone()
+    }
 }
 
 // === impl Request ===
 
 impl Request {
-    /// A GET from 127.0.0.1 carrying `attributes`; a starting point for tests.
+    /// A GET from 127.0.0.1 carrying `attributes` (in the order they were
+    /// declared, `None` for absent ones); a starting point for tests.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new(attributes: &[Option<&str>]) -> Self {
+        Request::with_values(
+            attributes
+                .iter()
+                .map(|a| a.map_or(AttributeValue::Absent, |v| AttributeValue::Value(v.into())))
+                .collect(),
+        )
+    }
+
+    /// A GET from 127.0.0.1 whose declared attributes have these values, for
+    /// tests of `not-seen` handling.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_values(attributes: Vec<AttributeValue>) -> Self {
         Request {
             method: Method::Get,
             client_ip: IpAddress::V4(0x7f00_0001),
-            attributes: attributes.iter().map(|a| a.map(Into::into)).collect(),
+            attributes,
         }
     }
 
@@ -243,16 +332,68 @@ impl Request {
         }
     }
 
-    /// The value of the `index`-th declared attribute, if the request has it.
-    /// In a plugin each call asks the host, so read an attribute once.
+    /// The value of a declared attribute, if the request has it and the
+    /// host saw it. In a plugin each call asks the host, so read once.
+    pub fn get(&self, key: AttributeKey) -> Option<String> {
+        match self.value(key) {
+            AttributeValue::Value(v) => Some(v),
+            AttributeValue::Absent | AttributeValue::NotSeen => None,
+        }
+    }
+
+    /// A declared attribute's value, telling one the request lacks
+    /// (`Absent`) from one the host could not see (`NotSeen`: a body field
+    /// past the route's `body_peek`).
+    pub fn value(&self, key: AttributeKey) -> AttributeValue {
+        self.value_at(key.0 as usize)
+    }
+
+    /// The value of the `index`-th declared attribute, if the request has
+    /// it. Prefer [`Request::get`] with the key [`Interest::add`] gave.
     pub fn attribute(&self, index: usize) -> Option<String> {
+        self.get(AttributeKey(index as u32))
+    }
+
+    fn value_at(&self, index: usize) -> AttributeValue {
         #[cfg(target_arch = "wasm32")]
         {
             crate::bindings::switchyard::policy::host::attribute(index as u32)
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            self.attributes.get(index).cloned().flatten()
+            self.attributes
+                .get(index)
+                .cloned()
+                .unwrap_or(AttributeValue::Absent)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn attribute_keys_read_what_was_declared_whatever_the_order() {
+        let mut interest = Interest::new();
+        let graph = interest.add(Attribute::Header("x-graph".into()));
+        let model = interest.add(Attribute::JsonBody("model".into()));
+        assert_eq!(interest.add(Attribute::Header("x-graph".into())), graph);
+        assert_eq!(
+            interest.to_list(),
+            vec![
+                Attribute::Header("x-graph".into()),
+                Attribute::JsonBody("model".into())
+            ]
+        );
+        let request = Request::with_values(vec![
+            AttributeValue::Value("planner".into()),
+            AttributeValue::NotSeen,
+        ]);
+        assert_eq!(request.get(graph).as_deref(), Some("planner"));
+        assert_eq!(request.get(model), None);
+        assert_eq!(request.value(model), AttributeValue::NotSeen);
+        assert_eq!(Request::new(&[None]).value(graph), AttributeValue::Absent);
     }
 }

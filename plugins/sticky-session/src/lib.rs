@@ -11,7 +11,9 @@ use switchyard_sdk::hash::{combine, hash_bytes, name_hashes};
 use switchyard_sdk::prelude::*;
 
 pub struct StickySession {
-    key: Attribute,
+    interest: Interest,
+    /// The session key's value.
+    key: AttributeKey,
     /// Load bound in hundredths: 125 = 1.25 x average.
     load_factor: u64,
     /// In-flight requests a backend may always hold, whatever the average.
@@ -32,7 +34,10 @@ impl Router for StickySession {
         if !(1.0..=100.0).contains(&factor) {
             return Err("`load_factor` must be at least 1.0".into());
         }
+        let mut interest = Interest::new();
+        let key = interest.add(key);
         Ok(StickySession {
+            interest,
             key,
             load_factor: (factor * 100.0) as u64,
             min_load: config.parse("min_load")?.unwrap_or(2),
@@ -41,7 +46,7 @@ impl Router for StickySession {
     }
 
     fn interest(&self) -> Vec<Attribute> {
-        vec![self.key.clone()]
+        self.interest.to_list()
     }
 
     fn set_backends(&mut self, backends: &[BackendInfo]) {
@@ -50,11 +55,8 @@ impl Router for StickySession {
 
     fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
         let usable = || backends.iter().filter(|b| b.is_usable());
-        let Some(key) = request.attribute(0) else {
-            return Decision::Forward {
-                candidates: Candidates::lowest_by_key(usable(), 4, |b| b.in_flight),
-                add_headers: Vec::new(),
-            };
+        let Some(key) = request.get(self.key) else {
+            return Decision::forward_to(Candidates::lowest_by_key(usable(), 4, |b| b.in_flight));
         };
         let key = hash_bytes(key.as_bytes());
         let rank = |b: &BackendLoad| {

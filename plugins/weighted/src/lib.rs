@@ -47,10 +47,7 @@ impl Router for Weighted {
         {
             *c -= total;
         }
-        Decision::Forward {
-            candidates,
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(candidates)
     }
 }
 
