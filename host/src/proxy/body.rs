@@ -134,16 +134,15 @@ impl ProxiedBody {
     pub fn new(
         inner: Incoming,
         exchange: Exchange,
-        idle: Duration,
-        total: Duration,
+        deadlines: &super::deadlines::Deadlines,
         sse: bool,
         permit: Option<Permit>,
     ) -> Self {
         ProxiedBody {
             inner,
-            deadline: (!total.is_zero()).then(|| exchange.started + total),
+            deadline: (!deadlines.total.is_zero()).then(|| exchange.started + deadlines.total),
             exchange: Some(exchange),
-            idle,
+            idle: deadlines.idle,
             timer: None,
             armed: false,
             sse,

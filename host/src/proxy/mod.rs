@@ -1,13 +1,20 @@
 //! The proxy server: one thread per core, each with its own `current_thread`
 //! runtime and its own `SO_REUSEPORT` listener, serving HTTP/1.1 and h2c.
 
+mod attempt;
 mod body;
 mod connection;
-mod forward;
+mod deadlines;
+mod fallback;
 mod headers;
 mod json_field;
+mod outgoing;
 mod path;
+mod reply;
 mod request_body;
+mod retry;
+mod service;
+mod tunnel;
 mod upstream;
 mod usage;
 mod worker;
@@ -18,10 +25,10 @@ pub use worker::attribute as request_attribute;
 use crate::config::ServerConfig;
 use crate::route::RouteTable;
 use arc_swap::ArcSwap;
-use forward::ClientConn;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use service::ClientConn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -264,7 +271,7 @@ async fn serve(
                 let requests = activity.clone();
                 let service = service_fn(move |req| {
                     let request = requests.start();
-                    let served = forward::serve(worker.clone(), client.clone(), req);
+                    let served = service::serve(worker.clone(), client.clone(), req);
                     async move {
                         let resp = served.await?;
                         Ok::<_, std::convert::Infallible>(resp.map(|b| connection::Tracked::new(b, request)))

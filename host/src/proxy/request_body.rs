@@ -1,10 +1,15 @@
 //! The client's request body as the proxy reads it: with a deadline on
 //! every wait for the next bytes, like nginx's `client_body_timeout`, so a
 //! client trickling its upload cannot hold a connection, an admission slot
-//! and a backend's attention for ever.
+//! and a backend's attention for ever; its first bytes peeked for a router
+//! that routes on a body field; and the body held whole for replay on
+//! retry when it is small enough, or streamed once.
 
+use super::upstream::{Replay, StreamedBody, UpstreamBody};
 use bytes::Bytes;
+use http::{Request, header};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -82,4 +87,120 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+/// Why a request could not be held whole.
+pub enum Held {
+    /// Its body is too large or of unknown length: it streams, once.
+    Streamed(Box<Request<UpstreamBody>>),
+    /// The client's body broke, or stalled, while it was read.
+    Failed(ClientBodyError),
+}
+
+/// Holds the request whole when its body is empty or declares a length
+/// within `limit`, so it can be sent more than once. A body-less request
+/// (the common GET) is held without awaiting anything.
+pub async fn hold(
+    parts: http::request::Parts,
+    body: ClientBody,
+    peeked: Option<Peeked>,
+    limit: u64,
+    preserve_host: bool,
+) -> Result<Replay, Held> {
+    let held = |parts: http::request::Parts, body| Replay {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+        preserve_host,
+    };
+    match peeked {
+        // Read whole to find a body attribute: held, whatever its size.
+        Some(Peeked {
+            head,
+            complete: true,
+            ..
+        }) => return Ok(held(parts, head)),
+        Some(Peeked { head, .. }) => {
+            return Err(Held::Streamed(Box::new(Request::from_parts(
+                parts,
+                Either::Left(StreamedBody::after(head, body)),
+            ))));
+        }
+        None => {}
+    }
+    if body.is_end_stream() {
+        return Ok(held(parts, Bytes::new()));
+    }
+    match body.size_hint().exact() {
+        Some(n) if n <= limit => match Box::pin(body.collect()).await {
+            Ok(collected) => Ok(held(parts, collected.to_bytes())),
+            Err(e) => Err(Held::Failed(e)),
+        },
+        _ => Err(Held::Streamed(Box::new(Request::from_parts(
+            parts,
+            Either::Left(StreamedBody::after(Bytes::new(), body)),
+        )))),
+    }
+}
+
+/// The start of a request body, read before the routing decision for a
+/// router that routes on a field of it.
+pub struct Peeked {
+    /// What was read: at least `limit` bytes unless the body is shorter;
+    /// its last frame may run past `limit`.
+    pub head: Bytes,
+    /// Whether `head` is the whole body.
+    pub complete: bool,
+    limit: usize,
+}
+
+impl Peeked {
+    /// The part a router may see: the first `limit` bytes, and whether they
+    /// are the whole body.
+    pub fn view(&self) -> super::worker::BodyView<'_> {
+        let prefix = &self.head[..self.head.len().min(self.limit)];
+        super::worker::BodyView {
+            prefix,
+            whole: self.complete && prefix.len() == self.head.len(),
+        }
+    }
+}
+
+/// Whether `req` declares a JSON body.
+pub fn is_json<B>(req: &Request<B>) -> bool {
+    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json")
+    })
+}
+
+/// Reads up to `limit` bytes of `req`'s body, stopping early at its end.
+/// The bytes read go upstream ahead of the rest, so the body is sent on
+/// unchanged.
+pub async fn peek(body: &mut ClientBody, limit: usize) -> Result<Peeked, ClientBodyError> {
+    let mut head = bytes::BytesMut::new();
+    let mut complete = body.is_end_stream();
+    while !complete && head.len() < limit {
+        match body.frame().await {
+            None => complete = true,
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    head.extend_from_slice(&data);
+                }
+                // Request trailers are rare and not forwarded.
+                complete = body.is_end_stream();
+            }
+        }
+    }
+    Ok(Peeked {
+        head: head.freeze(),
+        complete,
+        limit,
+    })
+}
+
+/// The client-body error behind an upstream send failure, if that is what
+/// broke it.
+pub fn client_body_fault(e: &hyper::Error) -> Option<&ClientBodyError> {
+    std::error::Error::source(e)?.downcast_ref::<ClientBodyError>()
 }

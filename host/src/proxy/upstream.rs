@@ -7,6 +7,7 @@
 //! multiplexed connection per thread, whose handle every request clones.
 
 use super::LocalExec;
+use super::deadlines::{Deadlines, bounded};
 use super::request_body::{ClientBody, ClientBodyError};
 use crate::balance::Backend;
 use crate::endpoint::{DialError, Endpoint};
@@ -82,15 +83,18 @@ const MAX_IDLE_PER_BACKEND: usize = 128;
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 
 /// Why a request could not be sent or answered.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be made; the request was not sent and is returned
     /// so the next candidate can take it.
-    Connect(Box<Request<UpstreamBody>>, DialError),
+    #[error("{1}")]
+    Connect(Box<Request<UpstreamBody>>, #[source] DialError),
     /// No response headers within the first-byte timeout.
+    #[error("no response headers within the first-byte timeout")]
     Timeout,
     /// The connection failed after the request was (partly) sent.
-    Failed(hyper::Error),
+    #[error("{0}")]
+    Failed(#[source] hyper::Error),
 }
 
 struct IdleConnection {
@@ -144,14 +148,14 @@ impl UpstreamPool {
         backend: &Backend,
         mut req: Request<UpstreamBody>,
         replay: Option<&Replay>,
-        connect_timeout: Duration,
-        first_byte: Duration,
+        deadlines: &Deadlines,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let first_byte = deadlines.first_byte;
         let endpoint = &*backend.endpoint;
         let key = endpoint.connection_key;
         let upgrade = req.extensions().get::<WantsUpgrade>().is_some();
         if !upgrade && let Some(h2) = self.shared_h2(key) {
-            return self.send_h2(backend, h2, req, replay, first_byte).await;
+            return self.send_h2(backend, h2, req, replay, deadlines).await;
         }
         while let Some(mut conn) = self.take_idle(key) {
             if conn.since.elapsed() > MAX_IDLE_AGE || conn.sender.ready().await.is_err() {
@@ -159,7 +163,7 @@ impl UpstreamPool {
             }
             // An idle connection the backend has just closed fails only once
             // the request is written; a request held whole is sent again.
-            match with_timeout(first_byte, conn.sender.try_send_request(req)).await {
+            match bounded(first_byte, conn.sender.try_send_request(req)).await {
                 Err(_) => return Err(SendError::Timeout),
                 Ok(Ok(resp)) => return Ok((resp, self.lease(key, Some(conn.sender)))),
                 Ok(Err(mut e)) => match (e.take_message(), replay) {
@@ -175,7 +179,7 @@ impl UpstreamPool {
         }
         // Boxed: connecting is the rare path, and inline its state would
         // grow every request's future (moved whole on each poll hand-off).
-        let conn = match Box::pin(connect(endpoint, connect_timeout, upgrade)).await {
+        let conn = match Box::pin(connect(endpoint, deadlines.connect, upgrade)).await {
             Ok(conn) => conn,
             Err(reason) => return Err(SendError::Connect(Box::new(req), reason)),
         };
@@ -191,10 +195,10 @@ impl UpstreamPool {
                         h2
                     }
                 };
-                return self.send_h2(backend, shared, req, replay, first_byte).await;
+                return self.send_h2(backend, shared, req, replay, deadlines).await;
             }
         };
-        match with_timeout(first_byte, sender.send_request(req)).await {
+        match bounded(first_byte, sender.send_request(req)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(sender)))),
             Ok(Err(e)) => Err(SendError::Failed(e)),
@@ -223,12 +227,13 @@ impl UpstreamPool {
         mut sender: H2Sender,
         req: Request<UpstreamBody>,
         replay: Option<&Replay>,
-        first_byte: Duration,
+        deadlines: &Deadlines,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let first_byte = deadlines.first_byte;
         let endpoint = &*backend.endpoint;
         let key = endpoint.connection_key;
         let req = for_h2(req, endpoint);
-        let sent = Box::pin(with_timeout(first_byte, async {
+        let sent = Box::pin(bounded(first_byte, async {
             sender.ready().await?;
             sender.send_request(req).await
         }))
@@ -244,10 +249,10 @@ impl UpstreamPool {
                     Some(replay) if is_stale(&e) || e.is_canceled() => {
                         tracing::debug!(endpoint = %endpoint.authority, "HTTP/2 connection was closed; sending again");
                         let again = replay.build(backend);
-                        match Box::pin(connect(endpoint, first_byte, false)).await {
+                        match Box::pin(connect(endpoint, deadlines.connect, false)).await {
                             Ok(Connection::H2(mut fresh)) => {
                                 self.h2.borrow_mut().insert(key, fresh.clone());
-                                match with_timeout(
+                                match bounded(
                                     first_byte,
                                     fresh.send_request(for_h2(again, endpoint)),
                                 )
@@ -259,7 +264,7 @@ impl UpstreamPool {
                                 }
                             }
                             Ok(Connection::H1(mut h1)) => {
-                                match with_timeout(first_byte, h1.send_request(again)).await {
+                                match bounded(first_byte, h1.send_request(again)).await {
                                     Err(_) => Err(SendError::Timeout),
                                     Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(h1)))),
                                     Ok(Err(e)) => Err(SendError::Failed(e)),
@@ -359,19 +364,6 @@ fn is_stale(e: &hyper::Error) -> bool {
         }
         io_reset
     }
-}
-
-/// `fut` bounded by `limit` (0: unbounded), `None` when it ran out. Not an
-/// `async fn`: a wrapper layer would hold a second copy of `fut`, and this
-/// sits on every request's path.
-fn with_timeout<F: Future>(limit: Duration, fut: F) -> tokio::time::Timeout<F> {
-    // tokio treats a deadline past the clock's range as never.
-    let limit = if limit.is_zero() {
-        Duration::MAX
-    } else {
-        limit
-    };
-    tokio::time::timeout(limit, fut)
 }
 
 /// A new upstream connection, its driver running on this thread.
