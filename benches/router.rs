@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 use switchyard::balance::{Breaker, Health, LoadSnapshot};
 use switchyard::config::FailurePolicy;
-use switchyard::plugin::{
-    PluginRuntime, RouterInstance, RouterPlugin, RouterSpec, push_load_words, wit,
-};
+use switchyard::plugin::{PluginRuntime, RouterInstance, RouterPlugin, RouterSpec, wit};
+use switchyard::pool::push_load_words;
 use switchyard_sdk as sdk;
 use switchyard_sdk::Router;
 

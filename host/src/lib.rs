@@ -16,6 +16,7 @@ pub mod demo;
 pub mod discovery;
 pub mod endpoint;
 pub mod plugin;
+pub mod pool;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;

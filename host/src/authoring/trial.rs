@@ -3,9 +3,8 @@
 
 use crate::balance::{Breaker, Health, LoadSnapshot};
 use crate::config::FailurePolicy;
-use crate::plugin::{
-    Answer, Interest, PluginRuntime, RouterPlugin, RouterSpec, push_load_words, wit,
-};
+use crate::plugin::{Answer, Interest, PluginRuntime, RouterPlugin, RouterSpec, wit};
+use crate::pool::push_load_words;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -9,8 +9,9 @@
 
 mod probe;
 
-use crate::balance::{BackendState, Breaker, ControlEvent, Outcome, Pool, Timing};
+use crate::balance::{BackendState, Breaker, Outcome, OutcomeReport, Timing};
 use crate::plugin::{BreakerInstance, BreakerPolicy, wit};
+use crate::pool::Pool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,12 +23,20 @@ const QUEUE: usize = 65_536;
 /// long is handed back to the breaker's `cool-down-ended`.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the control thread is told besides outcomes.
+pub enum ControlCommand {
+    /// A new route table is in service: these are its pools.
+    Apply(Vec<Arc<Pool>>),
+    /// The proxy is shutting down.
+    Stop,
+}
+
 /// The control thread's handle: its inbox, and the thread to join.
 pub struct Control {
     /// Outcomes, bounded: workers never wait on it.
-    tx: mpsc::Sender<ControlEvent>,
+    tx: mpsc::Sender<OutcomeReport>,
     /// Table changes and stop, unbounded: never lost, never blocking.
-    commands: mpsc::UnboundedSender<ControlEvent>,
+    commands: mpsc::UnboundedSender<ControlCommand>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -62,7 +71,7 @@ impl Control {
     }
 
     /// The inbox pools post their outcomes to.
-    pub fn sender(&self) -> mpsc::Sender<ControlEvent> {
+    pub fn sender(&self) -> mpsc::Sender<OutcomeReport> {
         self.tx.clone()
     }
 
@@ -75,7 +84,7 @@ impl Control {
 
     /// Stops the thread and waits for it.
     pub fn stop(mut self) {
-        let _ = self.commands.send(ControlEvent::Stop);
+        let _ = self.commands.send(ControlCommand::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -84,21 +93,21 @@ impl Control {
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let _ = self.commands.send(ControlEvent::Stop);
+        let _ = self.commands.send(ControlCommand::Stop);
     }
 }
 
 /// Hands new route tables' pools to the control thread.
 #[derive(Clone)]
 pub struct ControlLink {
-    commands: mpsc::UnboundedSender<ControlEvent>,
+    commands: mpsc::UnboundedSender<ControlCommand>,
 }
 
 impl ControlLink {
     /// Puts a new table's pools under control: starts, keeps or stops their
     /// probes and breakers.
     pub fn apply(&self, pools: Vec<Arc<Pool>>) {
-        if self.commands.send(ControlEvent::Apply(pools)).is_err() {
+        if self.commands.send(ControlCommand::Apply(pools)).is_err() {
             tracing::error!("control thread is gone; health checks and breakers are off");
         }
     }
@@ -145,8 +154,8 @@ struct Controlled {
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<ControlEvent>,
-    mut commands: mpsc::UnboundedReceiver<ControlEvent>,
+    mut rx: mpsc::Receiver<OutcomeReport>,
+    mut commands: mpsc::UnboundedReceiver<ControlCommand>,
 ) {
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer>();
     let mut pools: HashMap<Arc<str>, Controlled> = HashMap::new();
@@ -154,13 +163,12 @@ async fn run(
         tokio::select! {
             biased;
             command = commands.recv() => match command {
-                Some(ControlEvent::Apply(new)) => apply(&mut pools, new),
+                Some(ControlCommand::Apply(new)) => apply(&mut pools, new),
                 _ => break,
             },
             event = rx.recv() => match event {
-                None | Some(ControlEvent::Stop) => break,
-                Some(ControlEvent::Apply(new)) => apply(&mut pools, new),
-                Some(ControlEvent::Outcome { pool, state, outcome, timing }) => {
+                None => break,
+                Some(OutcomeReport { pool, state, outcome, timing }) => {
                     if let Some(c) = pools.get_mut(&pool) {
                         on_outcome(c, &state, outcome, timing, &timer_tx);
                     }

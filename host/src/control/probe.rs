@@ -2,9 +2,10 @@
 //! probing on the pool's interval over a fresh connection, judged by the
 //! pool's health plugin (one shared instance) or the built-in check.
 
-use crate::balance::{BackendState, Health, Pool};
+use crate::balance::{BackendState, Health};
 use crate::config::HealthConfig;
 use crate::plugin::{HealthInstance, HealthPolicy, wit};
+use crate::pool::Pool;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;

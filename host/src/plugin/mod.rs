@@ -16,7 +16,6 @@ pub use policy::{
 };
 pub use router::{
     Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, RouterSpec,
-    push_load_words,
 };
 pub use stats::{CallStats, CallTimer, LastError};
 

@@ -9,7 +9,8 @@
 
 use super::upstream::Lease;
 use super::usage::UsageScan;
-use crate::balance::{InFlightGuard, Outcome, Pool, Timing};
+use crate::balance::{InFlightGuard, Outcome, Timing};
+use crate::pool::Pool;
 use crate::route::Permit;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};

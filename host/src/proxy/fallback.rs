@@ -7,7 +7,7 @@ use super::headers::X_SWITCHYARD_BACKEND;
 use super::outgoing::Outgoing;
 use super::reply::reply;
 use super::service::ResponseBody;
-use crate::balance::{Backend, least_outstanding};
+use crate::pool::{Backend, least_outstanding};
 use crate::route::Permit;
 use http::{HeaderValue, Response, StatusCode, header};
 

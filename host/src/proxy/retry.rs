@@ -4,7 +4,7 @@
 //! multiplying load during an outage.
 
 use super::outgoing::Outgoing;
-use crate::balance::Pool;
+use crate::pool::Pool;
 use crate::route::Route;
 
 /// Why an attempt was followed by another.

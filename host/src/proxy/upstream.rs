@@ -9,8 +9,8 @@
 use super::LocalExec;
 use super::deadlines::{Deadlines, bounded};
 use super::request_body::{ClientBody, ClientBodyError};
-use crate::balance::Backend;
 use crate::endpoint::{DialError, Endpoint};
+use crate::pool::Backend;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;

@@ -4,11 +4,9 @@
 
 use super::Shared;
 use super::upstream::UpstreamPool;
-use crate::balance::{Pool, least_outstanding};
 use crate::config::FailurePolicy;
-use crate::plugin::{
-    Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, push_load_words, wit,
-};
+use crate::plugin::{Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, wit};
+use crate::pool::{Pool, least_outstanding, push_load_words};
 use crate::route::{Route, RouteTable, request_host};
 use http::{HeaderName, HeaderValue, Method, Request};
 use std::cell::RefCell;

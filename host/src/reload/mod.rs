@@ -133,7 +133,7 @@ impl Reloader {
         let outcome = match result {
             Ok(table) => {
                 let message = describe_change(&previous, &table);
-                registry.retain(&table.pools);
+                crate::pool::forget_unused(&mut registry, &table.pools);
                 let pools = table.pools.clone();
                 self.shared.table.store(Arc::new(table));
                 self.control.apply(pools);

@@ -2,8 +2,9 @@
 //! control (in-flight cap with a bounded wait queue), and the fallback
 //! used when its pool has nothing usable.
 
-use crate::balance::{Pool, RollingWindow};
+use crate::balance::RollingWindow;
 use crate::config::{FallbackConfig, LimitsConfig, RetryConfig};
+use crate::pool::Pool;
 use bytes::Bytes;
 use http::HeaderValue;
 use std::sync::Arc;

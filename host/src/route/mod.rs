@@ -1,14 +1,14 @@
 //! Routes: which requests a route takes, and the table of all routes built
 //! from a config with their pools and router plugins loaded.
 
-use crate::balance::{LiveRegistry, Pool};
+use crate::balance::LiveRegistry;
+use crate::pool::Pool;
 pub mod auth;
 mod limits;
 
 pub use auth::{ClientIdentity, ClientKeys};
 pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 
-use crate::balance::{OutcomeFeed, PoolHealth};
 use crate::config::{
     Config, HealthConfig, PolicyPlugin, RetryConfig, RouteConfig, TimeoutConfig, flatten_table,
 };
@@ -16,6 +16,7 @@ use crate::plugin::{
     BreakerPolicy, HealthPolicy, PluginError, PluginRuntime, PolicySpec, RouterPlugin, RouterSpec,
     wit,
 };
+use crate::pool::{OutcomeFeed, PoolHealth};
 use http::{HeaderName, HeaderValue, Request};
 use std::collections::HashMap;
 use std::sync::Arc;
