@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod authoring;
 pub mod balance;
+pub mod build;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -146,13 +146,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
             let runtime = switchyard::plugin::PluginRuntime::new(Some(config.cache_dir()))?;
-            let table = switchyard::route::RouteTable::build(
-                &config,
-                &runtime,
-                &mut Default::default(),
-                None,
-            )
-            .map_err(|e| anyhow::anyhow!(e.located(&config)))?;
+            let table =
+                switchyard::build::route_table(&config, &runtime, &mut Default::default(), None)
+                    .map_err(|e| anyhow::anyhow!(e.located(&config)))?;
             if let Some(tls) = &config.server.tls {
                 switchyard::tls::certified_key(&tls.cert, &tls.key)
                     .with_context(|| format!("{}: server.tls", path.display()))?;

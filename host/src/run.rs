@@ -7,7 +7,6 @@ use crate::control::Control;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{self, RunningProxy, Shared};
 use crate::reload::{ReloadWatcher, Reloader};
-use crate::route::RouteTable;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -67,7 +66,7 @@ impl Switchyard {
                 registry.set_discovered(name, found);
             }
         }
-        let table = RouteTable::build(config, &runtime, &mut registry, None)
+        let table = crate::build::route_table(config, &runtime, &mut registry, None)
             .map_err(|e| StartError::Config(e.located(config)))?;
         control.link().apply(table.pools.clone());
         let listen_err = |addr: &str| {

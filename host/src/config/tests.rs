@@ -366,7 +366,7 @@ fn generated_configs_are_accepted_or_refused_never_a_panic() {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let config = parse(&text)?;
             assert!(config.worker_count() <= 1024, "{text}");
-            crate::route::RouteTable::build(&config, &runtime, &mut Default::default(), None)
+            crate::build::route_table(&config, &runtime, &mut Default::default(), None)
                 .map(|_| ())
                 .map_err(|e| ConfigError {
                     file: "test.toml".into(),

@@ -121,8 +121,9 @@ impl Reloader {
             store
                 .configure(&config.shared)
                 .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
-            let table = RouteTable::build(&config, &self.runtime, &mut registry, Some(&previous))
-                .map_err(|e| e.located(&config))?;
+            let table =
+                crate::build::route_table(&config, &self.runtime, &mut registry, Some(&previous))
+                    .map_err(|e| e.located(&config))?;
             good = Some(config);
             Ok(table)
         });

@@ -1,7 +1,8 @@
-//! Routes: which requests a route takes, and the table of all routes built
-//! from a config with their pools and router plugins loaded.
+//! Routes: which requests a route takes, what it does with them (its pool,
+//! router, timeouts, retries, admission, fallback, client keys), and the
+//! table of all routes a request is matched against. The table is built
+//! from a config by `build`.
 
-use crate::balance::LiveRegistry;
 use crate::pool::Pool;
 pub mod auth;
 mod limits;
@@ -9,48 +10,10 @@ mod limits;
 pub use auth::{ClientIdentity, ClientKeys};
 pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 
-use crate::config::{
-    Config, HealthConfig, PolicyPlugin, RetryConfig, RouteConfig, TimeoutConfig, flatten_table,
-};
-use crate::plugin::{
-    BreakerPolicy, HealthPolicy, PluginError, PluginRuntime, PolicySpec, RouterPlugin, RouterSpec,
-    wit,
-};
-use crate::pool::{OutcomeFeed, PoolHealth};
+use crate::config::{RetryConfig, RouteConfig, TimeoutConfig};
+use crate::plugin::RouterPlugin;
 use http::{HeaderName, HeaderValue, Request};
-use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A config that passed validation but could not be put into service.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    // The cause is part of the message, not a `source`, so that printing
-    // the error with its chain does not repeat it.
-    #[error("route `{route}`: {error}")]
-    Plugin { route: String, error: PluginError },
-    #[error("pool `{pool}`: {message}")]
-    Pool { pool: String, message: String },
-    #[error("pool `{pool}`: {error}")]
-    PoolPlugin { pool: String, error: PluginError },
-    #[error("route `{route}`: auth: {error}")]
-    Auth {
-        route: String,
-        error: auth::AuthError,
-    },
-}
-
-impl BuildError {
-    /// The error prefixed with where in `config` it stands: `file:line`
-    /// for a route's plugin, the file otherwise.
-    pub fn located(&self, config: &Config) -> String {
-        match self {
-            BuildError::Plugin { route, .. } | BuildError::Auth { route, .. } => {
-                format!("{}: {self}", config.plugin_location(route))
-            }
-            _ => format!("{}: {self}", config.path.display()),
-        }
-    }
-}
 
 /// What a request must carry to take a route.
 #[derive(Debug, Clone, Default)]
@@ -63,7 +26,7 @@ pub struct Matcher {
 // === impl Matcher ===
 
 impl Matcher {
-    fn new(route: &RouteConfig) -> Matcher {
+    pub fn new(route: &RouteConfig) -> Matcher {
         Matcher {
             path_prefix: route
                 .matches
@@ -140,7 +103,7 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    fn new(route: &str, pool: &Pool) -> RouteMetrics {
+    pub fn new(route: &str, pool: &Pool) -> RouteMetrics {
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         RouteMetrics {
             by_backend: pool
@@ -242,241 +205,10 @@ pub struct RouteTable {
 // === impl RouteTable ===
 
 impl RouteTable {
-    /// Builds the table: pools with their live state from `registry` (so
-    /// counts survive reloads), and every route's plugin loaded and
-    /// initialised. A route whose plugin file and binding are unchanged from
-    /// `previous` keeps its loaded plugin, instances and all; one whose
-    /// plugin file was deleted keeps its loaded version.
-    pub fn build(
-        config: &Config,
-        runtime: &PluginRuntime,
-        registry: &mut LiveRegistry,
-        previous: Option<&RouteTable>,
-    ) -> Result<RouteTable, BuildError> {
-        let mut pools = HashMap::new();
-        for (name, pool_config) in &config.pools {
-            let discovered = registry.discovered(name);
-            let mut pool = Pool::new(name, pool_config, registry, &config.base_dir, &discovered)
-                .map_err(|message| BuildError::Pool {
-                    pool: name.clone(),
-                    message,
-                })?;
-            let before = previous.and_then(|t| t.pools.iter().find(|p| p.name == *name));
-            let plugin_err = |error| BuildError::PoolPlugin {
-                pool: name.clone(),
-                error,
-            };
-            if let Some(health) = &pool_config.health {
-                let plugin = match health.plugin() {
-                    Some(p) => {
-                        let spec = policy_spec(config, name, &p, &pool);
-                        let old = before.and_then(|b| b.health.as_ref()?.plugin.clone());
-                        Some(
-                            bind_policy(runtime, spec, old, "health-check", HealthPolicy::load)
-                                .map_err(plugin_err)?,
-                        )
-                    }
-                    None => None,
-                };
-                pool.health = Some(PoolHealth {
-                    config: HealthConfig::clone(health),
-                    plugin,
-                });
-            }
-            for (i, breaker) in pool_config.breakers.iter().enumerate() {
-                let spec = policy_spec(config, name, breaker, &pool);
-                let old = before.and_then(|b| b.breakers.get(i).cloned());
-                pool.breakers.push(
-                    bind_policy(runtime, spec, old, "circuit-breaker", BreakerPolicy::load)
-                        .map_err(plugin_err)?,
-                );
-            }
-            if !pool.breakers.is_empty() {
-                pool.feed = registry.control().map(|tx| OutcomeFeed {
-                    tx,
-                    pool: name.as_str().into(),
-                });
-            }
-            pools.insert(name.clone(), Arc::new(pool));
-        }
-        let mut routes = Vec::new();
-        for route in &config.routes {
-            let r = route.get_ref();
-            let Some(pool) = pools.get(r.pool.get_ref()).cloned() else {
-                continue; // validation guarantees the pool exists
-            };
-            let router = match &r.router {
-                None => None,
-                Some(router) => {
-                    let spec = RouterSpec {
-                        file: config.plugin_dir().join(router.plugin.get_ref()),
-                        route: r.name.clone(),
-                        config: flatten_table(&router.config),
-                        on_failure: router.on_failure,
-                        deadline: router.deadline,
-                        memory_mb: router.memory_mb,
-                        backends: backend_infos(&pool),
-                        body_peek: router.body_peek as usize,
-                    };
-                    let before = previous
-                        .and_then(|t| t.routes.iter().find(|x| x.name == r.name))
-                        .and_then(|x| x.router.as_ref());
-                    Some(bind_router(runtime, spec, before).map_err(|error| {
-                        BuildError::Plugin {
-                            route: r.name.clone(),
-                            error,
-                        }
-                    })?)
-                }
-            };
-            let auth = match &r.auth {
-                None => None,
-                Some(a) => Some(ClientKeys::load(a, &config.base_dir).map_err(|error| {
-                    BuildError::Auth {
-                        route: r.name.clone(),
-                        error,
-                    }
-                })?),
-            };
-            routes.push(Route {
-                auth,
-                name: r.name.clone(),
-                matcher: Matcher::new(r),
-                metrics: RouteMetrics::new(&r.name, &pool),
-                pool,
-                router,
-                strip_prefix: r
-                    .strip_prefix
-                    .then(|| r.matches.path_prefix.clone())
-                    .flatten()
-                    .map(|p| p.trim_end_matches('/').to_string()),
-                preserve_host: r.preserve_host,
-                timeouts: r.timeouts.clone(),
-                retries: r.retries.clone(),
-                budget: RetryBudget::new(&r.retries),
-                admission: r.limits.as_ref().and_then(|l| Admission::new(&r.name, l)),
-                fallback: r.fallback.as_ref().map(|f| {
-                    let pool = f
-                        .pool
-                        .as_ref()
-                        .and_then(|p| pools.get(p.get_ref()).cloned());
-                    Fallback::new(f, pool)
-                }),
-            });
-        }
-        Ok(RouteTable {
-            routes,
-            pools: pools.into_values().collect(),
-            backend_header: config.server.backend_header,
-            access_log: config.server.access_log,
-            debug_header: config.server.debug_header,
-            body_read_timeout: config.server.body_read_timeout,
-        })
-    }
-
     /// The first route `req` matches.
     pub fn find<B>(&self, req: &Request<B>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }
-}
-
-/// Loads a route's router, reusing `before` (the route's plugin in the
-/// table being replaced) when nothing about it changed, or when its file is
-/// gone.
-fn bind_router(
-    runtime: &PluginRuntime,
-    spec: RouterSpec,
-    before: Option<&Arc<RouterPlugin>>,
-) -> Result<Arc<RouterPlugin>, PluginError> {
-    let same_file = |p: &&Arc<RouterPlugin>| p.spec.file == spec.file;
-    let (component, version) = match runtime.load(&spec.file, "router") {
-        Ok(loaded) => loaded,
-        Err(PluginError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound
-                && before.filter(same_file).is_some() =>
-        {
-            let kept = before
-                .filter(same_file)
-                .map(|p| (p.component.clone(), p.version));
-            let kept = kept.unwrap_or_else(|| unreachable!("checked by the guard"));
-            tracing::warn!(route = %spec.route, file = %spec.file.display(), version = %&kept.0.hash[..12],
-                "plugin file was deleted; the route keeps the loaded version until the config stops referencing it");
-            kept
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(before) = before
-        && Arc::ptr_eq(&before.component, &component)
-        && before.spec == spec
-    {
-        return Ok(before.clone());
-    }
-    let plugin = RouterPlugin::from_component(runtime, component, version, spec)?;
-    tracing::info!(route = %plugin.spec.route, plugin = %plugin.name(),
-        version = %&plugin.component.hash[..12], cached = plugin.component.from_cache, "router plugin loaded");
-    Ok(plugin)
-}
-
-fn policy_spec(config: &Config, pool: &str, plugin: &PolicyPlugin, built: &Pool) -> PolicySpec {
-    PolicySpec {
-        file: config.plugin_dir().join(&plugin.plugin),
-        pool: pool.to_string(),
-        config: flatten_table(&plugin.config),
-        deadline: plugin.deadline,
-        memory_mb: plugin.memory_mb,
-        backends: backend_infos(built),
-    }
-}
-
-/// Loads a pool's health or breaker plugin, reusing `before` (and so its
-/// running instance and counts) when neither the file nor the binding
-/// changed, or when the file is gone.
-fn bind_policy<P>(
-    runtime: &PluginRuntime,
-    spec: PolicySpec,
-    before: Option<Arc<crate::plugin::Policy<P>>>,
-    interface: &str,
-    load: impl FnOnce(&PluginRuntime, PolicySpec) -> Result<Arc<crate::plugin::Policy<P>>, PluginError>,
-) -> Result<Arc<crate::plugin::Policy<P>>, PluginError> {
-    let before = before.filter(|p| p.spec.file == spec.file);
-    match runtime.load(&spec.file, interface) {
-        Ok((component, _)) => {
-            if let Some(before) = before
-                && Arc::ptr_eq(&before.component, &component)
-                && before.spec == spec
-            {
-                return Ok(before);
-            }
-        }
-        Err(PluginError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound && before.is_some() =>
-        {
-            if let Some(before) = before.filter(|b| b.spec == spec) {
-                tracing::warn!(pool = %spec.pool, file = %spec.file.display(),
-                    "plugin file was deleted; the pool keeps the loaded version until the config stops referencing it");
-                return Ok(before);
-            }
-        }
-        Err(e) => return Err(e),
-    }
-    let policy = load(runtime, spec)?;
-    tracing::info!(pool = %policy.spec.pool, plugin = %policy.name(),
-        version = %&policy.component.hash[..12], "{interface} plugin loaded");
-    Ok(policy)
-}
-
-/// A pool's static facts in the plugin interface's shape.
-pub fn backend_infos(pool: &Pool) -> Vec<wit::BackendInfo> {
-    pool.backends
-        .iter()
-        .map(|b| wit::BackendInfo {
-            id: b.id,
-            name: b.name.clone(),
-            address: b.address.clone(),
-            weight: b.weight,
-            labels: b.labels.clone(),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,184 @@
+//! Assembles a route table from a config, the plugin runtime and the live
+//! registry: pools with their live state and policies, routes with their
+//! routers, admission and fallbacks. Runs on the thread that loads a
+//! config, never on a worker.
+
+mod plugins;
+
+use crate::balance::LiveRegistry;
+use crate::config::flatten_table;
+use crate::config::{Config, HealthConfig};
+use crate::plugin::PluginRuntime;
+use crate::plugin::{BreakerPolicy, HealthPolicy, PluginError, RouterSpec};
+use crate::pool::{OutcomeFeed, Pool, PoolHealth};
+use crate::route::{
+    Admission, ClientKeys, Fallback, Matcher, RetryBudget, Route, RouteMetrics, RouteTable, auth,
+};
+pub use plugins::backend_infos;
+use plugins::{bind_policy, bind_router, policy_spec};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A config that passed validation but could not be put into service.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    // The cause is part of the message, not a `source`, so that printing
+    // the error with its chain does not repeat it.
+    #[error("route `{route}`: {error}")]
+    Plugin { route: String, error: PluginError },
+    #[error("pool `{pool}`: {message}")]
+    Pool { pool: String, message: String },
+    #[error("pool `{pool}`: {error}")]
+    PoolPlugin { pool: String, error: PluginError },
+    #[error("route `{route}`: auth: {error}")]
+    Auth {
+        route: String,
+        error: auth::AuthError,
+    },
+}
+
+impl BuildError {
+    /// The error prefixed with where in `config` it stands: `file:line`
+    /// for a route's plugin, the file otherwise.
+    pub fn located(&self, config: &Config) -> String {
+        match self {
+            BuildError::Plugin { route, .. } | BuildError::Auth { route, .. } => {
+                format!("{}: {self}", config.plugin_location(route))
+            }
+            _ => format!("{}: {self}", config.path.display()),
+        }
+    }
+}
+
+/// Builds the table: pools with their live state from `registry` (so
+/// counts survive reloads), and every route's plugin loaded and
+/// initialised. A route whose plugin file and binding are unchanged from
+/// `previous` keeps its loaded plugin, instances and all; one whose
+/// plugin file was deleted keeps its loaded version.
+pub fn route_table(
+    config: &Config,
+    runtime: &PluginRuntime,
+    registry: &mut LiveRegistry,
+    previous: Option<&RouteTable>,
+) -> Result<RouteTable, BuildError> {
+    let mut pools = HashMap::new();
+    for (name, pool_config) in &config.pools {
+        let discovered = registry.discovered(name);
+        let mut pool = Pool::new(name, pool_config, registry, &config.base_dir, &discovered)
+            .map_err(|message| BuildError::Pool {
+                pool: name.clone(),
+                message,
+            })?;
+        let before = previous.and_then(|t| t.pools.iter().find(|p| p.name == *name));
+        let plugin_err = |error| BuildError::PoolPlugin {
+            pool: name.clone(),
+            error,
+        };
+        if let Some(health) = &pool_config.health {
+            let plugin = match health.plugin() {
+                Some(p) => {
+                    let spec = policy_spec(config, name, &p, &pool);
+                    let old = before.and_then(|b| b.health.as_ref()?.plugin.clone());
+                    Some(
+                        bind_policy(runtime, spec, old, "health-check", HealthPolicy::load)
+                            .map_err(plugin_err)?,
+                    )
+                }
+                None => None,
+            };
+            pool.health = Some(PoolHealth {
+                config: HealthConfig::clone(health),
+                plugin,
+            });
+        }
+        for (i, breaker) in pool_config.breakers.iter().enumerate() {
+            let spec = policy_spec(config, name, breaker, &pool);
+            let old = before.and_then(|b| b.breakers.get(i).cloned());
+            pool.breakers.push(
+                bind_policy(runtime, spec, old, "circuit-breaker", BreakerPolicy::load)
+                    .map_err(plugin_err)?,
+            );
+        }
+        if !pool.breakers.is_empty() {
+            pool.feed = registry.control().map(|tx| OutcomeFeed {
+                tx,
+                pool: name.as_str().into(),
+            });
+        }
+        pools.insert(name.clone(), Arc::new(pool));
+    }
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let r = route.get_ref();
+        let Some(pool) = pools.get(r.pool.get_ref()).cloned() else {
+            continue; // validation guarantees the pool exists
+        };
+        let router = match &r.router {
+            None => None,
+            Some(router) => {
+                let spec = RouterSpec {
+                    file: config.plugin_dir().join(router.plugin.get_ref()),
+                    route: r.name.clone(),
+                    config: flatten_table(&router.config),
+                    on_failure: router.on_failure,
+                    deadline: router.deadline,
+                    memory_mb: router.memory_mb,
+                    backends: backend_infos(&pool),
+                    body_peek: router.body_peek as usize,
+                };
+                let before = previous
+                    .and_then(|t| t.routes.iter().find(|x| x.name == r.name))
+                    .and_then(|x| x.router.as_ref());
+                Some(
+                    bind_router(runtime, spec, before).map_err(|error| BuildError::Plugin {
+                        route: r.name.clone(),
+                        error,
+                    })?,
+                )
+            }
+        };
+        let auth =
+            match &r.auth {
+                None => None,
+                Some(a) => Some(ClientKeys::load(a, &config.base_dir).map_err(|error| {
+                    BuildError::Auth {
+                        route: r.name.clone(),
+                        error,
+                    }
+                })?),
+            };
+        routes.push(Route {
+            auth,
+            name: r.name.clone(),
+            matcher: Matcher::new(r),
+            metrics: RouteMetrics::new(&r.name, &pool),
+            pool,
+            router,
+            strip_prefix: r
+                .strip_prefix
+                .then(|| r.matches.path_prefix.clone())
+                .flatten()
+                .map(|p| p.trim_end_matches('/').to_string()),
+            preserve_host: r.preserve_host,
+            timeouts: r.timeouts.clone(),
+            retries: r.retries.clone(),
+            budget: RetryBudget::new(&r.retries),
+            admission: r.limits.as_ref().and_then(|l| Admission::new(&r.name, l)),
+            fallback: r.fallback.as_ref().map(|f| {
+                let pool = f
+                    .pool
+                    .as_ref()
+                    .and_then(|p| pools.get(p.get_ref()).cloned());
+                Fallback::new(f, pool)
+            }),
+        });
+    }
+    Ok(RouteTable {
+        routes,
+        pools: pools.into_values().collect(),
+        backend_header: config.server.backend_header,
+        access_log: config.server.access_log,
+        debug_header: config.server.debug_header,
+        body_read_timeout: config.server.body_read_timeout,
+    })
+}
