@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("test.toml"), ".".into())
@@ -50,7 +51,7 @@ fn good_config_parses_with_defaults() {
 fn unknown_pool_names_the_line() {
     let text = GOOD.replace("pool = \"models\"", "pool = \"modls\"");
     let e = parse(&text).unwrap_err();
-    assert_eq!(e.line, Some(14), "{e}");
+    assert_eq!(e.line(), Some(14), "{e}");
     assert!(
         e.to_string()
             .starts_with("test.toml:14: route `research` names pool `modls`"),
@@ -62,17 +63,44 @@ fn unknown_pool_names_the_line() {
 fn an_address_without_a_port_names_its_own_line() {
     let text = "[server]\nlisten = \"127.0.0.1:8080\"\n\n[pools.p]\nbackends = [\n  { name = \"a\", address = \"127.0.0.1:9\" },\n  { name = \"b\", address = \"127.0.0.1\" },\n]\n";
     let e = parse(text).unwrap_err();
-    assert_eq!(e.line, Some(7), "{e}");
-    assert!(e.message.contains("not host:port"), "{e}");
+    assert_eq!(e.line(), Some(7), "{e}");
+    assert!(e.to_string().contains("not host:port"), "{e}");
 }
 
 #[test]
 fn syntax_errors_and_unknown_keys_name_the_line() {
     let e = parse("[server]\nlisten = \n").unwrap_err();
-    assert_eq!(e.line, Some(2), "{e}");
+    assert_eq!(e.line(), Some(2), "{e}");
     let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
-    assert_eq!(e.line, Some(3), "{e}");
-    assert!(e.message.contains("lisen"), "{e}");
+    assert_eq!(e.line(), Some(3), "{e}");
+    assert!(e.to_string().contains("lisen"), "{e}");
+    assert!(e.to_string().contains("did you mean `listen`?"), "{e}");
+    // In a pool, a typo names the key it resembles.
+    let e = parse(
+        "[pools.p]
+fial_timeout = \"2s\"\nbackends = [{ name = \"a\", address = \"127.0.0.1:9\" }]\n",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::UnknownKey { suggestion: Some(s), .. } if s == "fail_timeout"),
+        "{e}"
+    );
+    assert_eq!(e.line(), Some(2), "{e}");
+}
+
+#[test]
+fn the_second_of_two_equal_values_is_reported_at_its_own_line() {
+    // Both routes name the same undefined fallback pool; the second route
+    // is the one with a bad plugin name, and its line is the one named.
+    let text = "[pools.p]\nbackends = [{ name = \"a\", address = \"127.0.0.1:9\" }]\n\n\
+                [[routes]]\nname = \"one\"\npool = \"p\"\nrouter = { plugin = \"x.wasm\" }\n\n\
+                [[routes]]\nname = \"two\"\npool = \"p\"\nrouter = { plugin = \"x.wasmm\" }\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line(), Some(12), "{e}");
+    // Two backends share an address; the second's name is the duplicate.
+    let text = "[pools.p]\nbackends = [\n  { name = \"a\", address = \"127.0.0.1:9\" },\n  { name = \"a\", address = \"127.0.0.1:9\" },\n]\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line(), Some(4), "{e}");
 }
 
 #[test]
@@ -368,7 +396,7 @@ fn generated_configs_are_accepted_or_refused_never_a_panic() {
             assert!(config.worker_count() <= 1024, "{text}");
             crate::build::route_table(&config, &runtime, &mut Default::default(), None)
                 .map(|_| ())
-                .map_err(|e| ConfigError {
+                .map_err(|e| ConfigError::Invalid {
                     file: "test.toml".into(),
                     line: None,
                     message: e.to_string(),
@@ -377,8 +405,15 @@ fn generated_configs_are_accepted_or_refused_never_a_panic() {
         match outcome {
             Ok(Ok(())) => accepted += 1,
             Ok(Err(e)) => {
+                // More than the location: the error says what is wrong.
+                let located = format!("test.toml:{}: ", e.line().unwrap_or(0));
+                let said = e.to_string();
+                let what = said
+                    .strip_prefix(&located)
+                    .or_else(|| said.strip_prefix("test.toml: "))
+                    .unwrap_or(&said);
                 assert!(
-                    !e.message.is_empty(),
+                    !what.trim().is_empty(),
                     "case {i}: an empty error for\n{text}"
                 );
                 refused += 1;
