@@ -200,7 +200,8 @@ fn loading(c: &mut Criterion) {
     });
     let cache = std::env::temp_dir().join(format!("switchyard-bench-cache-{}", std::process::id()));
     PluginRuntime::new(Some(cache.clone()))
-        .and_then(|r| r.load(&file, "router").map(drop).map_err(Into::into))
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .load(&file, "router")
         .unwrap_or_else(|e| panic!("fill cache: {e}"));
     group.bench_function("from-disk-cache/priority-router", |b| {
         b.iter(|| {

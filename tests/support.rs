@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard::Switchyard;
 use switchyard::config::Config;
-pub use switchyard::demo::{MockBackend, MockOptions};
+pub use switchyard_testkit::{MockBackend, MockOptions};
 
 pub mod pki;
 

@@ -7,13 +7,11 @@
 //! and streams, [`admin`] exposes metrics and status.
 
 pub mod admin;
-pub mod authoring;
 pub mod balance;
 pub mod build;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod discovery;
 pub mod endpoint;
 pub mod plugin;

@@ -1,10 +1,13 @@
 //! The `switchyard` command: run the proxy, check a config, or start the demo.
 
+mod authoring;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use switchyard::Switchyard;
 use switchyard::config::Config;
-use switchyard::{Switchyard, demo};
+use switchyard_testkit as demo;
 
 #[derive(Parser)]
 #[command(
@@ -102,10 +105,10 @@ enum PluginCommand {
         root: PathBuf,
         /// What the plugin is.
         #[arg(long, value_enum, default_value_t)]
-        kind: switchyard::authoring::PluginKind,
+        kind: authoring::PluginKind,
     },
     /// Run a compiled router against synthetic backends and print its decisions.
-    Test(switchyard::authoring::TrialOptions),
+    Test(authoring::TrialOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -218,14 +221,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin {
             command: PluginCommand::New { name, root, kind },
         } => {
-            let dir = switchyard::authoring::scaffold(&root, &name, kind)?;
+            let dir = authoring::scaffold(&root, &name, kind)?;
             println!(
                 "created {} and added it to the workspace. Next:",
                 dir.display()
             );
             println!("  cargo test -p {name}");
             println!("  ./scripts/build-plugins.sh");
-            if kind == switchyard::authoring::PluginKind::Router {
+            if kind == authoring::PluginKind::Router {
                 println!("  switchyard plugin test target/plugins/{name}.wasm --backends 4");
             }
             println!(
@@ -236,7 +239,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin {
             command: PluginCommand::Test(options),
         } => {
-            print!("{}", switchyard::authoring::trial(&options)?);
+            print!("{}", authoring::trial(&options)?);
             Ok(())
         }
         Command::Demo {

@@ -16,8 +16,12 @@ pub enum StartError {
     /// The config could not be put into service; names file and line.
     #[error("{0}")]
     Config(String),
-    #[error("plugin runtime: {0:#}")]
-    Runtime(anyhow::Error),
+    #[error("plugin runtime: {0}")]
+    Runtime(#[from] crate::plugin::RuntimeError),
+    #[error("cannot start the control thread: {0}")]
+    Control(#[source] std::io::Error),
+    #[error("shared store: {0}")]
+    Shared(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -54,12 +58,12 @@ impl Switchyard {
         crate::admin::prometheus();
         crate::proxy::raise_open_file_limit();
         let runtime = PluginRuntime::new(Some(config.cache_dir())).map_err(StartError::Runtime)?;
-        let control = Control::start().map_err(|e| StartError::Runtime(e.into()))?;
+        let control = Control::start().map_err(StartError::Control)?;
         let mut registry = LiveRegistry::with_control(control.sender());
         runtime
             .shared()
             .configure(&config.shared)
-            .map_err(|e| StartError::Runtime(anyhow::anyhow!(e)))?;
+            .map_err(StartError::Shared)?;
         for (name, pool) in &config.pools {
             if let Some(d) = &pool.discover {
                 let found = crate::discovery::resolve_once(resolver.as_ref(), name, &d.dns);

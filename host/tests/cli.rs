@@ -168,7 +168,7 @@ fn check_loads_the_listener_certificate_and_names_a_bad_one() {
 
 #[test]
 fn status_shows_routes_and_plugin_versions_of_a_running_proxy() {
-    let backend = switchyard::demo::MockBackend::start(switchyard::demo::MockOptions::new("b"))
+    let backend = switchyard_testkit::MockBackend::start(switchyard_testkit::MockOptions::new("b"))
         .expect("mock backend");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("switchyard.toml");

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use switchyard::demo::{MockBackend, MockOptions};
+use switchyard_testkit::{MockBackend, MockOptions};
 
 /// Tokens one mock chat completion reports (12 prompt + 6 completion).
 const TOKENS_PER_REPLY: u64 = 18;

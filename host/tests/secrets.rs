@@ -60,8 +60,9 @@ fn planted_keys_appear_in_no_log_page_header_or_error() {
         plugins.join("round-robin.wasm").exists(),
         "run ./scripts/build-plugins.sh"
     );
-    let mock = switchyard::demo::MockBackend::start(switchyard::demo::MockOptions::new("provider"))
-        .expect("mock");
+    let mock =
+        switchyard_testkit::MockBackend::start(switchyard_testkit::MockOptions::new("provider"))
+            .expect("mock");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("provider.key"), format!("{FILE_KEY}\n")).expect("key file");
     let (port, admin_port) = (free_port(), free_port());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
-use switchyard::demo::TokenQuota;
+use switchyard_testkit::TokenQuota;
 use switchyard_tests::*;
 
 fn route(backends: &[(&MockBackend, &str)], router: &str) -> String {

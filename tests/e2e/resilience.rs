@@ -507,10 +507,10 @@ async fn broken_pool_plugins_are_refused_naming_file_and_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_config_serves_with_its_health_checks_and_breaker() {
-    let backends = switchyard::demo::demo_backends().unwrap();
+    let backends = switchyard_testkit::demo_backends().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.toml");
-    let text = switchyard::demo::demo_config(
+    let text = switchyard_testkit::demo_config(
         "127.0.0.1:0",
         "127.0.0.1:0",
         &plugin_dir().to_string_lossy(),

@@ -1,13 +1,13 @@
 //! A dry run of a compiled router: synthetic backends with varied load, a
 //! few requests, and the decisions the plugin makes, without any traffic.
 
-use crate::balance::{Breaker, Health, LoadSnapshot};
-use crate::config::FailurePolicy;
-use crate::plugin::{Answer, Interest, PluginRuntime, RouterPlugin, RouterSpec, wit};
-use crate::pool::push_load_words;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard::balance::{Breaker, Health, LoadSnapshot};
+use switchyard::config::FailurePolicy;
+use switchyard::plugin::{Answer, Interest, PluginRuntime, RouterPlugin, RouterSpec, wit};
+use switchyard::pool::push_load_words;
 
 /// What to try a router with; also the arguments of `switchyard plugin test`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -84,10 +84,10 @@ pub fn trial(options: &TrialOptions) -> anyhow::Result<String> {
         request = request.header(k, v);
     }
     let request = request.body(())?;
-    let attributes: Vec<crate::plugin::wit::AttributeValue> = plugin
+    let attributes: Vec<switchyard::plugin::wit::AttributeValue> = plugin
         .interest
         .iter()
-        .map(|i| crate::proxy::request_attribute(i, &request, None))
+        .map(|i| switchyard::proxy::request_attribute(i, &request, None))
         .collect();
 
     let mut out = String::new();

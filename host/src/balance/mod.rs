@@ -3,13 +3,14 @@
 //! with endpoints, across reloads. No policy and no plugin types: pools
 //! and their policies are in `pool`.
 
+mod ewma;
 mod quota;
 mod state;
+mod window;
 
 pub use quota::QuotaReport;
-pub use state::{
-    BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome, RollingWindow,
-};
+pub use state::{BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome};
+pub use window::RollingWindow;
 
 use crate::endpoint::{Endpoint, EndpointSpec};
 use crate::refresh::Refresh;

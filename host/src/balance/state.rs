@@ -5,11 +5,11 @@
 //! load/store; a lost update under a race shifts an average by one sample.
 
 use super::QuotaReport;
+use super::ewma::{decayed, update_ewma};
+use super::window::RollingWindow;
 use crate::clock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
 
-/// Seconds covered by the rolling error window.
-const WINDOW_SECS: u64 = 10;
 /// `u64::MAX` marks a quota the upstream never reported.
 const UNKNOWN: u64 = u64::MAX;
 
@@ -40,62 +40,6 @@ pub enum Outcome {
     Timeout,
     /// The connection broke mid-exchange.
     Reset,
-}
-
-/// One second of a rolling window.
-#[derive(Default)]
-struct Bucket {
-    second: AtomicU64,
-    total: AtomicU32,
-    marked: AtomicU32,
-}
-
-/// Two counts (all events, and marked ones such as errors or retries) over
-/// the last [`WINDOW_SECS`] seconds, lock-free: one bucket per second,
-/// reset by whichever thread first enters a new second.
-#[derive(Default)]
-pub struct RollingWindow {
-    buckets: [Bucket; WINDOW_SECS as usize],
-}
-
-impl RollingWindow {
-    /// Counts one event, `marked` or not.
-    pub fn add(&self, total: u32, marked: u32) {
-        let now = clock::millis() / 1000;
-        let bucket = &self.buckets[(now % WINDOW_SECS) as usize];
-        let seen = bucket.second.load(Relaxed);
-        if seen != now
-            && bucket
-                .second
-                .compare_exchange(seen, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            bucket.total.store(0, Relaxed);
-            bucket.marked.store(0, Relaxed);
-        }
-        if total != 0 {
-            bucket.total.fetch_add(total, Relaxed);
-        }
-        if marked != 0 {
-            bucket.marked.fetch_add(marked, Relaxed);
-        }
-    }
-
-    /// `(total, marked)` over the window.
-    pub fn sums(&self) -> (u64, u64) {
-        let now = clock::millis() / 1000;
-        let (mut total, mut marked) = (0u64, 0u64);
-        for b in &self.buckets {
-            if now.saturating_sub(b.second.load(Relaxed)) < WINDOW_SECS {
-                total += u64::from(b.total.load(Relaxed));
-                marked += u64::from(b.marked.load(Relaxed));
-            }
-        }
-        (total, marked)
-    }
-
-    /// Seconds the window covers.
-    pub const SECONDS: u64 = WINDOW_SECS;
 }
 
 /// Live, shared state of one backend.
@@ -434,36 +378,6 @@ impl BackendState {
     }
 }
 
-/// Half-life of an average that takes no samples.
-const EWMA_HALF_LIFE_MS: f64 = 2000.0;
-
-/// `cell`'s average as it stands at `now_ms`: halved for every
-/// [`EWMA_HALF_LIFE_MS`] since its last sample (as peak-EWMA decays), so
-/// an idle backend's old figure fades and it is tried again.
-fn decayed(cell: &AtomicU32, at: &AtomicU64, now_ms: u64) -> u32 {
-    let value = cell.load(Relaxed);
-    let age = now_ms.saturating_sub(at.load(Relaxed));
-    if value == 0 || age < 50 {
-        return value;
-    }
-    let factor = (-(age as f64) / EWMA_HALF_LIFE_MS).exp2();
-    ((f64::from(value) * factor) as u32).max(1)
-}
-
-/// Moving average with weight 1/5 for the new sample, over the old average
-/// as decayed to now.
-fn update_ewma(cell: &AtomicU32, at: &AtomicU64, sample: u32) {
-    let now = clock::millis();
-    let old = decayed(cell, at, now);
-    let new = if old == 0 {
-        sample.max(1)
-    } else {
-        ((u64::from(old) * 4 + u64::from(sample)) / 5).max(1) as u32
-    };
-    cell.store(new, Relaxed);
-    at.store(now, Relaxed);
-}
-
 /// Ends an in-flight request when dropped, whatever path the request took.
 pub struct InFlightGuard {
     state: std::sync::Arc<BackendState>,
@@ -488,132 +402,4 @@ impl Drop for InFlightGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn in_flight_follows_guards() {
-        let s = Arc::new(BackendState::default());
-        let a = s.start_request();
-        let b = s.start_request();
-        assert_eq!(s.in_flight(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(s.in_flight(), 0);
-    }
-
-    #[test]
-    fn error_rate_counts_failures_in_the_window() {
-        let s = BackendState::default();
-        for _ in 0..3 {
-            s.record_outcome(Outcome::Response(200), 1000);
-        }
-        s.record_outcome(Outcome::Response(503), 1000);
-        assert_eq!(s.snapshot().error_rate, 250);
-        s.record_outcome(Outcome::ConnectError, 0);
-        assert_eq!(s.snapshot().error_rate, 400);
-    }
-
-    #[test]
-    fn an_idle_average_fades_with_time() {
-        let s = BackendState::default();
-        s.record_outcome(Outcome::Response(200), 1000);
-        let at = s.latency_at_ms.load(Relaxed);
-        assert_eq!(s.load_rank(at).1, 1000);
-        assert_eq!(s.load_rank(at + 2000).1, 500);
-        assert!(s.load_rank(at + 20_000).1 <= 1);
-        assert_eq!(s.snapshot_at(at + 4000).ewma_latency_us, 250);
-    }
-
-    /// Light sequential traffic: nothing in flight, so latency breaks the
-    /// tie. A backend that was slower once and then idle must win the tie
-    /// again before long, or one backend takes every request.
-    #[test]
-    fn a_stale_figure_does_not_decide_ties_for_ever() {
-        let (busy, idle) = (BackendState::default(), BackendState::default());
-        idle.record_outcome(Outcome::Response(200), 600);
-        busy.record_outcome(Outcome::Response(200), 500);
-        let now = busy.latency_at_ms.load(Relaxed);
-        assert!(
-            busy.load_rank(now) < idle.load_rank(now),
-            "the faster one leads at first"
-        );
-        // A second of traffic to `busy` only: its figure is fresh then,
-        // the idle one's a second old.
-        let later = now + 1000;
-        busy.latency_at_ms.store(later, Relaxed);
-        assert!(
-            idle.load_rank(later) < busy.load_rank(later),
-            "the idle one is tried again"
-        );
-    }
-
-    #[test]
-    fn the_in_flight_cap_is_reserved_atomically_and_trial_permits_come_back() {
-        let s = Arc::new(BackendState::default());
-        let peak = Arc::new(AtomicU32::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (s, peak) = (s.clone(), peak.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..2000 {
-                        if let Some(guard) = s.try_start(3) {
-                            peak.fetch_max(s.in_flight(), Relaxed);
-                            drop(guard);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert!(peak.load(Relaxed) <= 3, "{}", peak.load(Relaxed));
-        assert_eq!(s.in_flight(), 0);
-        s.set_breaker(Breaker::HalfOpen, 0, 1);
-        let unsent = s.try_start(0).unwrap();
-        assert!(s.try_start(0).is_none(), "one trial at a time");
-        drop(unsent);
-        assert_eq!(
-            s.trial_permits(),
-            1,
-            "a request never sent gives its permit back"
-        );
-        let mut sent = s.try_start(0).unwrap();
-        sent.sent();
-        drop(sent);
-        assert_eq!(s.trial_permits(), 0);
-    }
-
-    #[test]
-    fn ewma_moves_toward_samples() {
-        let s = BackendState::default();
-        s.record_outcome(Outcome::Response(200), 1000);
-        assert_eq!(s.snapshot().ewma_latency_us, 1000);
-        s.record_outcome(Outcome::Response(200), 6000);
-        assert_eq!(s.snapshot().ewma_latency_us, 2000);
-    }
-
-    #[test]
-    fn consecutive_failures_eject_until_the_timeout() {
-        let s = BackendState::default();
-        s.set_passive_health(2, std::time::Duration::from_millis(40), false);
-        s.record_outcome(Outcome::ConnectError, 0);
-        s.record_outcome(Outcome::Response(200), 100);
-        s.record_outcome(Outcome::ConnectError, 0);
-        assert!(s.is_usable(), "a success in between resets the count");
-        s.record_outcome(Outcome::Timeout, 0);
-        assert!(!s.is_usable());
-        assert_eq!(s.snapshot().health, Health::Unhealthy);
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(s.is_usable(), "back after fail_timeout");
-        s.record_outcome(Outcome::Response(503), 100);
-        s.record_outcome(Outcome::Response(503), 100);
-        assert!(s.is_usable(), "5xx is not passive health's business");
-        s.set_passive_health(2, std::time::Duration::from_millis(40), true);
-        s.record_outcome(Outcome::Response(503), 100);
-        s.record_outcome(Outcome::Response(502), 100);
-        assert!(!s.is_usable(), "unless fail_on_5xx says so");
-    }
-}
+mod tests;

@@ -121,13 +121,15 @@ impl CompileCache {
 
     /// Writes the compiled form of content `hash` atomically, with its tag,
     /// then trims the directory to [`MAX_CACHE_BYTES`].
-    pub fn store(&self, hash: &str, component: &Component) -> anyhow::Result<()> {
+    pub fn store(&self, hash: &str, component: &Component) -> Result<(), CacheWriteError> {
         let path = self.entry(component.engine(), hash);
         // Unique per process and call: loads may race on the same entry.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
-        let compiled = component.serialize()?;
+        let compiled = component
+            .serialize()
+            .map_err(|e| CacheWriteError::Serialize(e.into()))?;
         let mut bytes = Vec::with_capacity(TAG_LEN + compiled.len());
         bytes.extend_from_slice(&self.tag(hash, &compiled));
         bytes.extend_from_slice(&compiled);
@@ -136,6 +138,15 @@ impl CompileCache {
         prune(&self.dir, MAX_CACHE_BYTES);
         Ok(())
     }
+}
+
+/// Why a compiled component could not be cached (it still serves).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheWriteError {
+    #[error("cannot serialize the compiled component: {0}")]
+    Serialize(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot write the cache entry: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 /// Deletes the oldest `.cwasm` entries of `dir` until they total at most

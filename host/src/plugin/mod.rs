@@ -4,13 +4,18 @@
 
 mod bindings;
 mod cache;
+mod error;
 mod host_api;
+mod limits;
 mod policy;
 mod router;
 mod stats;
 
 pub use bindings::{INTERFACE_PACKAGE, VERSION_SECTION, Version, wit};
+pub use error::{PluginError, RuntimeError};
 pub use host_api::HostState;
+pub use limits::{MAX_PLUGIN_BYTES, MAX_TABLE_ELEMENTS};
+use limits::{new_store, read_plugin_file};
 pub use policy::{
     BreakerInstance, BreakerPolicy, HealthInstance, HealthPolicy, Policy, PolicySpec,
 };
@@ -30,68 +35,6 @@ use wasmtime::{Config, Engine};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// A plugin that could not be loaded; each names the file and the cause.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{file}: is a core WebAssembly module, not a component; build it for wasm32-wasip2 with the Switchyard SDK"
-    )]
-    CoreModule { file: PathBuf },
-    #[error("{file}: not a valid WebAssembly component: {reason}")]
-    Invalid { file: PathBuf, reason: String },
-    #[error(
-        "{file}: built for {INTERFACE_PACKAGE}@{found}, but this host speaks {INTERFACE_PACKAGE} {} (`{export}`)",
-        Version::range()
-    )]
-    Version {
-        file: PathBuf,
-        found: String,
-        export: String,
-    },
-    #[error(
-        "{file}: its SDK stamped {INTERFACE_PACKAGE}@{stamped}, but it exports `{export}`; rebuild it with one SDK"
-    )]
-    StampMismatch {
-        file: PathBuf,
-        stamped: String,
-        export: String,
-    },
-    #[error("{file}: does not export `{wanted}`; it exports: {found}")]
-    WrongWorld {
-        file: PathBuf,
-        wanted: String,
-        found: String,
-    },
-    #[error(
-        "{file}: imports `{import}`, but plugins get no WASI capabilities; build the plugin `no_std` with the Switchyard SDK"
-    )]
-    WasiImport { file: PathBuf, import: String },
-    #[error("{file}: imports `{import}`, which this host does not provide")]
-    UnknownImport { file: PathBuf, import: String },
-    #[error(
-        "{file}: its {version} does not match the released one ({reason}); it was built from an edited or unreleased WIT: rebuild it with a released SDK"
-    )]
-    Shape {
-        file: PathBuf,
-        version: Version,
-        reason: String,
-    },
-    #[error("{file}: cannot instantiate: {reason}")]
-    Instantiate { file: PathBuf, reason: String },
-    /// `owner` is `route `name`` or `pool `name``.
-    #[error("{file}: init for {owner} failed: {message}")]
-    Init {
-        file: PathBuf,
-        owner: String,
-        message: String,
-    },
-}
 
 /// A component compiled for this engine, with its identity.
 pub struct LoadedComponent {
@@ -122,7 +65,7 @@ pub struct PluginRuntime {
 impl PluginRuntime {
     /// Creates the engine and starts its epoch ticker. `cache_dir` holds
     /// compiled components; `None` compiles every time.
-    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginRuntime>> {
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<PluginRuntime>, RuntimeError> {
         PluginRuntime::with_deadlines(cache_dir, true)
     }
 
@@ -132,7 +75,7 @@ impl PluginRuntime {
     pub fn with_deadlines(
         cache_dir: Option<PathBuf>,
         deadlines: bool,
-    ) -> anyhow::Result<Arc<PluginRuntime>> {
+    ) -> Result<Arc<PluginRuntime>, RuntimeError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(deadlines);
@@ -339,91 +282,6 @@ impl PluginRuntime {
     }
 }
 
-/// A store for one plugin instance: host state tagged with the plugin and
-/// its owner (route or pool), the instance's memory cap, and a generous
-/// deadline for start-up (init may build tables).
-///
-/// Time spent waiting on the shared store is not the plugin's: when the
-/// deadline passes during a call that waited, the call gets that much more.
-fn new_store(
-    engine: &Engine,
-    shared: Arc<SharedStore>,
-    access: crate::shared::Access,
-    name: Arc<str>,
-    owner: Arc<str>,
-    memory_mb: u32,
-    deadline_ticks: u64,
-) -> wasmtime::Store<HostState> {
-    let limits = store_limits(memory_mb);
-    let mut store =
-        wasmtime::Store::new(engine, HostState::new(name, owner, limits, shared, access));
-    store.limiter(|s| &mut s.limits);
-    store.epoch_deadline_callback(|mut ctx| {
-        let credit = ctx.data_mut().take_credit();
-        if credit.is_zero() {
-            return Err(wasmtime::Trap::Interrupt.into());
-        }
-        Ok(wasmtime::UpdateDeadline::Continue(
-            PluginRuntime::deadline_ticks(credit),
-        ))
-    });
-    store.set_epoch_deadline(
-        deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
-    );
-    store
-}
-
-/// Largest plugin file accepted; real components are well under 1 MiB.
-pub const MAX_PLUGIN_BYTES: u64 = 32 * 1024 * 1024;
-
-/// Reads a plugin file: a regular file (links followed) of at most
-/// [`MAX_PLUGIN_BYTES`], read with that bound, so a FIFO, a device or a
-/// link to `/dev/zero` in the plugin directory is refused, never read.
-fn read_plugin_file(file: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let meta = std::fs::metadata(file)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (plugins must be .wasm files, not devices, pipes or directories)",
-        ));
-    }
-    let too_large = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB", MAX_PLUGIN_BYTES >> 20),
-        )
-    };
-    if meta.len() > MAX_PLUGIN_BYTES {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(file)?
-        .take(MAX_PLUGIN_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_PLUGIN_BYTES {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
-/// Elements one Wasm table may hold: Rust components need a few hundred;
-/// unbounded, a plugin could grow tables to gigabytes outside its memory
-/// cap.
-pub const MAX_TABLE_ELEMENTS: usize = 20_000;
-
-/// What one plugin instance may hold: `memory_mb` of linear memory, and
-/// few, bounded tables, memories and instances.
-fn store_limits(memory_mb: u32) -> wasmtime::StoreLimits {
-    wasmtime::StoreLimitsBuilder::new()
-        .memory_size(memory_mb as usize * 1024 * 1024)
-        .table_elements(MAX_TABLE_ELEMENTS)
-        .instances(4)
-        .tables(4)
-        .memories(2)
-        .build()
-}
-
 /// A failed instantiation of `file`.
 fn instantiate_error(file: &Path, e: &wasmtime::Error) -> PluginError {
     PluginError::Instantiate {
@@ -476,24 +334,4 @@ fn spawn_epoch_ticker(engine: &Engine) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use wasmtime::ResourceLimiter;
-
-    #[test]
-    fn tables_and_memories_are_bounded() {
-        let mut limits = store_limits(16);
-        assert!(limits.table_growing(100, 1_000, None).unwrap());
-        assert!(
-            !limits
-                .table_growing(100, MAX_TABLE_ELEMENTS + 1, None)
-                .unwrap()
-        );
-        assert!(!limits.table_growing(0, usize::MAX, None).unwrap());
-        assert!(limits.memory_growing(0, 16 << 20, None).unwrap());
-        assert!(!limits.memory_growing(0, (16 << 20) + 65536, None).unwrap());
-    }
 }

@@ -46,17 +46,22 @@ pub enum Interest {
 }
 
 /// Why a plugin call produced no usable decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallFailure {
     /// The plugin trapped (panic, out of memory, bad instruction).
+    #[error("trapped: {0}")]
     Trap(String),
     /// The plugin ran past its deadline.
+    #[error("ran past its deadline")]
     Deadline,
     /// The decision named a backend the pool does not have, or a bad status.
+    #[error("invalid decision: {0}")]
     Invalid(String),
     /// The plugin failed repeatedly and is bypassed for a while.
+    #[error("quarantined after repeated failures")]
     Quarantined,
     /// A fresh instance could not be created.
+    #[error("cannot instantiate: {0}")]
     Instantiate(String),
 }
 

@@ -1,4 +1,5 @@
-//! Mock backends on loopback, and the demo config that routes to them.
+//! Test helpers shared by the demo command, the tests and the benches: mock
+//! backends on loopback, and the demo config that routes to them.
 //!
 //! A mock speaks enough of the OpenAI chat API to stand in for a model
 //! provider (JSON and SSE streaming completions with `usage`, rate-limit
