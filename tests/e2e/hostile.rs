@@ -450,6 +450,44 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         "{:?}",
         started.elapsed()
     );
+    // An upgraded connection is a tunnel, not an idle HTTP connection: it
+    // outlives the idle timeout.
+    let mut tunnel = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    tunnel
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut tunnel, &mut byte)
+            .await
+            .expect("101");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tunnel
+        .write_all(b"still here")
+        .await
+        .expect("write after idle");
+    let mut echoed = [0u8; 10];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_exact(&mut tunnel, &mut echoed),
+    )
+    .await
+    .expect("the tunnel answers")
+    .expect("echo");
+    assert_eq!(&echoed, b"still here");
     // A stream longer than the idle timeout is busy, not idle: all of it arrives.
     let stream = get(&proxy.url("/sse?n=20"), &[]).await;
     assert_eq!(stream.status, 200);
