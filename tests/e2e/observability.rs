@@ -55,9 +55,21 @@ async fn metrics_count_known_traffic_tokens_and_cost() {
         .await;
         assert_eq!(r.status, 200);
     }
-    // Outcomes are recorded when bodies end; give the last one a moment.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let m = scrape(&proxy).await;
+    // Outcomes are recorded when bodies end, just after the client read
+    // them: wait until the last one is in.
+    let mut m = scrape(&proxy).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (metric(&m, "switchyard_backend_in_flight", &[("pool", "p")]) != 0.0
+        || metric(
+            &m,
+            "switchyard_tokens_total",
+            &[("route", "metered"), ("kind", "completion")],
+        ) < 30.0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = scrape(&proxy).await;
+    }
     let route = [("route", "metered")];
     assert_eq!(
         metric(

@@ -4,6 +4,7 @@
 
 mod bindings;
 mod cache;
+mod epoch;
 mod error;
 mod host_api;
 mod limits;
@@ -12,6 +13,7 @@ mod router;
 mod stats;
 
 pub use bindings::{INTERFACE_PACKAGE, VERSION_SECTION, Version, wit};
+pub use epoch::ticks as epoch_ticks;
 pub use error::{PluginError, RuntimeError};
 pub use host_api::HostState;
 pub use limits::{MAX_PLUGIN_BYTES, MAX_TABLE_ELEMENTS};
@@ -32,9 +34,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
-
-/// How often the epoch advances; call deadlines are counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// A component compiled for this engine, with its identity.
 pub struct LoadedComponent {
@@ -83,7 +82,7 @@ impl PluginRuntime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker)?;
-        spawn_epoch_ticker(&engine);
+        epoch::register(&engine);
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
@@ -106,7 +105,7 @@ impl PluginRuntime {
     /// Converts a call deadline into epoch ticks, rounding up, plus one tick
     /// because the current tick may be about to end.
     pub fn deadline_ticks(deadline: Duration) -> u64 {
-        deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
+        deadline.as_nanos().div_ceil(epoch::EPOCH_TICK.as_nanos()) as u64 + 1
     }
 
     /// Reads and compiles `file` (or takes it from the cache), and finds the
@@ -311,24 +310,6 @@ fn call_failure(e: &wasmtime::Error) -> CallFailure {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => CallFailure::Deadline,
         _ => CallFailure::Trap(format!("{e:#}")),
-    }
-}
-
-/// Advances the engine's epoch every tick so running calls meet their
-/// deadline; stops when the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("switchyard-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the plugin epoch ticker, deadlines will not fire: {e}");
     }
 }
 

@@ -121,6 +121,7 @@ impl Policy<HealthPre> {
 
     /// Creates an instance, `init` and `set-backends` run.
     pub fn instantiate(&self) -> Result<HealthInstance, PluginError> {
+        let _busy = super::epoch::busy();
         let mut store = self.store(self.pre.engine());
         let bindings = self
             .pre
@@ -148,6 +149,7 @@ pub struct HealthInstance {
 impl HealthInstance {
     /// Judges one probe. After an `Err` the instance must be replaced.
     pub fn check(&mut self, probe: &wit::ProbeResult) -> Result<wit::Verdict, CallFailure> {
+        let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
@@ -170,6 +172,7 @@ impl Policy<BreakerPre> {
 
     /// Creates an instance, `init` and `set-backends` run.
     pub fn instantiate(&self) -> Result<BreakerInstance, PluginError> {
+        let _busy = super::epoch::busy();
         let mut store = self.store(self.pre.engine());
         let bindings = self
             .pre
@@ -200,6 +203,7 @@ impl BreakerInstance {
         &mut self,
         outcome: wit::Outcome,
     ) -> Result<Option<wit::BreakerUpdate>, CallFailure> {
+        let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings
@@ -209,6 +213,7 @@ impl BreakerInstance {
 
     /// Asks what follows the end of `backend`'s open period.
     pub fn cool_down_ended(&mut self, backend: u32) -> Result<wit::BreakerUpdate, CallFailure> {
+        let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.bindings

@@ -214,6 +214,7 @@ impl RouterPlugin {
     }
 
     fn start_instance(&self) -> Result<(RouterInstance, Vec<Interest>), PluginError> {
+        let _busy = super::epoch::busy();
         let file = &self.spec.file;
         let mut store = super::new_store(
             self.pre.engine(),
@@ -373,6 +374,7 @@ impl RouterInstance {
         loads: &[u32],
         attributes: Vec<wit::AttributeValue>,
     ) -> Result<Answer, CallFailure> {
+        let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         if !attributes.is_empty() {
