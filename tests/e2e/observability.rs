@@ -59,7 +59,20 @@ async fn metrics_count_known_traffic_tokens_and_cost() {
     // them: wait until the last one is in.
     let mut m = scrape(&proxy).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while (metric(&m, "switchyard_backend_in_flight", &[("pool", "p")]) != 0.0
+    // The recorder is the process's: other tests' pools named `p` show
+    // there too, so this test's backends are named.
+    let in_flight = |m: &str| {
+        metric(
+            m,
+            "switchyard_backend_in_flight",
+            &[("pool", "p"), ("backend", "m-a")],
+        ) + metric(
+            m,
+            "switchyard_backend_in_flight",
+            &[("pool", "p"), ("backend", "m-b")],
+        )
+    };
+    while (in_flight(&m) != 0.0
         || metric(
             &m,
             "switchyard_tokens_total",
@@ -129,10 +142,7 @@ async fn metrics_count_known_traffic_tokens_and_cost() {
             &[("route", "metered")]
         ) >= 1.0
     );
-    assert_eq!(
-        metric(&m, "switchyard_backend_in_flight", &[("pool", "p")]),
-        0.0
-    );
+    assert_eq!(in_flight(&m), 0.0);
     assert!(
         m.contains("switchyard_backend_quota_remaining_tokens{pool=\"p\",backend=\"m-b\"}"),
         "{m}"

@@ -74,26 +74,28 @@ pub fn register(engine: &Engine) {
 /// Marks the current thread as running a plugin call until the guard
 /// drops, so the epoch advances and the call's deadline can fire.
 pub fn busy() -> Busy {
-    let slot = SLOT.with(Arc::clone);
-    let depth = slot.depth.load(Ordering::Relaxed);
-    slot.depth.store(depth + 1, Ordering::SeqCst);
+    SLOT.with(|slot| {
+        let depth = slot.depth.load(Ordering::Relaxed);
+        slot.depth.store(depth + 1, Ordering::SeqCst);
+    });
     if let Some(t) = ticker()
         && t.parked.load(Ordering::SeqCst)
     {
         t.thread.unpark();
     }
-    Busy(slot)
+    Busy(std::marker::PhantomData)
 }
 
-/// A plugin call in progress on this thread; see [`busy`].
-pub struct Busy(Arc<Slot>);
+/// A plugin call in progress on this thread; see [`busy`]. Not `Send`: it
+/// ends on the thread that marked it.
+pub struct Busy(std::marker::PhantomData<*const ()>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let depth = self.0.depth.load(Ordering::Relaxed);
-        self.0
-            .depth
-            .store(depth.saturating_sub(1), Ordering::Release);
+        SLOT.with(|slot| {
+            let depth = slot.depth.load(Ordering::Relaxed);
+            slot.depth.store(depth.saturating_sub(1), Ordering::Release);
+        });
     }
 }
 
