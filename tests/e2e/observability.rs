@@ -147,10 +147,16 @@ async fn metrics_count_known_traffic_tokens_and_cost() {
         m.contains("switchyard_backend_quota_remaining_tokens{pool=\"p\",backend=\"m-b\"}"),
         "{m}"
     );
-    assert_eq!(
-        metric(&m, "switchyard_breaker_state", &[("pool", "p")]),
-        0.0
-    );
+    for backend in ["m-a", "m-b"] {
+        assert_eq!(
+            metric(
+                &m,
+                "switchyard_breaker_state",
+                &[("pool", "p"), ("backend", backend)]
+            ),
+            0.0
+        );
+    }
     for line in m.lines().filter(|l| l.starts_with("# TYPE")) {
         let name = line.split_whitespace().nth(2).unwrap_or("");
         assert!(name.starts_with("switchyard_"), "{line}");
