@@ -17,14 +17,27 @@ struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Allocations by size: up to 64 B, 1 KiB, 8 KiB, and above.
+static SIZES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+fn count(size: usize) {
+    ALLOCS.fetch_add(1, Relaxed);
+    BYTES.fetch_add(size as u64, Relaxed);
+    let bucket = match size {
+        0..=64 => 0,
+        65..=1024 => 1,
+        1025..=8192 => 2,
+        _ => 3,
+    };
+    SIZES[bucket].fetch_add(1, Relaxed);
+}
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the
 // counters are plain atomics that never allocate.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        BYTES.fetch_add(layout.size() as u64, Relaxed);
+        count(layout.size());
         // SAFETY: the caller's contract is passed on as is.
         unsafe { System.alloc(layout) }
     }
@@ -35,8 +48,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        BYTES.fetch_add(new_size as u64, Relaxed);
+        count(new_size);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -132,8 +144,10 @@ fn main() {
     println!(
         "Heap allocations per proxied request (GET, keep-alive, 1 worker, {N} requests after 2,000 to warm up)\n"
     );
-    println!("| route | allocations / request | bytes / request |");
-    println!("|---|---:|---:|");
+    println!(
+        "| route | allocations / request | bytes / request | of which ≤ 64 B / ≤ 1 KiB / ≤ 8 KiB / larger |"
+    );
+    println!("|---|---:|---:|---|");
     for (name, request) in [
         (
             "built-in router",
@@ -145,13 +159,19 @@ fn main() {
         ),
     ] {
         drive(addr, request, 2_000);
-        let (a0, b0) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed));
+        let sizes = || SIZES.each_ref().map(|s| s.load(Relaxed));
+        let (a0, b0, s0) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed), sizes());
         drive(addr, request, N);
-        let (a1, b1) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed));
+        let (a1, b1, s1) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed), sizes());
+        let per = |d: u64| d as f64 / N as f64;
         println!(
-            "| {name} | {:.1} | {:.0} |",
-            (a1 - a0) as f64 / N as f64,
-            (b1 - b0) as f64 / N as f64
+            "| {name} | {:.1} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} |",
+            per(a1 - a0),
+            per(b1 - b0),
+            per(s1[0] - s0[0]),
+            per(s1[1] - s0[1]),
+            per(s1[2] - s0[2]),
+            per(s1[3] - s0[3]),
         );
     }
     proxy.shutdown();
