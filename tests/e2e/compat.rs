@@ -217,3 +217,40 @@ async fn a_component_stamped_for_one_version_and_exporting_another_is_refused() 
         "{err}"
     );
 }
+
+/// An attribute only 0.2.0 has, through the real host: the body's size
+/// from `content-length`, and `not-seen` for a chunked body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_2_router_reads_the_body_size() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n\
+         router = {{ plugin = \"fixture-body-size.wasm\", config = {{ max = 100 }} }}\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start(&config);
+    let small = send("POST", &proxy.url("/ok"), &[], Bytes::from(vec![b'x'; 10])).await;
+    assert_eq!(small.status, 200, "{}", small.text());
+    let big = send("POST", &proxy.url("/ok"), &[], Bytes::from(vec![b'x'; 500])).await;
+    assert_eq!(big.status, 413, "{}", big.text());
+    assert!(big.text().contains("500 bytes"), "{}", big.text());
+    let mut s = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /ok HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 411"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
