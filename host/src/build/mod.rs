@@ -160,7 +160,7 @@ pub fn route_table(
                 .flatten()
                 .map(|p| p.trim_end_matches('/').to_string()),
             preserve_host: r.preserve_host,
-            timeouts: r.timeouts.clone(),
+            deadlines: crate::route::Deadlines::of(&r.timeouts),
             retries: r.retries.clone(),
             budget: RetryBudget::new(&r.retries),
             admission: r.limits.as_ref().and_then(|l| Admission::new(&r.name, l)),

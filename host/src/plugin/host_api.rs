@@ -108,9 +108,12 @@ impl HostState {
         op: &str,
         call: impl FnOnce(&SharedStore, Access) -> Result<T, SharedError>,
     ) -> Result<T, SharedError> {
-        let started = Instant::now();
+        // Only a call that may wait is timed: its wait is credited.
+        let started = (self.access == Access::Wait).then(Instant::now);
         let result = call(&self.shared, self.access);
-        self.waited += started.elapsed();
+        if let Some(started) = started {
+            self.waited += started.elapsed();
+        }
         if let Err(e) = &result {
             tracing::debug!(plugin = %self.plugin, route = %self.route, "shared {op}: {e}");
         }

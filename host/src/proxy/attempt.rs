@@ -3,12 +3,11 @@
 //! try the next candidate, which the [`RetryPolicy`] may allow.
 
 use super::body::{Exchange, ProxiedBody, UsageMeter};
-use super::deadlines::Deadlines;
 use super::fallback::Exhausted;
 use super::headers::{X_SWITCHYARD_BACKEND, strip_hop_by_hop};
 use super::outgoing::Outgoing;
 use super::reply::{body_failed, reply};
-use super::request_body::{ClientBody, Peeked, client_body_fault};
+use super::request_body::{ClientBody, Peeked};
 use super::retry::{RetryPolicy, RetryReason};
 use super::service::{ClientConn, ResponseBody};
 use super::tunnel::tunnel;
@@ -17,7 +16,7 @@ use super::usage::UsageScan;
 use super::worker::Worker;
 use crate::balance::{InFlightGuard, Outcome, QuotaReport, Timing};
 use crate::pool::{Backend, Pool};
-use crate::route::{Permit, Route};
+use crate::route::{Deadlines, Permit, Route};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -94,7 +93,7 @@ impl Dispatch<'_> {
         permit: &mut Option<Permit>,
     ) -> Result<Response<ResponseBody>, Exhausted> {
         let policy = RetryPolicy::of(self.route);
-        let deadlines = Deadlines::of(&self.route.timeouts);
+        let deadlines = &self.route.deadlines;
         let mut exhausted = Exhausted::new();
         let own = Arc::ptr_eq(pool, &self.route.pool);
         let mut attempts = 0;
@@ -122,7 +121,7 @@ impl Dispatch<'_> {
             let sent = self
                 .worker
                 .upstream
-                .send(backend, req, out.replay.as_ref(), &deadlines)
+                .send(backend, req, out.replay.as_ref(), deadlines)
                 .await;
             let more = attempts < policy.attempts()
                 && candidates[i + 1..]
@@ -145,10 +144,10 @@ impl Dispatch<'_> {
                     out,
                     permit,
                     &policy,
-                    &deadlines,
+                    deadlines,
                     &mut exhausted,
                 ),
-                Err(e) => self.failed(attempt, e, out, &policy, &deadlines, &mut exhausted),
+                Err(e) => self.failed(attempt, e, out, &policy, deadlines, &mut exhausted),
             };
             match outcome {
                 AttemptOutcome::Done(resp) => return Ok(resp),
@@ -319,14 +318,18 @@ impl Dispatch<'_> {
                 );
                 AttemptOutcome::Done(self.tagged(reply(StatusCode::GATEWAY_TIMEOUT, body), backend))
             }
+            SendError::ClientBody(_) => {
+                // The client's body broke off or was malformed: not the
+                // backend's failure, and nothing a retry could mend.
+                let fault = error.client_body();
+                tracing::debug!(route = %route.name, "request body failed while streaming: {error}");
+                route.metrics.count(pool, a.own, backend.id, 400);
+                AttemptOutcome::Done(match fault {
+                    Some(fault) => body_failed(fault),
+                    None => reply(StatusCode::BAD_REQUEST, "cannot read the request body\n"),
+                })
+            }
             SendError::Failed(e) => {
-                if let Some(fault) = client_body_fault(&e) {
-                    // The client's body broke off or was malformed: not the
-                    // backend's failure, and nothing a retry could mend.
-                    tracing::debug!(route = %route.name, "request body failed while streaming: {fault}");
-                    route.metrics.count(pool, a.own, backend.id, 400);
-                    return AttemptOutcome::Done(body_failed(fault));
-                }
                 pool.record(a.id, Outcome::Reset, timing);
                 route.metrics.count(pool, a.own, backend.id, 502);
                 tracing::warn!(route = %route.name, backend = %backend.name, "upstream failed: {e}");

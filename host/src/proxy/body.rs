@@ -135,7 +135,7 @@ impl ProxiedBody {
     pub fn new(
         inner: Incoming,
         exchange: Exchange,
-        deadlines: &super::deadlines::Deadlines,
+        deadlines: &crate::route::Deadlines,
         sse: bool,
         permit: Option<Permit>,
     ) -> Self {

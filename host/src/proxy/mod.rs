@@ -4,7 +4,6 @@
 mod attempt;
 mod body;
 mod connection;
-mod deadlines;
 mod fallback;
 mod headers;
 mod json_field;

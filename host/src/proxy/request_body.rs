@@ -198,9 +198,3 @@ pub async fn peek(body: &mut ClientBody, limit: usize) -> Result<Peeked, ClientB
         limit,
     })
 }
-
-/// The client-body error behind an upstream send failure, if that is what
-/// broke it.
-pub fn client_body_fault(e: &hyper::Error) -> Option<&ClientBodyError> {
-    std::error::Error::source(e)?.downcast_ref::<ClientBodyError>()
-}

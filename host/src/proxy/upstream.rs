@@ -7,10 +7,10 @@
 //! multiplexed connection per thread, whose handle every request clones.
 
 use super::LocalExec;
-use super::deadlines::{Deadlines, bounded};
 use super::request_body::{ClientBody, ClientBodyError};
 use crate::endpoint::{DialError, Endpoint};
 use crate::pool::Backend;
+use crate::route::{Deadlines, bounded};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -95,6 +95,30 @@ pub enum SendError {
     /// The connection failed after the request was (partly) sent.
     #[error("{0}")]
     Failed(#[source] hyper::Error),
+    /// Sending failed because the client's body broke off or was
+    /// malformed: the client's fault, not the backend's.
+    #[error("{0}")]
+    ClientBody(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// A failed send, blamed on the client when its body is what broke.
+    fn failed(e: hyper::Error) -> SendError {
+        let client = std::error::Error::source(&e).is_some_and(|s| s.is::<ClientBodyError>());
+        if client {
+            SendError::ClientBody(e)
+        } else {
+            SendError::Failed(e)
+        }
+    }
+
+    /// The client-body error behind a [`SendError::ClientBody`].
+    pub fn client_body(&self) -> Option<&ClientBodyError> {
+        match self {
+            SendError::ClientBody(e) => std::error::Error::source(e)?.downcast_ref(),
+            _ => None,
+        }
+    }
 }
 
 struct IdleConnection {
@@ -173,7 +197,7 @@ impl UpstreamPool {
                         tracing::debug!(address = %backend.address, "reused connection was closed; sending again");
                         req = replay.build(backend);
                     }
-                    (None, _) => return Err(SendError::Failed(e.into_error())),
+                    (None, _) => return Err(SendError::failed(e.into_error())),
                 },
             }
         }
@@ -201,7 +225,7 @@ impl UpstreamPool {
         match bounded(first_byte, sender.send_request(req)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(sender)))),
-            Ok(Err(e)) => Err(SendError::Failed(e)),
+            Ok(Err(e)) => Err(SendError::failed(e)),
         }
     }
 
@@ -260,20 +284,20 @@ impl UpstreamPool {
                                 {
                                     Err(_) => Err(SendError::Timeout),
                                     Ok(Ok(resp)) => Ok((resp, self.lease(key, None))),
-                                    Ok(Err(e)) => Err(SendError::Failed(e)),
+                                    Ok(Err(e)) => Err(SendError::failed(e)),
                                 }
                             }
                             Ok(Connection::H1(mut h1)) => {
                                 match bounded(first_byte, h1.send_request(again)).await {
                                     Err(_) => Err(SendError::Timeout),
                                     Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(h1)))),
-                                    Ok(Err(e)) => Err(SendError::Failed(e)),
+                                    Ok(Err(e)) => Err(SendError::failed(e)),
                                 }
                             }
-                            Err(_) => Err(SendError::Failed(e)),
+                            Err(_) => Err(SendError::failed(e)),
                         }
                     }
-                    _ => Err(SendError::Failed(e)),
+                    _ => Err(SendError::failed(e)),
                 }
             }
         }

@@ -5,12 +5,14 @@
 
 use crate::pool::Pool;
 pub mod auth;
+mod deadlines;
 mod limits;
 
 pub use auth::{ClientIdentity, ClientKeys};
+pub use deadlines::{Deadlines, bounded};
 pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 
-use crate::config::{RetryConfig, RouteConfig, TimeoutConfig};
+use crate::config::{RetryConfig, RouteConfig};
 use crate::plugin::RouterPlugin;
 use http::{HeaderName, HeaderValue, Request};
 use std::sync::Arc;
@@ -177,7 +179,8 @@ pub struct Route {
     /// Prefix removed before forwarding, if `strip_prefix` is set.
     pub strip_prefix: Option<String>,
     pub preserve_host: bool,
-    pub timeouts: TimeoutConfig,
+    /// The route's timeouts as the data path applies them.
+    pub deadlines: Deadlines,
     pub retries: RetryConfig,
     pub budget: RetryBudget,
     pub admission: Option<Admission>,

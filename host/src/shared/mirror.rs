@@ -104,12 +104,15 @@ impl Mirror {
     ) -> Result<T, SharedError> {
         let now = Instant::now();
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if !keys.contains_key(key) && keys.len() >= MAX_KEYS {
-            return Err(SharedError::Unavailable(format!(
-                "a router's local copy of the store is full ({MAX_KEYS} keys)"
-            )));
+        if !keys.contains_key(key) {
+            if keys.len() >= MAX_KEYS {
+                return Err(SharedError::Unavailable(format!(
+                    "a router's local copy of the store is full ({MAX_KEYS} keys)"
+                )));
+            }
+            keys.insert(key.to_string(), Copy::default());
         }
-        let copy = keys.entry(key.to_string()).or_default();
+        let copy = keys.get_mut(key).expect("inserted above");
         copy.touched = Some(now);
         Ok(f(copy, now))
     }

@@ -61,6 +61,26 @@ macro_rules! versioned_world {
     };
 }
 
+/// `init` of a pool world (health check or breaker): the pool's name and
+/// config, an error refusing the plugin.
+macro_rules! pool_init {
+    ($inst:ident, $exports:ident) => {
+        impl $inst {
+            pub fn init(
+                &self,
+                store: &mut Store<HostState>,
+                pool: &str,
+                config: &[(String, String)],
+            ) -> wasmtime::Result<Result<(), String>> {
+                match self {
+                    $inst::V0_1(p) => p.$exports().call_init(store, pool, config),
+                    $inst::V0_2(p) => p.$exports().call_init(store, pool, config),
+                }
+            }
+        }
+    };
+}
+
 // === routers ===
 
 versioned_world!(
@@ -133,24 +153,9 @@ versioned_world!(
     HealthPlugin,
     switchyard_policy_health_check
 );
+pool_init!(HealthCheck, switchyard_policy_health_check);
 
 impl HealthCheck {
-    pub fn init(
-        &self,
-        store: &mut Store<HostState>,
-        pool: &str,
-        config: &[(String, String)],
-    ) -> wasmtime::Result<Result<(), String>> {
-        match self {
-            HealthCheck::V0_1(h) => h
-                .switchyard_policy_health_check()
-                .call_init(store, pool, config),
-            HealthCheck::V0_2(h) => h
-                .switchyard_policy_health_check()
-                .call_init(store, pool, config),
-        }
-    }
-
     pub fn check(
         &self,
         store: &mut Store<HostState>,
@@ -177,24 +182,9 @@ versioned_world!(
     BreakerPlugin,
     switchyard_policy_circuit_breaker
 );
+pool_init!(Breaker, switchyard_policy_circuit_breaker);
 
 impl Breaker {
-    pub fn init(
-        &self,
-        store: &mut Store<HostState>,
-        pool: &str,
-        config: &[(String, String)],
-    ) -> wasmtime::Result<Result<(), String>> {
-        match self {
-            Breaker::V0_1(b) => b
-                .switchyard_policy_circuit_breaker()
-                .call_init(store, pool, config),
-            Breaker::V0_2(b) => b
-                .switchyard_policy_circuit_breaker()
-                .call_init(store, pool, config),
-        }
-    }
-
     pub fn record_outcome(
         &self,
         store: &mut Store<HostState>,
