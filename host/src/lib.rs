@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod endpoint;
+pub mod jobs;
 pub mod plugin;
 pub mod pool;
 pub mod proxy;

@@ -2,6 +2,8 @@
 //! health endpoint for orchestrators. Runs on its own thread, apart from the
 //! proxy workers.
 
+mod jobs;
+
 use crate::reload::Reloader;
 use crate::route::RouteTable;
 use bytes::Bytes;
@@ -94,6 +96,12 @@ pub fn start(
                             let reloader = reloader.clone();
                             let allowed = authorized(token.as_deref(), &req);
                             async move {
+                                if allowed
+                                    && req.method() == http::Method::POST
+                                    && req.uri().path().starts_with("/jobs/")
+                                {
+                                    return Ok(jobs::post_event(&reloader, req).await);
+                                }
                                 Ok::<_, std::convert::Infallible>(if allowed {
                                     handle(&reloader, &req)
                                 } else {
@@ -307,9 +315,16 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
             let fallback = r.fallback.as_ref().map(|f| {
                 json!({ "pool": f.pool.as_ref().map(|p| p.name.clone()), "status": f.status })
             });
+            let jobs = r.jobs.as_ref().map(|j| {
+                let mut counts = j.counts.to_json();
+                counts["max_in_flight"] = json!(j.settings.max_in_flight);
+                counts["ttl_s"] = json!(j.settings.ttl.as_secs());
+                counts["job_timeout_ms"] = json!(j.settings.job_timeout.as_millis() as u64);
+                counts
+            });
             json!({
                 "name": r.name, "pool": r.pool.name, "router": plugin,
-                "limits": limits, "fallback": fallback,
+                "limits": limits, "fallback": fallback, "jobs": jobs,
                 "retries": { "attempts": r.retries.attempts, "on_429": r.retries.on_429, "on_5xx": r.retries.on_5xx },
             })
         })
@@ -350,7 +365,10 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "routes": routes, "pools": pools })
+    let jobs = table.jobs.as_ref().map(|store| {
+        json!({ "store": store.describe(), "shared": store.is_shared(), "held_here": store.held() })
+    });
+    json!({ "routes": routes, "pools": pools, "jobs": jobs })
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -8,11 +8,13 @@ mod plugins;
 use crate::balance::LiveRegistry;
 use crate::config::flatten_table;
 use crate::config::{Config, HealthConfig};
+use crate::jobs::JobStore;
 use crate::plugin::PluginRuntime;
 use crate::plugin::{BreakerPolicy, HealthPolicy, PluginError, RouterSpec};
 use crate::pool::{OutcomeFeed, Pool, PoolHealth};
 use crate::route::{
-    Admission, ClientKeys, Fallback, Matcher, RetryBudget, Route, RouteMetrics, RouteTable, auth,
+    Admission, ClientKeys, Fallback, JobRoute, Matcher, RetryBudget, Route, RouteMetrics,
+    RouteTable, auth,
 };
 pub use plugins::backend_infos;
 use plugins::{bind_policy, bind_router, policy_spec};
@@ -30,6 +32,8 @@ pub enum BuildError {
     Pool { pool: String, message: String },
     #[error("pool `{pool}`: {error}")]
     PoolPlugin { pool: String, error: PluginError },
+    #[error("jobs: {message}")]
+    Jobs { message: String },
     #[error("route `{route}`: auth: {error}")]
     Auth {
         route: String,
@@ -107,6 +111,7 @@ pub fn route_table(
         }
         pools.insert(name.clone(), Arc::new(pool));
     }
+    let jobs = job_store(config, previous).map_err(|message| BuildError::Jobs { message })?;
     let mut routes = Vec::new();
     for route in &config.routes {
         let r = route.get_ref();
@@ -171,6 +176,13 @@ pub fn route_table(
                     .and_then(|p| pools.get(p.get_ref()).cloned());
                 Fallback::new(f, pool)
             }),
+            jobs: r.job_settings().zip(jobs.clone()).map(|(settings, store)| {
+                Arc::new(JobRoute {
+                    counts: store.route_jobs(&r.name),
+                    settings,
+                    store,
+                })
+            }),
         });
     }
     Ok(RouteTable {
@@ -180,5 +192,46 @@ pub fn route_table(
         access_log: config.server.access_log,
         debug_header: config.server.debug_header,
         body_read_timeout: config.server.body_read_timeout,
+        jobs,
     })
+}
+
+/// The job store of the config's job routes: the previous table's when it
+/// names the same one (so running jobs and counts carry over), else a new
+/// one. `None` without job routes.
+fn job_store(
+    config: &Config,
+    previous: Option<&RouteTable>,
+) -> Result<Option<Arc<JobStore>>, String> {
+    let Some(settings) = config
+        .routes
+        .iter()
+        .find_map(|r| r.get_ref().job_settings())
+    else {
+        return Ok(None);
+    };
+    let url = settings.redis_url(&config.shared);
+    if let Some(store) = previous.and_then(|t| t.jobs.as_ref())
+        && store.names(url)
+    {
+        return Ok(Some(store.clone()));
+    }
+    Ok(Some(match url {
+        None => JobStore::memory(),
+        Some(url) => {
+            let timeout = config
+                .shared
+                .timeout
+                .max(std::time::Duration::from_millis(500));
+            JobStore::redis(url, &config.shared.prefix, describe_url(url), timeout)?
+        }
+    }))
+}
+
+/// A Redis URL without its password.
+fn describe_url(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, host)) => format!("redis://…@{host}"),
+        None => url.to_string(),
+    }
 }

@@ -4,6 +4,7 @@
 //! is fixed at a glance and never half-applied.
 
 mod duration;
+mod jobs;
 mod locate;
 mod plugin;
 mod pool;
@@ -14,6 +15,7 @@ mod size;
 mod upstream;
 
 pub use duration::parse_duration;
+pub use jobs::{JobsConfig, RouteMode};
 pub use plugin::{FailurePolicy, PluginSettings, PolicyPlugin, RouterConfig};
 pub use pool::{BackendConfig, HealthConfig, PoolConfig};
 pub use route::{
@@ -216,7 +218,11 @@ impl Config {
         for (name, pool) in &self.pools {
             pool.validate(name)?;
         }
-        route::validate_all(&self.routes, |pool| self.pools.contains_key(pool))
+        route::validate_all(
+            &self.routes,
+            |pool| self.pools.contains_key(pool),
+            &self.shared,
+        )
     }
 
     /// `file:line` of route `route`'s router plugin, or the file alone.

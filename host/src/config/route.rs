@@ -1,8 +1,9 @@
 //! `[[routes]]`: which requests a route takes and what it does with them:
 //! timeouts, retries, admission, fallback and client keys.
 
+use super::jobs::{JobsConfig, RouteMode};
 use super::plugin::{RouterConfig, is_plugin_file};
-use super::{KeyPath, Problem, duration, size, yes};
+use super::{KeyPath, Problem, SharedConfig, duration, size, yes};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +41,20 @@ pub struct RouteConfig {
     /// Client keys the route requires; none by default.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// `proxy` (the default) or `job`: a long job whose events come back
+    /// through the job store (see `jobs`).
+    #[serde(default)]
+    pub mode: RouteMode,
+    /// Settings of a job route; defaults apply when left out.
+    #[serde(default)]
+    pub jobs: Option<JobsConfig>,
+}
+
+impl RouteConfig {
+    /// A job route's settings, `None` on a proxy route.
+    pub fn job_settings(&self) -> Option<JobsConfig> {
+        (self.mode == RouteMode::Job).then(|| self.jobs.clone().unwrap_or_default())
+    }
 }
 
 /// The keys a route accepts: a keys file (watched) and inline keys.
@@ -243,8 +258,11 @@ fn default_long() -> Duration {
 pub(super) fn validate_all(
     routes: &[Spanned<RouteConfig>],
     pool_exists: impl Fn(&str) -> bool,
+    shared: &SharedConfig,
 ) -> Result<(), Problem> {
     let mut names = std::collections::HashSet::new();
+    // One job store serves all job routes, so that `/jobs/<id>` finds any job.
+    let mut job_store: Option<(&str, String)> = None;
     for (i, route) in routes.iter().enumerate() {
         let at = KeyPath::of("routes").index(i);
         let r = route.get_ref();
@@ -265,6 +283,29 @@ pub(super) fn validate_all(
             ));
         }
         r.validate(&at, &pool_exists)?;
+        if r.jobs.is_some() && r.mode != RouteMode::Job {
+            return Err(Problem::new(
+                at.clone().key("jobs"),
+                format!("route `{}`: jobs needs mode = \"job\"", r.name),
+            ));
+        }
+        if let Some(jobs) = r.job_settings() {
+            jobs.validate(&at.clone().key("jobs"), &r.name, shared)?;
+            let store = jobs.redis_url(shared).unwrap_or("memory").to_string();
+            match &job_store {
+                Some((first, other)) if *other != store => {
+                    return Err(Problem::new(
+                        at.key("jobs").key("store"),
+                        format!(
+                            "route `{}`: every job route must use one job store, and route `{first}` uses another",
+                            r.name
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => job_store = Some((&r.name, store)),
+            }
+        }
     }
     Ok(())
 }

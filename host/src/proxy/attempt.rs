@@ -5,11 +5,12 @@
 use super::body::{Exchange, ProxiedBody, UsageMeter};
 use super::fallback::Exhausted;
 use super::headers::{X_SWITCHYARD_BACKEND, strip_hop_by_hop};
+use super::job::JobTicket;
 use super::outgoing::Outgoing;
 use super::reply::{body_failed, reply};
 use super::request_body::{ClientBody, Peeked};
 use super::retry::{RetryPolicy, RetryReason};
-use super::service::{ClientConn, ResponseBody};
+use super::service::{ClientConn, ResponseBody, full};
 use super::tunnel::tunnel;
 use super::upstream::{Lease, SendError};
 use super::usage::UsageScan;
@@ -19,7 +20,7 @@ use crate::pool::{Backend, Pool};
 use crate::route::{Deadlines, Permit, Route};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,8 @@ pub struct Dispatch<'a> {
     pub backend_header: bool,
     /// The authenticated caller's key name.
     pub caller: Option<Arc<str>>,
+    /// Set for a job's request: notes the backend that answered.
+    pub job: Option<&'a JobTicket>,
 }
 
 /// How one attempt on one backend ended. Returned at once, never stored,
@@ -200,6 +203,9 @@ impl Dispatch<'_> {
             exhausted.gave_up_on(status, a.backend);
             return AttemptOutcome::Next(reason);
         }
+        if let Some(ticket) = self.job {
+            ticket.reached(a.pool, a.id, status);
+        }
         strip_hop_by_hop(resp.headers_mut(), status == 101);
         if self.backend_header {
             resp.headers_mut()
@@ -231,7 +237,7 @@ impl Dispatch<'_> {
                     permit.take(),
                 ));
             }
-            return AttemptOutcome::Done(resp.map(|_| Either::Right(Full::new(Bytes::new()))));
+            return AttemptOutcome::Done(resp.map(|_| full(Bytes::new())));
         }
         let content_type = resp
             .headers()

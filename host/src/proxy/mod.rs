@@ -6,6 +6,7 @@ mod body;
 mod connection;
 mod fallback;
 mod headers;
+mod job;
 mod json_field;
 mod outgoing;
 mod path;
@@ -16,6 +17,7 @@ mod service;
 mod tunnel;
 mod upstream;
 mod usage;
+mod websocket;
 mod worker;
 
 pub use headers::X_SWITCHYARD_BACKEND;

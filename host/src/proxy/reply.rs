@@ -3,12 +3,11 @@
 //! headers that describe a decision.
 
 use super::request_body::ClientBodyError;
-use super::service::ResponseBody;
+use super::service::{ResponseBody, full};
 use super::worker::Choice;
 use crate::route::{Route, auth};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{Either, Full};
 
 /// The answer to a request whose body could not be read: 408 when the
 /// client stalled, 400 when its body was malformed or cut.
@@ -50,7 +49,7 @@ pub fn unauthorized(refusal: auth::Refusal) -> Response<ResponseBody> {
 
 /// A reply of the proxy's own, in plain text.
 pub fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    let mut resp = Response::new(Either::Right(Full::new(body.into())));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

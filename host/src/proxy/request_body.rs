@@ -28,7 +28,8 @@ pub enum ClientBodyError {
 /// A client's request body with a read deadline between frames.
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
+    /// `None` for a body the proxy already holds whole (a job's request).
+    inner: Option<Incoming>,
     /// Longest wait for the next frame; zero: no limit.
     gap: Duration,
     /// Made on the first wait, so bodies that arrive at once never touch a
@@ -40,8 +41,18 @@ pub struct ClientBody {
 impl ClientBody {
     pub fn new(inner: Incoming, gap: Duration) -> ClientBody {
         ClientBody {
-            inner,
+            inner: Some(inner),
             gap,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// A body with nothing (left) to read.
+    pub fn empty() -> ClientBody {
+        ClientBody {
+            inner: None,
+            gap: Duration::ZERO,
             timer: None,
             armed: false,
         }
@@ -57,7 +68,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::from)))
@@ -81,11 +95,13 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 /// Why a request could not be held whole.
@@ -155,6 +171,15 @@ pub struct Peeked {
 }
 
 impl Peeked {
+    /// A body read whole, `limit` bytes of it shown to the router.
+    pub fn whole(body: Bytes, limit: usize) -> Peeked {
+        Peeked {
+            head: body,
+            complete: true,
+            limit,
+        }
+    }
+
     /// The part a router may see: the first `limit` bytes, and whether they
     /// are the whole body.
     pub fn view(&self) -> super::worker::BodyView<'_> {

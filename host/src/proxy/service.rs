@@ -6,6 +6,7 @@
 use super::attempt::Dispatch;
 use super::body::ProxiedBody;
 use super::headers::{X_SWITCHYARD_BACKEND, X_SWITCHYARD_DEBUG};
+use super::job::EventBody;
 use super::outgoing::with_path;
 use super::path;
 use super::reply::{body_failed, decision_details, reply, unauthorized};
@@ -21,9 +22,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Body of every response the proxy sends: streamed from a backend, or a
-/// short reply of its own.
-pub type ResponseBody = Either<ProxiedBody, Full<Bytes>>;
+/// Body of every response the proxy sends: streamed from a backend, a
+/// short reply of its own, or a job's events.
+pub type ResponseBody = Either<ProxiedBody, Either<Full<Bytes>, EventBody>>;
+
+/// A short body of the proxy's own.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Either::Right(Either::Left(Full::new(bytes.into())))
+}
 
 /// Facts about the client connection, computed once per connection.
 pub struct ClientConn {
@@ -61,6 +67,9 @@ pub async fn serve(
             metrics::counter!("switchyard_paths_refused_total").increment(1);
             return Ok(reply(StatusCode::BAD_REQUEST, format!("{e}\n")));
         }
+    }
+    if table.jobs.is_some() && req.uri().path().starts_with("/jobs/") {
+        return Ok(Box::pin(super::job::resume(table.clone(), req)).await);
     }
     let Some(route) = table.find(&req) else {
         return Ok(reply(
@@ -109,6 +118,21 @@ pub async fn serve(
             }
         },
     };
+    if route.jobs.is_some() {
+        let call = super::job::JobCall {
+            worker: worker.clone(),
+            table: table.clone(),
+            route: table
+                .routes
+                .iter()
+                .position(|r| std::ptr::eq(r, route))
+                .unwrap_or_default(),
+            client: client.clone(),
+            caller: caller.as_ref().map(|c| c.name.clone()),
+            permit,
+        };
+        return Ok(Box::pin(super::job::serve(call, req)).await);
+    }
     let debug = table.debug_header && req.headers().contains_key(&X_SWITCHYARD_DEBUG);
     // Boxed, like the other rarely used state: every byte of this future
     // is copied once per request when hyper stores it.
@@ -157,6 +181,7 @@ pub async fn serve(
                 route,
                 backend_header: table.backend_header,
                 caller: caller.as_ref().map(|c| c.name.clone()),
+                job: None,
             };
             dispatch
                 .forward(

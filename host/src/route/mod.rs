@@ -12,7 +12,8 @@ pub use auth::{ClientIdentity, ClientKeys};
 pub use deadlines::{Deadlines, bounded};
 pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 
-use crate::config::{RetryConfig, RouteConfig};
+use crate::config::{JobsConfig, RetryConfig, RouteConfig};
+use crate::jobs::{JobStore, RouteJobs};
 use crate::plugin::RouterPlugin;
 use http::{HeaderName, HeaderValue, Request};
 use std::sync::Arc;
@@ -188,6 +189,15 @@ pub struct Route {
     /// Client keys, when the route requires one.
     pub auth: Option<Arc<ClientKeys>>,
     pub metrics: RouteMetrics,
+    /// Set on a job route (`mode = "job"`).
+    pub jobs: Option<Arc<JobRoute>>,
+}
+
+/// What a job route needs: its settings, the store, its counts.
+pub struct JobRoute {
+    pub settings: JobsConfig,
+    pub store: Arc<JobStore>,
+    pub counts: Arc<RouteJobs>,
 }
 
 /// Everything a request needs: routes in match order, their pools and
@@ -203,6 +213,9 @@ pub struct RouteTable {
     pub debug_header: bool,
     /// Longest wait for the next bytes of a request body.
     pub body_read_timeout: std::time::Duration,
+    /// The store of the job routes, when there are any; `/jobs/<id>` finds
+    /// a job there.
+    pub jobs: Option<Arc<JobStore>>,
 }
 
 // === impl RouteTable ===
@@ -211,6 +224,11 @@ impl RouteTable {
     /// The first route `req` matches.
     pub fn find<B>(&self, req: &Request<B>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(req))
+    }
+
+    /// The route named `name`.
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 }
 
