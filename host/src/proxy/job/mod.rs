@@ -453,7 +453,10 @@ struct BadEventId;
 
 impl BadEventId {
     fn response(&self) -> Response<ResponseBody> {
-        reply(StatusCode::BAD_REQUEST, "last-event-id is not an event id\n")
+        reply(
+            StatusCode::BAD_REQUEST,
+            "last-event-id is not an event id\n",
+        )
     }
 }
 
