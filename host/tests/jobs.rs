@@ -349,6 +349,21 @@ fn websocket_and_sse_clients_get_every_event_in_order() {
     eventually("both jobs finished", || {
         status(replica.admin)["routes"][0]["jobs"]["finished"] == 2
     });
+    // The results' usage counts like a response's.
+    let (_, metrics) = exchange(
+        replica.admin,
+        "GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    );
+    let prompt: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_tokens_total{") && l.contains(r#"kind="prompt""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(prompt, 14.0, "7 prompt tokens per job");
+    assert!(
+        metrics.contains("switchyard_job_relay_lag_seconds"),
+        "relay lag is measured"
+    );
 }
 
 #[test]

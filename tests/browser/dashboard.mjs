@@ -47,7 +47,8 @@ try {
   say("breaker-seen");
   await page.screenshot({ path: screenshot, fullPage: true });
   const routes = await page.locator("[data-route]").count();
-  say(JSON.stringify({ errors, open, routes }));
+  const jobs = await page.locator('[data-job-route="long"] [data-role="jobs-running"]').textContent();
+  say(JSON.stringify({ errors, open, routes, jobs }));
 } finally {
   await browser.close();
   input.close();

@@ -25,6 +25,7 @@ async fn dashboard_in_a_real_browser() {
         "[pools.agents]\nbackends = [{}]\nmax_fails = 0\n\
          health = {{ path = \"/health\", interval = \"200ms\", body_limit = \"1KiB\", plugin = \"resource-health.wasm\" }}\n\
          breaker = {{ plugin = \"error-rate-breaker.wasm\", config = {{ min_requests = 5, window = \"2s\", cool_down = \"60s\" }} }}\n\
+         [[routes]]\nname = \"long\"\npool = \"agents\"\nmatch = {{ path_prefix = \"/long\" }}\nmode = \"job\"\n\
          [[routes]]\nname = \"chat\"\npool = \"agents\"\nrouter = {{ plugin = \"round-robin.wasm\" }}\n",
         entries.join(", ")
     );
@@ -64,7 +65,11 @@ async fn dashboard_in_a_real_browser() {
     let report: serde_json::Value = serde_json::from_str(&next().await).unwrap();
     assert_eq!(report["errors"], serde_json::json!([]), "console errors");
     assert_eq!(report["open"], "agents/agent-3");
-    assert_eq!(report["routes"], 1);
+    assert_eq!(report["routes"], 2);
+    assert_eq!(
+        report["jobs"], "0 / 10000",
+        "the job route's running jobs and limit"
+    );
     drop(stdin);
     let exited = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
     assert!(exited.expect("the browser script exits").unwrap().success());

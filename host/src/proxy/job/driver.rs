@@ -108,6 +108,7 @@ pub(super) async fn drive(
             let end = watch(store, id, accepted, &jobs.settings, &reached.name).await;
             let (outcome, timing) = end.outcome(started);
             reached.pool.record(reached.id, outcome, timing);
+            count_tokens(&route.name, &reached, call.caller.as_deref(), &timing);
             if end.ended_by_worker {
                 let _ = store.keep(id, ttl).await;
             }
@@ -141,6 +142,40 @@ pub(super) async fn drive(
                 JobEnd::Failed
             }
         }
+    }
+}
+
+/// Counts the tokens an accepted job's result reported, as the data path
+/// counts a response's `usage`.
+fn count_tokens(route: &str, reached: &Reached, caller: Option<&str>, timing: &Timing) {
+    if timing.prompt_tokens == 0 && timing.completion_tokens == 0 {
+        return;
+    }
+    let backend = &reached.pool.backends[reached.id as usize];
+    let labels = |kind: &'static str| {
+        [
+            ("route", route.to_string()),
+            ("backend", reached.name.clone()),
+            ("client", caller.unwrap_or("").to_string()),
+            ("kind", kind.to_string()),
+        ]
+    };
+    metrics::counter!("switchyard_tokens_total", &labels("prompt"))
+        .increment(u64::from(timing.prompt_tokens));
+    metrics::counter!("switchyard_tokens_total", &labels("completion"))
+        .increment(u64::from(timing.completion_tokens));
+    let (prompt_price, completion_price) = backend.prices;
+    let usd = (f64::from(timing.prompt_tokens) * prompt_price
+        + f64::from(timing.completion_tokens) * completion_price)
+        / 1e6;
+    if usd > 0.0 {
+        let labels = [
+            ("route", route.to_string()),
+            ("backend", reached.name.clone()),
+            ("client", caller.unwrap_or("").to_string()),
+        ];
+        metrics::counter!("switchyard_cost_microdollars_total", &labels)
+            .increment((usd * 1e6).round() as u64);
     }
 }
 
