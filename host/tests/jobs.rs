@@ -583,6 +583,49 @@ fn least_outstanding_counts_a_running_job_on_its_worker() {
 }
 
 #[test]
+fn a_job_no_worker_can_take_ends_with_503() {
+    let admin: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let step = Duration::from_millis(300);
+    let worker = Worker::start(
+        "w1",
+        Behaviour::Steps { steps: 4, step },
+        Sink::Admin(admin.clone()),
+    );
+    let config = job_config(&[&worker], "memory", "job_timeout = \"5s\"")
+        .replace("[pools.workers]\n", "[pools.workers]\nmax_in_flight = 1\n");
+    let replica = Replica::launch("memory", &config);
+    *admin.lock().expect("lock") = Some(replica.admin);
+    let (code, text) = post(
+        replica.addr,
+        "/agents/run",
+        "prefer: respond-async\r\n",
+        "{}",
+    );
+    assert_eq!(code, 202, "{text}");
+    eventually("the first job runs on the worker", || {
+        worker.jobs().len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // The worker runs one job at a time: the next has nowhere to go.
+    let (code, text) = post(replica.addr, "/agents/run", "", "{}");
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("at capacity"), "{text}");
+    assert_eq!(worker.jobs().len(), 1);
+    // Once the first has ended, the worker takes jobs again.
+    eventually("the first job ended", || {
+        status(replica.admin)["routes"][0]["jobs"]["finished"] == 1
+    });
+    let (code, text) = post(
+        replica.addr,
+        "/agents/run",
+        "prefer: respond-async\r\n",
+        "{}",
+    );
+    assert_eq!(code, 202, "{text}");
+    eventually("the worker took the next job", || worker.jobs().len() == 2);
+}
+
+#[test]
 fn the_in_process_store_serves_direct_answers_polls_and_limits() {
     let worker = Worker::start(
         "w1",
@@ -723,4 +766,28 @@ fn an_unreachable_redis_refuses_new_jobs_and_relays_report_it() {
     assert!(text.contains("job store unavailable"), "{text}");
     assert!(asked.elapsed() < Duration::from_secs(5));
     assert!(status(replica.admin)["routes"][0]["jobs"]["refused"].as_u64() >= Some(1));
+}
+
+#[test]
+fn the_long_jobs_example_runs() {
+    // examples/long-jobs/run.sh: Redis, two workers, two replicas, a
+    // client that drops halfway and resumes on the other replica; it exits
+    // non-zero unless every event arrived once and in order.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/long-jobs/run.sh");
+    // Bounded: `timeout` stops the whole run should anything hang.
+    let out = Command::new("timeout")
+        .args(["120", "bash", script])
+        .env("SWITCHYARD_BIN", env!("CARGO_BIN_EXE_switchyard"))
+        .env("STEPS", "4")
+        .env("STEP", "0.3")
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 progress events, result"), "{stdout}");
+    assert!(stdout.contains("-- resumed on 127.0.0.1:8082"), "{stdout}");
 }
