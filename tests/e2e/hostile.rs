@@ -280,7 +280,7 @@ async fn a_trickled_upload_times_out_and_frees_its_admission_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_max_connections_are_closed_on_accept() {
+async fn connections_past_max_connections_are_refused_with_503() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = mock("b");
     let config = format!(
@@ -307,12 +307,23 @@ async fn connections_past_max_connections_are_closed_on_accept() {
     let _ = extra
         .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf)).await;
+    // The fifth is told why, and closed: never served.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), extra.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the refused connection was closed in time");
+    let text = String::from_utf8_lossy(&answer);
     assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "a fifth connection was served: {read:?}"
+        text.starts_with("HTTP/1.1 503")
+            && text.contains("max_connections")
+            && !text.contains("200 OK"),
+        "a fifth connection: {text:?}"
     );
+    assert_eq!(b.requests(), 0, "nothing reached the backend");
+    // A flood of them is refused the same way and frees its descriptors.
+    for _ in 0..100 {
+        let s = tokio::net::TcpStream::connect(proxy.addr()).await;
+        drop(s);
+    }
     drop(held);
     // Until the proxy has seen the held connections close, a new one may
     // still be refused: try on fresh sockets until one is served.

@@ -22,8 +22,9 @@ pub struct ServerConfig {
     #[serde(default = "default_header_read", with = "duration")]
     pub header_read_timeout: Duration,
     /// Client connections served at once, all workers; more are closed on
-    /// accept. 0: half the open-file limit, leaving the rest for upstream
-    /// connections and files.
+    /// accept. 0: half the open-file limit after a reserve for the
+    /// proxy's own files, so each client connection can have an upstream
+    /// one. Over it, a connection is answered 503 and closed.
     #[serde(default)]
     pub max_connections: usize,
     /// Longest wait for the next bytes of a request body (nginx's

@@ -50,7 +50,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(table: RouteTable, server: ServerConfig) -> Arc<Shared> {
         let max_connections = match server.max_connections {
-            0 => (open_file_limit() / 2).max(64) as usize,
+            0 => default_max_connections(open_file_limit()),
             n => n,
         };
         Arc::new(Shared {
@@ -69,6 +69,15 @@ impl Shared {
         });
         taken.ok().map(|_| ConnectionSlot(self.clone()))
     }
+}
+
+/// Client connections allowed by default under an open-file limit of
+/// `limit`: one descriptor for the client and one for its upstream
+/// connection (a tunnel holds both), after a reserve for listeners, the
+/// event loop, idle upstream connections, logs and plugin files.
+fn default_max_connections(limit: u64) -> usize {
+    let reserve = (limit / 8).min(256);
+    (limit.saturating_sub(reserve) / 2).max(64) as usize
 }
 
 /// One client connection's place under `max_connections`, freed on drop.
@@ -248,6 +257,7 @@ async fn serve(
     // Each connection task holds a sender; the drain waits until all are gone.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut accept_errors = AcceptErrors::default();
+    let refusals = Refusals::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -263,7 +273,8 @@ async fn serve(
                 };
                 let Some(slot) = shared.connection_slot() else {
                     metrics::counter!("switchyard_connections_refused_total").increment(1);
-                    continue; // dropped: closed at once
+                    refusals.refuse(stream, acceptor.is_some());
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let client = Rc::new(ClientConn::new(peer));
@@ -356,6 +367,42 @@ async fn request_starts(
         }
     };
     matches!(tokio::time::timeout(limit, wait).await, Ok(true))
+}
+
+/// Connections over `max_connections`: a plain-HTTP client is told so with
+/// a 503 (written without waiting, its request drained for at most a
+/// second so the answer is not lost to a reset); a TLS one, or any beyond
+/// [`Refusals::MAX`] being refused at once, is closed.
+#[derive(Default, Clone)]
+struct Refusals(Rc<std::cell::Cell<u32>>);
+
+impl Refusals {
+    const MAX: u32 = 64;
+    const ANSWER: &'static [u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 51\r\n\r\n\
+the proxy is at server.max_connections; try again\r\n";
+
+    fn refuse(&self, stream: tokio::net::TcpStream, tls: bool) {
+        if tls || self.0.get() >= Self::MAX {
+            return; // dropped: closed at once
+        }
+        self.0.set(self.0.get() + 1);
+        let count = self.clone();
+        tokio::task::spawn_local(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = stream;
+            let drain = async {
+                stream.write_all(Self::ANSWER).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+            count.0.set(count.0.get() - 1);
+        });
+    }
 }
 
 /// Accept failures, logged at most once a second with a count.
