@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Connection scale and long jobs, on loopback:
 #  1. COUNT (10,000) idle WebSockets held through the proxy to an echo
-#     backend: the proxy's RSS per connection, its CPU and wakeups at rest;
+#     backend (as many as the open-file limit allows: each is two sockets
+#     in the proxy), and COUNT idle WebSockets each following a running
+#     job: the proxy's RSS per connection, its CPU and wakeups at rest;
 #  2. the same against a proxy started with a 1,024 open-file limit: what
 #     happens at the limit (and that the proxy still serves afterwards);
 #  3. JOBS (1,000) concurrent jobs of DURATION (30 s) with a progress event
@@ -47,6 +49,9 @@ pids+=($!)
 pids+=($!)
 "$python" "$bench" worker --listen 127.0.0.1:9301 --redis redis://127.0.0.1:6399 --duration "$duration" --every 1 &
 pids+=($!)
+# Jobs that stay quiet for minutes: the idle-job case.
+"$python" "$bench" worker --listen 127.0.0.1:9302 --redis redis://127.0.0.1:6399 --duration 240 --every 120 &
+pids+=($!)
 mkdir -p "$work/plugins"
 config() { # listen admin
   cat <<TOML
@@ -69,6 +74,16 @@ backends = [{ name = "echo", address = "127.0.0.1:9300" }]
 [pools.workers]
 backends = [{ name = "worker", address = "127.0.0.1:9301" }]
 
+[pools.quiet]
+backends = [{ name = "quiet", address = "127.0.0.1:9302" }]
+
+[[routes]]
+name = "idle-jobs"
+pool = "quiet"
+match = { path_prefix = "/idle-jobs" }
+mode = "job"
+jobs = { store = "redis", ttl = "1h", heartbeat = "15s", job_timeout = "5m", max_in_flight = 20000 }
+
 [[routes]]
 name = "jobs"
 pool = "workers"
@@ -89,11 +104,15 @@ pids+=($proxy)
 prlimit --nofile=1024:1024 "$bin" run --config "$work/b.toml" 2>"$work/b.log" &
 small=$!
 pids+=($small)
-for port in 6399 9300 9301 8400 8401; do wait_port "$port"; done
+for port in 6399 9300 9301 9302 8400 8401; do wait_port "$port"; done
 sleep 1
 
-echo "== $count idle WebSockets through the proxy"
-"$python" "$bench" hold --url ws://127.0.0.1:8400/ws --count "$count" --pid "$proxy" --rest 10
+limit=$(ulimit -Sn)
+tunnels=$(( count < (limit - 300) / 2 ? count : (limit - 300) / 2 ))
+echo "== $tunnels idle WebSockets through the proxy to an echo backend (two sockets each)"
+"$python" "$bench" hold --url ws://127.0.0.1:8400/ws --count "$tunnels" --pid "$proxy" --rest 10
+echo "== $count idle WebSockets, each following a running job"
+"$python" "$bench" hold --url ws://127.0.0.1:8400/idle-jobs/run --count "$count" --pid "$proxy" --rest 10 --job
 echo "== 1,500 WebSockets against a proxy with a 1,024 open-file limit"
 "$python" "$bench" hold --url ws://127.0.0.1:8401/ws --count 1500 --pid "$small" --rest 2
 refused=$(curl -s 127.0.0.1:9401/metrics | awk '/^switchyard_connections_refused_total/ {print $2}')

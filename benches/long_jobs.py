@@ -78,7 +78,9 @@ async def echo(listen):
         await asyncio.Future()
 
 
-async def hold(url, count, pid, rest):
+async def hold(url, count, pid, rest, job):
+    """Holds COUNT WebSockets; with `job`, each starts a job (its first
+    message back is `accepted`) instead of echoing."""
     import websockets
 
     base = rss_kib(pid)
@@ -91,8 +93,11 @@ async def hold(url, count, pid, rest):
             try:
                 ws = await websockets.connect(url, open_timeout=30, ping_interval=None, max_queue=4,
                                               compression=None)
-                await ws.send(f"hello {i}")
-                if await asyncio.wait_for(ws.recv(), 30) != f"hello {i}":
+                await ws.send(json.dumps({"task": i}) if job else f"hello {i}")
+                answer = await asyncio.wait_for(ws.recv(), 30)
+                if job and json.loads(answer)["type"] != "accepted":
+                    raise RuntimeError(f"not accepted: {answer[:80]}")
+                if not job and answer != f"hello {i}":
                     raise RuntimeError("wrong echo")
                 conns.append(ws)
             except Exception as e:
@@ -106,15 +111,15 @@ async def hold(url, count, pid, rest):
     cpu0, wake0, t0 = cpu_seconds(pid), wakeups(pid), time.monotonic()
     await asyncio.sleep(rest)
     cpu1, wake1, t1 = cpu_seconds(pid), wakeups(pid), time.monotonic()
-    # Still open after the rest? Every one echoes again.
-    alive = 0
-    for ws in conns:
+    # Still open after the rest? Every one answers a ping.
+    async def answers(ws):
         try:
-            await ws.send("again")
-            if await asyncio.wait_for(ws.recv(), 10) == "again":
-                alive += 1
+            await asyncio.wait_for(await ws.ping(), 10)
+            return 1
         except Exception:
-            pass
+            return 0
+
+    alive = sum(await asyncio.gather(*(answers(ws) for ws in conns)))
     for ws in conns:
         await ws.close()
     print(json.dumps({
@@ -210,6 +215,7 @@ def main():
     h.add_argument("--count", type=int, default=10000)
     h.add_argument("--pid", type=int, required=True)
     h.add_argument("--rest", type=float, default=10)
+    h.add_argument("--job", action="store_true")
     w = sub.add_parser("worker")
     w.add_argument("--listen", required=True)
     w.add_argument("--redis", required=True)
@@ -223,7 +229,7 @@ def main():
     if a.cmd == "echo":
         asyncio.run(echo(a.listen))
     elif a.cmd == "hold":
-        asyncio.run(hold(a.url, a.count, a.pid, a.rest))
+        asyncio.run(hold(a.url, a.count, a.pid, a.rest, a.job))
     elif a.cmd == "worker":
         asyncio.run(worker(a.listen, a.redis, a.duration, a.every))
     else:

@@ -342,6 +342,84 @@ async fn connections_past_max_connections_are_refused_with_503() {
     .await;
 }
 
+/// Opens an `upgrade: echo` tunnel through the proxy and checks it echoes.
+async fn open_tunnel(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+    s
+}
+
+/// An upgraded connection (a WebSocket) keeps its place under
+/// `max_connections` for as long as its tunnel lives, though hyper is done
+/// with it after the `101`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_count_under_max_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = mock("ws");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_full(&config, "max_connections = 3", None);
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(open_tunnel(proxy.addr()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let _ = extra
+        .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), extra.read_to_end(&mut answer)).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 503"),
+        "three tunnels fill three places: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Closing a tunnel frees its place.
+    drop(tunnels.pop());
+    let addr = proxy.addr();
+    eventually(
+        Duration::from_secs(3),
+        "a tunnel's place to free",
+        || async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                return false;
+            };
+            let _ = s
+                .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
+            answer.starts_with(b"HTTP/1.1 200")
+        },
+    )
+    .await;
+}
+
 /// A plugin whose `init` hangs after its first instances were made (at
 /// load) never stalls a worker: instances are made off the request path,
 /// and until one is ready the failure policy decides.

@@ -234,7 +234,7 @@ impl Dispatch<'_> {
                     client_upgrade,
                     upstream_upgrade,
                     exchange,
-                    permit.take(),
+                    (permit.take(), out.slot.take()),
                 ));
             }
             return AttemptOutcome::Done(resp.map(|_| full(Bytes::new())));

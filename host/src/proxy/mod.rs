@@ -62,12 +62,14 @@ impl Shared {
     }
 
     /// Takes a connection slot, or `None` at `max_connections`.
-    fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    fn connection_slot(self: &Arc<Self>) -> Option<HeldSlot> {
         use std::sync::atomic::Ordering::Relaxed;
         let taken = self.connections.fetch_update(Relaxed, Relaxed, |n| {
             (n < self.max_connections).then_some(n + 1)
         });
-        taken.ok().map(|_| ConnectionSlot(self.clone()))
+        taken
+            .ok()
+            .map(|_| HeldSlot(Arc::new(ConnectionSlot(self.clone()))))
     }
 }
 
@@ -82,6 +84,13 @@ fn default_max_connections(limit: u64) -> usize {
 
 /// One client connection's place under `max_connections`, freed on drop.
 struct ConnectionSlot(Arc<Shared>);
+
+/// A hold on a connection's slot. The connection task has one; a request
+/// that asks for an upgrade carries another in its extensions, which the
+/// tunnel (or job relay) keeps, so an upgraded connection counts under
+/// `max_connections` for as long as it lives.
+#[derive(Clone)]
+pub(crate) struct HeldSlot(#[allow(dead_code)] Arc<ConnectionSlot>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -281,7 +290,11 @@ async fn serve(
                 let worker = worker.clone();
                 let activity = connection::Activity::new();
                 let requests = activity.clone();
-                let service = service_fn(move |req| {
+                let upgrade_slot = slot.clone();
+                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    if req.headers().contains_key(http::header::UPGRADE) {
+                        req.extensions_mut().insert(upgrade_slot.clone());
+                    }
                     let request = requests.start();
                     let served = service::serve(worker.clone(), client.clone(), req);
                     async move {

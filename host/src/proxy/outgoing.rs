@@ -23,6 +23,8 @@ pub struct Outgoing {
     /// Send the client's `host` rather than the backend's.
     preserve_host: bool,
     pub upgrade: Option<OnUpgrade>,
+    /// The client connection's slot, kept by a tunnel.
+    pub slot: Option<super::HeldSlot>,
 }
 
 // === impl Outgoing ===
@@ -41,10 +43,13 @@ impl Outgoing {
     ) -> Result<Outgoing, ClientBodyError> {
         let (mut parts, body) = req.into_parts();
         let upgrade = is_upgrade(&parts.headers);
-        let client_upgrade = if upgrade {
-            parts.extensions.remove::<OnUpgrade>()
+        let (client_upgrade, slot) = if upgrade {
+            (
+                parts.extensions.remove::<OnUpgrade>(),
+                parts.extensions.remove::<super::HeldSlot>(),
+            )
         } else {
-            None
+            (None, None)
         };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if route.auth.is_some() && !route.pool.pass_client_auth {
@@ -77,6 +82,7 @@ impl Outgoing {
                 retry_answers,
                 preserve_host: route.preserve_host,
                 upgrade: client_upgrade,
+                slot,
             }),
             Err(Held::Streamed(req)) => Ok(Outgoing {
                 replay: None,
@@ -84,6 +90,7 @@ impl Outgoing {
                 retry_answers: false,
                 preserve_host: route.preserve_host,
                 upgrade: client_upgrade,
+                slot,
             }),
             Err(Held::Failed(e)) => Err(e),
         }

@@ -7,12 +7,13 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 /// Relays bytes both ways after a protocol switch; the exchange (and the
-/// backend's in-flight count) lasts as long as the tunnel.
+/// backend's in-flight count), the route's admission slot and the client
+/// connection's place under `max_connections` last as long as the tunnel.
 pub async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
     exchange: Exchange,
-    permit: Option<Permit>,
+    held: (Option<Permit>, Option<super::HeldSlot>),
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -27,5 +28,5 @@ pub async fn tunnel(
         tracing::debug!("tunnel ended: {e}");
     }
     drop(exchange);
-    drop(permit);
+    drop(held);
 }

@@ -123,8 +123,10 @@ pub async fn serve(call: JobCall, mut req: Request<ClientBody>) -> Response<Resp
     if mode == Follow::WebSocket {
         let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
         let on_upgrade = hyper::upgrade::on(&mut req);
+        let slot = req.extensions_mut().remove::<crate::proxy::HeldSlot>();
         let (parts, _) = req.into_parts();
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
@@ -256,10 +258,12 @@ async fn follow_existing(
     match mode {
         Follow::WebSocket => {
             let on_upgrade = hyper::upgrade::on(&mut *req);
+            let slot = req.extensions_mut().remove::<crate::proxy::HeldSlot>();
             let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
             let max = jobs.settings.max_body as usize;
             let route = route.to_string();
             tokio::task::spawn_local(async move {
+                let _slot = slot;
                 let Ok(upgraded) = on_upgrade.await else {
                     return;
                 };
