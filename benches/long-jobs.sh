@@ -10,6 +10,7 @@
 #     every second, through Redis: lag from the worker's XADD to the client.
 #
 #   benches/long-jobs.sh                 # COUNT=10000 JOBS=1000 DURATION=30
+#   PARTS="relays lag" benches/long-jobs.sh   # some of: tunnels relays limit lag
 #
 # Raises its own open-file limit (root, or a hard limit high enough, is
 # needed for 10,000 proxied sockets: each holds two descriptors).
@@ -96,29 +97,42 @@ name = "ws"
 pool = "echo"
 TOML
 }
-config 8400 9400 >"$work/a.toml"
-config 8401 9401 >"$work/b.toml"
-"$bin" run --config "$work/a.toml" 2>"$work/a.log" &
-proxy=$!
-pids+=($proxy)
-prlimit --nofile=1024:1024 "$bin" run --config "$work/b.toml" 2>"$work/b.log" &
-small=$!
-pids+=($small)
-for port in 6399 9300 9301 9302 8400 8401; do wait_port "$port"; done
-sleep 1
+# A fresh proxy per measurement, so each starts from the same RSS.
+start_proxy() { # name listen admin [prlimit args]
+  local name=$1 listen=$2 admin=$3
+  shift 3
+  config "$listen" "$admin" >"$work/$name.toml"
+  "$@" "$bin" run --config "$work/$name.toml" 2>"$work/$name.log" &
+  pids+=($!)
+  last_pid=$!
+  wait_port "$listen"
+}
+for port in 6399 9300 9301 9302; do wait_port "$port"; done
 
+parts=" ${PARTS:-tunnels relays limit lag} "
 limit=$(ulimit -Sn)
 tunnels=$(( count < (limit - 300) / 2 ? count : (limit - 300) / 2 ))
-echo "== $tunnels idle WebSockets through the proxy to an echo backend (two sockets each)"
-"$python" "$bench" hold --url ws://127.0.0.1:8400/ws --count "$tunnels" --pid "$proxy" --rest 10
-echo "== $count idle WebSockets, each following a running job"
-"$python" "$bench" hold --url ws://127.0.0.1:8400/idle-jobs/run --count "$count" --pid "$proxy" --rest 10 --job
-echo "== 1,500 WebSockets against a proxy with a 1,024 open-file limit"
-"$python" "$bench" hold --url ws://127.0.0.1:8401/ws --count 1500 --pid "$small" --rest 2
-refused=$(curl -s 127.0.0.1:9401/metrics | awk '/^switchyard_connections_refused_total/ {print $2}')
-after=$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:8401/ws)
-echo "{\"connections_refused_total\": ${refused:-0}, \"plain_request_after\": $after}"
-grep -m1 "open-file limit" "$work/b.log" || true
-echo "== $jobs concurrent jobs of ${duration}s, a progress event a second"
-"$python" "$bench" jobs --url ws://127.0.0.1:8400/jobs-bench/run --count "$jobs"
-curl -s 127.0.0.1:9400/metrics | grep -E '^switchyard_job_relay_lag_seconds_(count|sum)' || true
+if [[ $parts == *" tunnels "* ]]; then
+  start_proxy tunnels 8400 9400
+  echo "== $tunnels idle WebSockets through the proxy to an echo backend (two sockets each)"
+  "$python" "$bench" hold --url ws://127.0.0.1:8400/ws --count "$tunnels" --pid "$last_pid" --rest 10
+fi
+if [[ $parts == *" relays "* ]]; then
+  start_proxy relays 8401 9401
+  echo "== $count idle WebSockets, each following a running job"
+  "$python" "$bench" hold --url ws://127.0.0.1:8401/idle-jobs/run --count "$count" --pid "$last_pid" --rest 20 --job
+fi
+if [[ $parts == *" limit "* ]]; then
+  start_proxy small 8402 9402 prlimit --nofile=1024:1024
+  echo "== 1,500 WebSockets against a proxy with a 1,024 open-file limit"
+  "$python" "$bench" hold --url ws://127.0.0.1:8402/ws --count 1500 --pid "$last_pid" --rest 2
+  refused=$(curl -s 127.0.0.1:9402/metrics | awk '/^switchyard_connections_refused_total/ {print $2}')
+  after=$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:8402/ws)
+  echo "{\"connections_refused_total\": ${refused:-0}, \"plain_request_after\": $after}"
+fi
+if [[ $parts == *" lag "* ]]; then
+  start_proxy lag 8403 9403
+  echo "== $jobs concurrent jobs of ${duration}s, a progress event a second"
+  "$python" "$bench" jobs --url ws://127.0.0.1:8403/jobs-bench/run --count "$jobs"
+  "$python" "$bench" proxy-lag --metrics http://127.0.0.1:9403/metrics
+fi

@@ -49,14 +49,19 @@ def cpu_seconds(pid):
 
 
 def wakeups(pid):
-    """Context switches of every thread of `pid`: how often it woke."""
-    total = 0
+    """Context switches of each thread of `pid`, by thread name: how often
+    each woke."""
+    by_name = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
+        name, switches = "?", 0
         with open(f"/proc/{pid}/task/{tid}/status") as f:
             for line in f:
+                if line.startswith("Name:"):
+                    name = line.split(None, 1)[1].strip()
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                    total += int(line.split()[1])
-    return total
+                    switches += int(line.split()[1])
+        by_name[name] = by_name.get(name, 0) + switches
+    return by_name
 
 
 def percentile(values, p):
@@ -128,7 +133,10 @@ async def hold(url, count, pid, rest, job):
         "proxy_rss_base_mib": round(base / 1024, 1), "proxy_rss_held_mib": round(held / 1024, 1),
         "proxy_rss_per_connection_kib": round((held - base) / max(1, len(conns)), 2),
         "proxy_cpu_at_rest_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 3),
-        "proxy_wakeups_per_second_at_rest": round((wake1 - wake0) / (t1 - t0), 1),
+        "proxy_wakeups_per_second_at_rest": round((sum(wake1.values()) - sum(wake0.values())) / (t1 - t0), 1),
+        "proxy_wakeups_per_second_by_thread": {
+            k: round((v - wake0.get(k, 0)) / (t1 - t0), 1) for k, v in wake1.items() if v != wake0.get(k, 0)
+        },
     }), flush=True)
 
 
@@ -205,6 +213,32 @@ async def jobs(url, count):
     }), flush=True)
 
 
+def proxy_lag(metrics_url):
+    """The proxy's own view of relay lag (from an event's stream id to its
+    relay), as bucket bounds of `switchyard_job_relay_lag_seconds`."""
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    buckets = []
+    count = 0
+    for line in text.splitlines():
+        if line.startswith("switchyard_job_relay_lag_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("switchyard_job_relay_lag_seconds_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    buckets.sort()
+
+    def bound(q):
+        for le, n in buckets:
+            if n >= q * count:
+                return le * 1000
+        return None
+
+    print(json.dumps({"relays_counted": int(count), "proxy_lag_p50_ms_at_most": bound(0.5),
+                      "proxy_lag_p99_ms_at_most": bound(0.99)}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -224,7 +258,11 @@ def main():
     j = sub.add_parser("jobs")
     j.add_argument("--url", required=True)
     j.add_argument("--count", type=int, default=1000)
+    m = sub.add_parser("proxy-lag")
+    m.add_argument("--metrics", required=True)
     a = p.parse_args()
+    if a.cmd == "proxy-lag":
+        return proxy_lag(a.metrics)
     raise_fd_limit()
     if a.cmd == "echo":
         asyncio.run(echo(a.listen))

@@ -35,6 +35,17 @@ pub mod kind {
     pub const HEARTBEAT: &str = "heartbeat";
 }
 
+/// Whether `kind` may name an event type: a short word of letters,
+/// digits, `-`, `_` and `.`, so it is safe in an event stream's `event:`
+/// field. Workers' other types are read as `progress`.
+pub fn is_event_type(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Most events one read returns.
 pub const MAX_READ: usize = 1000;
 /// Longest event data the proxy writes or relays, in bytes.
@@ -173,6 +184,8 @@ pub struct RouteJobs {
     /// Client connections following a job now.
     pub relays: AtomicU64,
     pub refused: AtomicU64,
+    /// Decaying average of relay lag (append to relay), in microseconds.
+    pub relay_lag_us: AtomicU64,
 }
 
 /// How a job ended, for its route's counts.
@@ -245,6 +258,20 @@ impl RouteJobs {
         RelayGuard(self.clone(), gauge)
     }
 
+    /// Notes one event's lag from its append to its relay.
+    pub fn note_lag(&self, lag: Duration) {
+        let sample = lag.as_micros().min(u128::from(u32::MAX)) as u64;
+        let old = self.relay_lag_us.load(Relaxed);
+        // An average over about the last 16 events; a lost update between
+        // threads only drops one sample.
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 15 + sample) / 16
+        };
+        self.relay_lag_us.store(new.max(1), Relaxed);
+    }
+
     /// The counts, for `/status` and the dashboard.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -256,6 +283,7 @@ impl RouteJobs {
             "resumed": self.resumed.load(Relaxed),
             "relays": self.relays.load(Relaxed),
             "refused": self.refused.load(Relaxed),
+            "relay_lag_ms": self.relay_lag_us.load(Relaxed) as f64 / 1000.0,
         })
     }
 }

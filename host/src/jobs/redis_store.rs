@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-/// How long the reader's `XREAD` blocks before it looks again.
-const BLOCK: Duration = Duration::from_secs(1);
+/// How long the reader's `XREAD` blocks before it looks again. A new
+/// subscription wakes it with `CLIENT UNBLOCK`; this bounds the wait of one
+/// that arrives just before the read starts, and the idle cost of sending
+/// every followed key again.
+const BLOCK: Duration = Duration::from_secs(2);
 /// Pause between attempts while Redis is unreachable.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -463,7 +466,7 @@ fn entries(value: &Value) -> Vec<Event> {
                         kv.first().and_then(text).as_deref(),
                         kv.get(1).and_then(text),
                     ) {
-                        (Some("type"), Some(v)) => kind = v,
+                        (Some("type"), Some(v)) if super::is_event_type(&v) => kind = v,
                         (Some("data"), Some(v)) => data = v,
                         _ => {}
                     }

@@ -50,7 +50,7 @@ impl Follower {
     pub(super) fn new(jobs: Arc<JobRoute>, id: JobId, after: Option<EventId>) -> Follower {
         let sub = jobs.store.subscribe(&id, after);
         let beat = jobs.settings.heartbeat;
-        let mut heartbeat = tokio::time::interval_at(TokioInstant::now() + beat, beat);
+        let mut heartbeat = tokio::time::interval_at(on_the_second() + beat, beat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Follower {
             until: TokioInstant::now() + jobs.settings.ttl,
@@ -77,7 +77,7 @@ impl Follower {
                             continue;
                         }
                         self.done = e.is_terminal();
-                        record_lag(&e);
+                        self.jobs.counts.note_lag(record_lag(&e));
                         return Next::Event(e);
                     }
                     Some(Delivery::Down(why)) => {
@@ -112,10 +112,23 @@ impl Follower {
     }
 }
 
+/// The next whole second of this process's clock. Heartbeats start on it,
+/// so the relays of one thread wake together, once a second at most,
+/// however many there are.
+fn on_the_second() -> TokioInstant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    let now = std::time::Instant::now();
+    let into = now.duration_since(epoch).as_nanos() % 1_000_000_000;
+    let wait = std::time::Duration::from_nanos((1_000_000_000 - into) as u64);
+    TokioInstant::from_std(now + wait)
+}
+
 /// Time from the event's append (its id's clock) to its relay.
-fn record_lag(e: &Event) {
-    let lag_ms = crate::jobs::unix_ms().saturating_sub(e.id.ms);
-    metrics::histogram!("switchyard_job_relay_lag_seconds").record(lag_ms as f64 / 1000.0);
+fn record_lag(e: &Event) -> std::time::Duration {
+    let lag = std::time::Duration::from_millis(crate::jobs::unix_ms().saturating_sub(e.id.ms));
+    metrics::histogram!("switchyard_job_relay_lag_seconds").record(lag.as_secs_f64());
+    lag
 }
 
 pub(super) fn event_json(e: &Event) -> serde_json::Value {
@@ -126,6 +139,9 @@ pub(super) fn event_json(e: &Event) -> serde_json::Value {
 }
 
 /// One server-sent event; every line of the data gets its own `data:`.
+/// CR, LF and CRLF all end a line of an event stream, so each of them
+/// starts a new `data:` line: a worker's data cannot forge a field or end
+/// the event early. The type is one of the store's checked ones.
 fn sse_event(id: Option<EventId>, kind: &str, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 48);
     if let Some(id) = id {
@@ -134,9 +150,13 @@ fn sse_event(id: Option<EventId>, kind: &str, data: &str) -> Bytes {
     out.push_str("event: ");
     out.push_str(kind);
     out.push('\n');
-    for line in data.split('\n') {
+    let mut lines = data.split('\n').flat_map(|l| {
+        let l = l.strip_suffix('\r').unwrap_or(l);
+        l.split('\r')
+    });
+    for line in lines.by_ref() {
         out.push_str("data: ");
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
@@ -349,5 +369,24 @@ pub(super) async fn wait_for_end(mut follower: Follower) -> Response<ResponseBod
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_data_cannot_forge_fields_or_end_the_event() {
+        let id = EventId { ms: 5, seq: 1 };
+        let forged = "one\rid: 99-0\r\nevent: result\n\ndata: x";
+        let text = String::from_utf8(sse_event(Some(id), "progress", forged).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "id: 5-1\nevent: progress\ndata: one\ndata: id: 99-0\ndata: event: result\ndata: \ndata: data: x\n\n"
+        );
+        // One event: the only blank line is its end.
+        assert_eq!(text.matches("\n\n").count(), 1);
+        assert!(!text.contains('\r'));
     }
 }
