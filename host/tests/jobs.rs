@@ -516,6 +516,54 @@ fn a_dead_worker_ends_the_job_with_an_error_within_job_timeout() {
 }
 
 #[test]
+fn a_job_whose_worker_and_replica_both_died_still_ends_with_an_error() {
+    let redis = Redis::start(free_port());
+    let worker = Worker::start("w1", Behaviour::Dies { steps: 1 }, Sink::Redis(redis.url()));
+    let config = job_config(&[&worker], "redis", "job_timeout = \"1s\"");
+    let (mut a, b) = (
+        Replica::launch(&redis.url(), &config),
+        Replica::launch(&redis.url(), &config),
+    );
+    let client = Client::start(&[
+        "sse",
+        &format!("http://{}/agents/run", a.addr),
+        "--body",
+        "{}",
+        "--stop-after",
+        "2",
+    ]);
+    let (seen, _) = client.rest(Duration::from_secs(10));
+    assert_eq!(kinds(&seen), ["accepted", "progress"]);
+    // The replica that watched the job goes before the job times out.
+    a.child.kill().expect("kill a");
+    let _ = a.child.wait();
+    let started = Instant::now();
+    let job = job_of(&seen);
+    let last = seen[1]["id"].as_str().expect("id");
+    let resumed = Client::start(&[
+        "sse",
+        &format!("http://{}/jobs/{job}", b.addr),
+        "--last-event-id",
+        last,
+    ]);
+    let (rest, how) = resumed.rest(Duration::from_secs(15));
+    assert_eq!(how, "eof", "{rest:?}");
+    assert_eq!(kinds(&rest), ["error"], "{rest:?}\n{}", b.log());
+    assert_eq!(rest[0]["data"]["error"], "job_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "after {:?}",
+        started.elapsed()
+    );
+    // The error is in the log for everyone: a later reader sees the end.
+    let (_, text) = exchange(
+        b.addr,
+        &format!("GET /jobs/{job} HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n"),
+    );
+    assert!(text.contains(r#""state":"failed""#), "{text}");
+}
+
+#[test]
 fn least_outstanding_counts_a_running_job_on_its_worker() {
     let admin: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
     let step = Duration::from_millis(500);
