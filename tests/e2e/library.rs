@@ -307,6 +307,93 @@ async fn fallback_chain_follows_its_order() {
     );
 }
 
+/// A vLLM-style `/metrics` page of over 100 KB (histograms first, as
+/// vLLM prints them), with the given queue and KV-cache use.
+fn vllm_page(waiting: u32, kv: f64) -> String {
+    let mut page = String::new();
+    for h in 0..60 {
+        page.push_str(&format!(
+            "# HELP vllm:histogram_{h}_seconds A latency histogram.\n# TYPE vllm:histogram_{h}_seconds histogram\n"
+        ));
+        for le in [
+            "0.001", "0.005", "0.01", "0.02", "0.04", "0.06", "0.08", "0.1", "0.25", "0.5", "0.75",
+            "1.0", "2.5", "5.0", "7.5", "10.0", "20.0", "40.0", "80.0", "+Inf",
+        ] {
+            page.push_str(&format!(
+                "vllm:histogram_{h}_seconds_bucket{{le=\"{le}\",model_name=\"meta-llama/Llama-3.1-8B-Instruct\"}} 1532.0\n"
+            ));
+        }
+    }
+    page.push_str(&format!(
+        "# TYPE vllm:num_requests_running gauge\n\
+         vllm:num_requests_running{{model_name=\"meta-llama/Llama-3.1-8B-Instruct\"}} 24.0\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{model_name=\"meta-llama/Llama-3.1-8B-Instruct\"}} {waiting}.0\n\
+         # TYPE vllm:gpu_cache_usage_perc gauge\n\
+         vllm:gpu_cache_usage_perc{{model_name=\"meta-llama/Llama-3.1-8B-Instruct\"}} {kv}\n"
+    ));
+    page
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_server_health_takes_a_queued_server_out_and_brings_it_back() {
+    let (busy, calm) = (mock("vllm-0"), mock("vllm-1"));
+    busy.set_load_report(&vllm_page(0, 0.2));
+    calm.set_load_report(&vllm_page(0, 0.2));
+    assert!(
+        vllm_page(0, 0.2).len() > 100_000,
+        "a page the size of a real one"
+    );
+    let config = format!(
+        "[pools.p]\nbackends = [{}, {}]\n\
+         health = {{ path = \"/health\", interval = \"100ms\", body_limit = \"256KiB\", \
+         plugin = \"model-server-health.wasm\", config = {{ max_waiting = 10, fall = 1 }} }}\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&busy, ""),
+        backend_entry(&calm, "")
+    );
+    let proxy = TestProxy::start(&config);
+    let state = |status: &serde_json::Value, i: usize| {
+        let s = &status["pools"][0]["backends"][i]["state"];
+        (
+            s["health"].as_str().unwrap_or("").to_string(),
+            s["load_score"].as_u64().unwrap_or(0),
+        )
+    };
+    eventually(Duration::from_secs(5), "both healthy at 200", || async {
+        let s = proxy.status().await;
+        state(&s, 0) == ("healthy".into(), 200) && state(&s, 1) == ("healthy".into(), 200)
+    })
+    .await;
+    // Its queue grows past max_waiting: out of rotation.
+    busy.set_load_report(&vllm_page(25, 0.6));
+    calm.set_load_report(&vllm_page(4, 0.3));
+    eventually(
+        Duration::from_secs(5),
+        "the queued server is out",
+        || async {
+            let s = proxy.status().await;
+            state(&s, 0) == ("unhealthy".into(), 1000) && state(&s, 1) == ("healthy".into(), 400)
+        },
+    )
+    .await;
+    let counts = spread(&proxy, &[], 20, 2).await;
+    assert_eq!(counts.get("vllm-1"), Some(&20), "{counts:?}");
+    // A full KV cache degrades it before the queue does.
+    busy.set_load_report(&vllm_page(0, 0.9));
+    eventually(
+        Duration::from_secs(5),
+        "back, degraded by its cache",
+        || async { state(&proxy.status().await, 0) == ("degraded".into(), 900) },
+    )
+    .await;
+    busy.set_load_report(&vllm_page(0, 0.1));
+    eventually(Duration::from_secs(5), "healthy again", || async {
+        state(&proxy.status().await, 0) == ("healthy".into(), 100)
+    })
+    .await;
+}
+
 /// Every plugin README's config names a file the build writes.
 #[test]
 fn plugin_readmes_name_the_files_the_build_writes() {

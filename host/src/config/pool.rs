@@ -77,6 +77,9 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PolicyPlugi
     }
 }
 
+/// Largest probe body handed to a health plugin.
+const MAX_PROBE_BODY: u64 = 16 * 1024 * 1024;
+
 /// Active health checking of a pool's backends.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +245,16 @@ impl PoolConfig {
                 at.key("health"),
                 format!(
                     "pool `{name}`: health needs a method, a path starting with `/`, and an interval and timeout above zero"
+                ),
+            ));
+        }
+        if let Some(h) = &self.health
+            && h.body_limit > MAX_PROBE_BODY
+        {
+            return Err(Problem::new(
+                at.clone().key("health").key("body_limit"),
+                format!(
+                    "pool `{name}`: health.body_limit is at most 16MiB (a model server's /metrics page is well under 1MiB)"
                 ),
             ));
         }

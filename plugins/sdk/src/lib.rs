@@ -44,6 +44,7 @@ pub mod hash;
 pub mod host;
 pub mod json;
 pub mod policy;
+pub mod prometheus;
 pub mod shared;
 mod types;
 
