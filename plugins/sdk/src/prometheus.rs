@@ -81,7 +81,7 @@ fn parse_line(line: &str) -> Option<Sample<'_>> {
         return None;
     }
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
+        .find(['{', ' ', '\t'])
         .unwrap_or(line.len());
     let name = &line[..name_end];
     if name.is_empty()
