@@ -6,9 +6,11 @@
 //!
 //! The same arrival sequence (fixed seed, open loop) runs through
 //! Switchyard with `round-robin`, `least-outstanding` and `p2c-ewma` (Wasm
-//! plugins), and through nginx `least_conn` when nginx is installed. Prints
-//! a table, writes it to `benches/results/balance.md`, and draws the latency
-//! distributions to `benches/results/balance.svg`.
+//! plugins), and through nginx `least_conn` when nginx is installed, twice:
+//! against four alike backends, and against a pool where two backends do
+//! every request 2.5x slower. Prints the tables, writes them to
+//! `benches/results/balance.md`, and draws the latency distributions to
+//! `benches/results/balance.svg` and `balance-uneven.svg`.
 //!
 //!   cargo bench -p switchyard-benches --bench balance
 //!   RATE=40 SECONDS=20 cargo bench -p switchyard-benches --bench balance
@@ -103,7 +105,7 @@ struct Backend {
     served: Arc<AtomicU64>,
 }
 
-async fn start_backend() -> Backend {
+async fn start_backend(slowdown: f64) -> Backend {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -128,7 +130,8 @@ async fn start_backend() -> Backend {
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(10);
                         let _slot = slots.acquire().await;
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        tokio::time::sleep(Duration::from_secs_f64(ms as f64 * slowdown / 1000.0))
+                            .await;
                         counter.fetch_add(1, Relaxed);
                         Ok::<_, std::convert::Infallible>(http::Response::new(
                             http_body_util::Full::new(Bytes::from_static(b"done\n")),
@@ -228,13 +231,43 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// The pool's backends: all alike, or half of them slower at every request.
+#[derive(Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    /// Work multiplier of backends 0 and 1.
+    slowdown: f64,
+}
+
+const SCENARIOS: [Scenario; 2] = [
+    Scenario {
+        name: "alike",
+        slowdown: 1.0,
+    },
+    Scenario {
+        name: "uneven",
+        slowdown: 2.5,
+    },
+];
+
 async fn run(rate: f64, seconds: f64) {
     let jobs = workload(rate, seconds);
-    let mut backends = Vec::new();
-    for _ in 0..BACKENDS {
-        backends.push(start_backend().await);
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut all = Vec::new();
+    for scenario in SCENARIOS {
+        all.push((scenario, run_scenario(scenario, &jobs, &root).await));
+    }
+    report(&root, &all, &jobs, rate, seconds);
+}
+
+async fn run_scenario(scenario: Scenario, jobs: &[Job], root: &Path) -> Vec<Outcome> {
+    let mut backends = Vec::new();
+    for i in 0..BACKENDS {
+        // The slow ones first: a router breaking ties by lowest id gets no
+        // help from the order.
+        let slowdown = if i < 2 { scenario.slowdown } else { 1.0 };
+        backends.push(start_backend(slowdown).await);
+    }
     let plugins = root.join("target/plugins");
     assert!(
         plugins.join("p2c-ewma.wasm").exists(),
@@ -268,25 +301,27 @@ async fn run(rate: f64, seconds: f64) {
             .expect("proxy starts");
     let long = jobs.iter().filter(|j| j.is_long()).count();
     eprintln!(
-        "{} requests over {seconds} s ({long} long), {BACKENDS} backends x {SLOTS} slots",
-        jobs.len()
+        "{}: {} requests ({long} long), {BACKENDS} backends x {SLOTS} slots, b0 and b1 {}x slower",
+        scenario.name,
+        jobs.len(),
+        scenario.slowdown
     );
     let mut outcomes = Vec::new();
     for p in policies {
         eprintln!("running {p}");
         let url = format!("http://{}/{p}", proxy.addr());
-        outcomes.push(drive(p, &url, &jobs, &backends).await);
+        outcomes.push(drive(p, &url, jobs, &backends).await);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if let Some(nginx) = Nginx::start(&backends, dir.path()) {
         eprintln!("running nginx least_conn");
         let url = format!("http://{}", nginx.addr);
-        outcomes.push(drive("nginx least_conn", &url, &jobs, &backends).await);
+        outcomes.push(drive("nginx least_conn", &url, jobs, &backends).await);
     } else {
         eprintln!("nginx not installed; skipping it");
     }
     proxy.shutdown();
-    report(&root, &outcomes, &jobs, rate, seconds);
+    outcomes
 }
 
 /// nginx with `least_conn` over the same backends, run for the bench only.
@@ -351,7 +386,7 @@ impl Drop for Nginx {
     }
 }
 
-fn report(root: &Path, outcomes: &[Outcome], jobs: &[Job], rate: f64, seconds: f64) {
+fn report(root: &Path, all: &[(Scenario, Vec<Outcome>)], jobs: &[Job], rate: f64, seconds: f64) {
     let mut table = String::new();
     let _ = writeln!(table, "# Balancing quality under agent traffic\n");
     let _ = writeln!(
@@ -371,56 +406,79 @@ fn report(root: &Path, outcomes: &[Outcome], jobs: &[Job], rate: f64, seconds: f
     );
     let _ = writeln!(
         table,
-        "{BACKENDS} backends serving {SLOTS} requests at once each, queueing the rest. Latency in ms, as the client saw it.\n"
+        "{BACKENDS} backends serving {SLOTS} requests at once each, queueing the rest. Latency in ms, as the client saw it; \
+         wait is latency minus the request's nominal work."
     );
-    let _ = writeln!(
-        table,
-        "| policy | short p50 | short p99 | long p50 | long p99 | wait p50 | wait p99 | failed | requests per backend |"
-    );
-    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    for o in outcomes {
-        let spread: Vec<String> = o.per_backend.iter().map(u64::to_string).collect();
+    for (scenario, outcomes) in all {
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
-            o.name,
-            quantile(&o.short, 0.5),
-            quantile(&o.short, 0.99),
-            quantile(&o.long, 0.5),
-            quantile(&o.long, 0.99),
-            quantile(&o.wait, 0.5),
-            quantile(&o.wait, 0.99),
-            o.failed,
-            spread.join(" / ")
+            "\n## {}: {}\n",
+            scenario.name,
+            if scenario.slowdown == 1.0 {
+                "four alike backends".to_string()
+            } else {
+                format!(
+                    "b0 and b1 do every request's work {}x slower",
+                    scenario.slowdown
+                )
+            }
+        );
+        let _ = writeln!(
+            table,
+            "| policy | short p50 | short p99 | long p50 | long p99 | wait p50 | wait p99 | failed | requests per backend |"
+        );
+        let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for o in outcomes {
+            let spread: Vec<String> = o.per_backend.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                table,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                o.name,
+                quantile(&o.short, 0.5),
+                quantile(&o.short, 0.99),
+                quantile(&o.long, 0.5),
+                quantile(&o.long, 0.99),
+                quantile(&o.wait, 0.5),
+                quantile(&o.wait, 0.99),
+                o.failed,
+                spread.join(" / ")
+            );
+        }
+        let p99 = |name: &str, pick: fn(&Outcome) -> &Vec<f64>| {
+            outcomes
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| quantile(pick(o), 0.99))
+        };
+        let ratio = |a: &str, b: &str, pick: fn(&Outcome) -> &Vec<f64>| match (
+            p99(a, pick),
+            p99(b, pick),
+        ) {
+            (Some(a), Some(b)) => a / b,
+            _ => f64::NAN,
+        };
+        let _ = writeln!(
+            table,
+            "\nShort requests' p99: least-outstanding / round-robin {:.2}; p2c-ewma / least-outstanding {:.2}.",
+            ratio("least-outstanding", "round-robin", |o| &o.short),
+            ratio("p2c-ewma", "least-outstanding", |o| &o.short),
         );
     }
-    let p99 = |name: &str, pick: fn(&Outcome) -> &Vec<f64>| {
-        outcomes
-            .iter()
-            .find(|o| o.name == name)
-            .map(|o| quantile(pick(o), 0.99))
-    };
-    let ratio = |pick: fn(&Outcome) -> &Vec<f64>| match (
-        p99("least-outstanding", pick),
-        p99("round-robin", pick),
-    ) {
-        (Some(a), Some(b)) => a / b,
-        _ => f64::NAN,
-    };
     let _ = writeln!(
         table,
-        "\np99 of least-outstanding / round-robin: short requests {:.2}, wait of all requests {:.2}, long requests {:.2} (target: at most 0.33).",
-        ratio(|o| &o.short),
-        ratio(|o| &o.wait),
-        ratio(|o| &o.long)
+        "\n![Latency distributions, four alike backends](balance.svg)"
     );
-    let _ = writeln!(table, "\n![Latency distributions](balance.svg)");
     print!("{table}");
     let results = root.join("benches/results");
     let _ = std::fs::create_dir_all(&results);
     let _ = std::fs::write(results.join("balance.md"), &table);
-    let _ = std::fs::write(results.join("balance.svg"), svg(outcomes));
-    eprintln!("wrote benches/results/balance.md and balance.svg");
+    if let Some((_, first)) = all.first() {
+        let _ = std::fs::write(results.join("balance.svg"), svg(first));
+    }
+    if let Some((_, uneven)) = all.get(1) {
+        let _ = std::fs::write(results.join("balance-uneven.svg"), svg(uneven));
+    }
+    eprintln!("wrote benches/results/balance.md, balance.svg and balance-uneven.svg");
 }
 
 /// CDFs on a log scale, one line per policy: short requests' latency on

@@ -80,9 +80,7 @@ fn parse_line(line: &str) -> Option<Sample<'_>> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let name_end = line
-        .find(['{', ' ', '\t'])
-        .unwrap_or(line.len());
+    let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
     let name = &line[..name_end];
     if name.is_empty()
         || !name
