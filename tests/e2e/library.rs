@@ -307,6 +307,49 @@ async fn fallback_chain_follows_its_order() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_send_heavy_work_to_the_heavy_lane_and_spill_when_full() {
+    let mut slow_light = MockOptions::new("light");
+    slow_light.latency = Duration::from_millis(600);
+    let (light, heavy) = (mock_with(slow_light), mock("heavy"));
+    let proxy = TestProxy::start(&route(
+        &[
+            (&light, ", labels = { slots = 1 }"),
+            (&heavy, ", weight = 8, labels = { lane = \"heavy\" }"),
+        ],
+        "{ plugin = \"lanes.wasm\", config = { heavy_max_tokens = 1000 } }",
+    ));
+    const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+    let json = JSON;
+    let post = |body: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            send(
+                "POST",
+                &url,
+                headers,
+                bytes::Bytes::from_static(body.as_bytes()),
+            )
+            .await
+        }
+    };
+    let r = post(r#"{"max_tokens":4000,"messages":[]}"#, json).await;
+    assert_eq!(r.backend(), "heavy", "many tokens: {}", r.text());
+    let r = get(&proxy.url("/x"), &[("x-agent-kind", "research")]).await;
+    assert_eq!(r.backend(), "heavy");
+    let r = post(r#"{"max_tokens":50,"messages":[]}"#, json).await;
+    assert_eq!(r.backend(), "light", "few tokens");
+    // The light lane's one slot taken: the next light request spills.
+    let busy = tokio::spawn(post(r#"{"max_tokens":10}"#, json));
+    eventually(Duration::from_secs(3), "the light backend busy", || async {
+        proxy.status().await["pools"][0]["backends"][0]["state"]["in_flight"] == 1
+    })
+    .await;
+    let r = get(&proxy.url("/x"), &[("x-agent-kind", "chat")]).await;
+    assert_eq!(r.backend(), "heavy", "spilled over");
+    assert_eq!(busy.await.expect("join").backend(), "light");
+}
+
 /// A vLLM-style `/metrics` page of over 100 KB (histograms first, as
 /// vLLM prints them), with the given queue and KV-cache use.
 fn vllm_page(waiting: u32, kv: f64) -> String {
