@@ -170,7 +170,7 @@ impl Lanes {
         }
         let heavy = number(self.max_tokens).is_some_and(|n| n >= self.heavy_max_tokens)
             || number(self.body).is_some_and(|n| n >= self.heavy_body_bytes)
-            || text(self.model).is_some_and(|m| self.heavy_models.iter().any(|h| *h == m));
+            || text(self.model).is_some_and(|m| self.heavy_models.contains(&m));
         if heavy { Lane::Heavy } else { Lane::Light }
     }
 
