@@ -348,3 +348,55 @@ fn a_routers_view_of_redis_catches_up_without_waiting() {
     });
     assert_eq!(redis.sum("*hits"), 150);
 }
+
+#[test]
+fn a_runs_cost_adds_up_over_replicas() {
+    let redis = Redis::start(free_port());
+    let backend = MockBackend::start(MockOptions::new("gpt")).expect("mock");
+    let body = format!(
+        "[pools.models]\nbackends = [{{ name = \"gpt\", address = \"{}\", labels = {{ input_price = 1, output_price = 2 }} }}]\n\n[[routes]]\nname = \"chat\"\npool = \"models\"\n",
+        backend.addr
+    );
+    let (a, b) = (
+        Replica::launch(&redis.url(), &body),
+        Replica::launch(&redis.url(), &body),
+    );
+    let ask = |addr: SocketAddr| {
+        let body = r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        exchange(
+            addr,
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\nx-run-id: graph-run-9\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .0
+    };
+    for _ in 0..3 {
+        assert_eq!(ask(a.addr), 200);
+        assert_eq!(ask(b.addr), 200);
+    }
+    let totals = |admin: SocketAddr| {
+        let (_, text) = exchange(
+            admin,
+            "GET /runs/graph-run-9 HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+        );
+        let json = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        serde_json::from_str::<serde_json::Value>(&json).unwrap_or_default()
+    };
+    // Each replica adds in the background; either one reads the sum.
+    eventually("six requests of the run in Redis", || {
+        totals(a.admin)["requests"] == 6
+    });
+    let t = totals(b.admin);
+    assert_eq!(t["prompt_tokens"], 72, "{t}");
+    assert_eq!(t["completion_tokens"], 36, "{t}");
+    assert!(
+        (t["cost_usd"].as_f64().unwrap_or(0.0) - (72.0 + 72.0) / 1e6).abs() < 1e-9,
+        "{t}"
+    );
+}

@@ -28,6 +28,64 @@ async fn scrape(proxy: &TestProxy) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_s_tokens_and_cost_add_up_across_its_requests() {
+    let b = mock("priced");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "input_price = 2.5, output_price = 10"),
+    );
+    let proxy = TestProxy::start(&config);
+    let admin = proxy.proxy().admin_addr.expect("admin");
+    let chat = |stream: bool| {
+        Bytes::from(format!(
+            "{{\"model\":\"m\",\"stream\":{stream},\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}"
+        ))
+    };
+    for (run, stream) in [
+        ("thread-1", false),
+        ("thread-1", true),
+        ("thread-1", false),
+        ("thread-2", false),
+    ] {
+        let r = send(
+            "POST",
+            &proxy.url("/v1/chat/completions"),
+            &[("content-type", "application/json"), ("x-run-id", run)],
+            chat(stream),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    // A request without usage, and one naming no valid run, count nothing.
+    get(&proxy.url("/x"), &[("x-run-id", "bad id/..")]).await;
+    let run = |id: &'static str| async move {
+        let r = get(&format!("http://{admin}/runs/{id}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    // Counted when each body ends, just after the client read it.
+    eventually(
+        Duration::from_secs(5),
+        "three requests of thread-1",
+        || async { run("thread-1").await["requests"] == 3 },
+    )
+    .await;
+    let one = run("thread-1").await;
+    // The mock reports 12 prompt and 6 completion tokens per answer.
+    assert_eq!(one["prompt_tokens"], 36, "{one}");
+    assert_eq!(one["completion_tokens"], 18, "{one}");
+    let usd = one["cost_usd"].as_f64().expect("cost");
+    assert!(
+        (usd - 3.0 * (12.0 * 2.5 + 6.0 * 10.0) / 1e6).abs() < 1e-9,
+        "{one}"
+    );
+    assert_eq!(run("thread-2").await["prompt_tokens"], 12);
+    assert_eq!(run("nobody").await["requests"], 0);
+    let bad = get(&format!("http://{admin}/runs/a%20b"), &[]).await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic_tokens_and_cost() {
     let (a, b) = (mock("m-a"), mock("m-b"));
     let config = format!(

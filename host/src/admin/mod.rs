@@ -177,6 +177,7 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
             r
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        path if path.starts_with("/runs/") => run_totals(reloader, &path["/runs/".len()..]),
         "/status" => {
             let table = reloader.shared.table.load();
             let mut status = status_json(&table);
@@ -189,6 +190,39 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
             "text/plain",
             "try /dashboard, /metrics, /status, /plugins or /healthz\n".into(),
         ),
+    }
+}
+
+/// `/runs/<id>`: a run's requests, tokens and estimated cost, summed over
+/// every replica that shares the store.
+fn run_totals(reloader: &Reloader, run: &str) -> Response<Full<Bytes>> {
+    let table = reloader.shared.table.load();
+    let Some(ledger) = &table.runs else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "runs are not counted (server.run_header is off)\n".into(),
+        );
+    };
+    if !crate::shared::runs::is_run_id(run) {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "a run id is up to 128 letters, digits and -_.:\n".into(),
+        );
+    }
+    match ledger.totals(run) {
+        Ok(t) => respond(
+            StatusCode::OK,
+            "application/json",
+            json!({
+                "run": run, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
+                "completion_tokens": t.completion_tokens, "cost_usd": t.cost_microdollars as f64 / 1e6,
+                "header": ledger.header.as_str(),
+            })
+            .to_string(),
+        ),
+        Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{e}\n")),
     }
 }
 

@@ -193,6 +193,15 @@ pub fn route_table(
         debug_header: config.server.debug_header,
         body_read_timeout: config.server.body_read_timeout,
         jobs,
+        runs: http::HeaderName::from_bytes(config.server.run_header.as_bytes())
+            .ok()
+            .map(|header| {
+                Arc::new(crate::shared::runs::RunLedger::new(
+                    header,
+                    config.server.run_ttl,
+                    runtime.shared().clone(),
+                ))
+            }),
     })
 }
 

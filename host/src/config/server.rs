@@ -51,6 +51,21 @@ pub struct ServerConfig {
     /// Serve TLS (h2 and HTTP/1.1 by ALPN) instead of plain HTTP.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Request header naming the run (a LangGraph thread or run id) whose
+    /// tokens and cost are counted in the shared store; `""` turns it off.
+    #[serde(default = "default_run_header")]
+    pub run_header: String,
+    /// How long a run's counters live after its first request.
+    #[serde(default = "default_run_ttl", with = "duration")]
+    pub run_ttl: Duration,
+}
+
+fn default_run_header() -> String {
+    "x-run-id".into()
+}
+
+fn default_run_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// The listener's certificate; both files are re-read when they change.
@@ -77,6 +92,8 @@ impl Default for ServerConfig {
             access_log: false,
             debug_header: false,
             tls: None,
+            run_header: default_run_header(),
+            run_ttl: default_run_ttl(),
         }
     }
 }
@@ -129,6 +146,23 @@ fn default_drain() -> Duration {
 impl ServerConfig {
     /// Checks what the types cannot: a listen address, a sane worker count.
     pub(super) fn validate(&self) -> Result<(), Problem> {
+        if !self.run_header.is_empty()
+            && http::HeaderName::from_bytes(self.run_header.as_bytes()).is_err()
+        {
+            return Err(Problem::new(
+                KeyPath::of("server.run_header"),
+                format!(
+                    "server.run_header {:?} is not a header name",
+                    self.run_header
+                ),
+            ));
+        }
+        if self.run_ttl.is_zero() || self.run_ttl.as_millis() > u128::from(u32::MAX) {
+            return Err(Problem::new(
+                KeyPath::of("server.run_ttl"),
+                "server.run_ttl must be above zero and at most 49 days",
+            ));
+        }
         self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
             Problem::new(
                 KeyPath::of("server.listen"),

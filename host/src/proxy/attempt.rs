@@ -34,6 +34,9 @@ pub struct Dispatch<'a> {
     pub caller: Option<Arc<str>>,
     /// Set for a job's request: notes the backend that answered.
     pub job: Option<&'a JobTicket>,
+    /// The run the request names, counted in the table's run ledger.
+    pub run: Option<Arc<str>>,
+    pub runs: Option<Arc<crate::shared::runs::RunLedger>>,
 }
 
 /// How one attempt on one backend ended. Returned at once, never stored,
@@ -251,6 +254,7 @@ impl Dispatch<'_> {
                 backend: a.backend.name.clone(),
                 client: self.caller.clone(),
                 prices: a.backend.prices,
+                run: self.run.clone().zip(self.runs.clone()),
             }));
         }
         let permit = permit.take();

@@ -50,6 +50,8 @@ pub struct UsageMeter {
     pub client: Option<Arc<str>>,
     /// USD per million prompt and completion tokens.
     pub prices: (f64, f64),
+    /// The run the request named, and where runs are counted.
+    pub run: Option<(Arc<str>, Arc<crate::shared::runs::RunLedger>)>,
 }
 
 impl UsageMeter {
@@ -70,6 +72,14 @@ impl UsageMeter {
             .increment(usage.completion);
         let usd =
             (usage.prompt as f64 * self.prices.0 + usage.completion as f64 * self.prices.1) / 1e6;
+        if let Some((run, ledger)) = &self.run {
+            ledger.add(
+                run,
+                usage.prompt,
+                usage.completion,
+                (usd * 1e6).round() as u64,
+            );
+        }
         if usd > 0.0 {
             let labels = [
                 ("route", self.route.clone()),

@@ -148,6 +148,7 @@ pub async fn serve(
         }
         _ => None,
     };
+    let run = table.runs.as_ref().and_then(|l| l.run_id(req.headers()));
     let choice = worker.decide(
         route,
         &req,
@@ -182,6 +183,8 @@ pub async fn serve(
                 backend_header: table.backend_header,
                 caller: caller.as_ref().map(|c| c.name.clone()),
                 job: None,
+                run,
+                runs: table.runs.clone(),
             };
             dispatch
                 .forward(

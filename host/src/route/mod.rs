@@ -216,6 +216,8 @@ pub struct RouteTable {
     /// The store of the job routes, when there are any; `/jobs/<id>` finds
     /// a job there.
     pub jobs: Option<Arc<JobStore>>,
+    /// Counts tokens and cost per run (`server.run_header`); `None` when off.
+    pub runs: Option<Arc<crate::shared::runs::RunLedger>>,
 }
 
 // === impl RouteTable ===

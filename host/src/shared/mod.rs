@@ -11,6 +11,7 @@
 mod local;
 mod mirror;
 mod redis_store;
+pub mod runs;
 
 use crate::config::SharedConfig;
 use local::LocalStore;

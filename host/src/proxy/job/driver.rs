@@ -63,6 +63,11 @@ pub(super) async fn drive(
     let jobs = call.jobs();
     let (store, ttl) = (&jobs.store, jobs.settings.ttl);
     let req = Request::from_parts(parts, ClientBody::empty());
+    let run = call
+        .table
+        .runs
+        .as_ref()
+        .and_then(|l| l.run_id(req.headers()));
     let peek = route.router.as_ref().map_or(0, |p| p.spec.body_peek);
     let peeked = Peeked::whole(body, peek);
     let view = is_json(&req).then(|| peeked.view());
@@ -88,6 +93,8 @@ pub(super) async fn drive(
         backend_header: false,
         caller: call.caller.clone(),
         job: Some(&ticket),
+        run: run.clone(),
+        runs: call.table.runs.clone(),
     };
     let resp = dispatch
         .forward(
@@ -108,7 +115,11 @@ pub(super) async fn drive(
             let end = watch(store, id, accepted, &jobs.settings, &reached.name).await;
             let (outcome, timing) = end.outcome(started);
             reached.pool.record(reached.id, outcome, timing);
-            count_tokens(&route.name, &reached, call.caller.as_deref(), &timing);
+            let usd = count_tokens(&route.name, &reached, call.caller.as_deref(), &timing);
+            if let (Some(run), Some(ledger)) = (&run, &call.table.runs) {
+                let (p, c) = (timing.prompt_tokens, timing.completion_tokens);
+                ledger.add(run, u64::from(p), u64::from(c), (usd * 1e6).round() as u64);
+            }
             if end.ended_by_worker {
                 let _ = store.keep(id, ttl).await;
             }
@@ -147,9 +158,10 @@ pub(super) async fn drive(
 
 /// Counts the tokens an accepted job's result reported, as the data path
 /// counts a response's `usage`.
-fn count_tokens(route: &str, reached: &Reached, caller: Option<&str>, timing: &Timing) {
+/// Returns the estimated cost in USD.
+fn count_tokens(route: &str, reached: &Reached, caller: Option<&str>, timing: &Timing) -> f64 {
     if timing.prompt_tokens == 0 && timing.completion_tokens == 0 {
-        return;
+        return 0.0;
     }
     let backend = &reached.pool.backends[reached.id as usize];
     let labels = |kind: &'static str| {
@@ -177,6 +189,7 @@ fn count_tokens(route: &str, reached: &Reached, caller: Option<&str>, timing: &T
         metrics::counter!("switchyard_cost_microdollars_total", &labels)
             .increment((usd * 1e6).round() as u64);
     }
+    usd
 }
 
 /// Reads a body whole, up to [`crate::jobs::MAX_DATA`] bytes.
