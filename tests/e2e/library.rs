@@ -350,6 +350,51 @@ async fn lanes_send_heavy_work_to_the_heavy_lane_and_spill_when_full() {
     assert_eq!(busy.await.expect("join").backend(), "light");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_keeps_each_conversation_on_one_backend() {
+    let backends: Vec<MockBackend> = (0..4).map(|i| mock(&format!("gpu-{i}"))).collect();
+    let pairs: Vec<(&MockBackend, &str)> = backends.iter().map(|b| (b, "")).collect();
+    let proxy = TestProxy::start(&route(
+        &pairs,
+        "{ plugin = \"prefix-affinity.wasm\", body_peek = \"64KiB\", config = { block = 64 } }",
+    ));
+    let mut homes = HashMap::new();
+    for turn in 1..=5 {
+        for convo in 0..6 {
+            let mut messages = vec![
+                serde_json::json!({"role": "system", "content": format!("agent {convo}: {}", "plan carefully. ".repeat(8))}),
+            ];
+            for t in 0..turn {
+                messages.push(
+                    serde_json::json!({"role": "user", "content": format!("step {t} of the task")}),
+                );
+            }
+            let body = serde_json::json!({"model": "m", "messages": messages}).to_string();
+            let r = send(
+                "POST",
+                &proxy.url("/v1/chat/completions"),
+                &[("content-type", "application/json")],
+                bytes::Bytes::from(body),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let home = homes
+                .entry(convo)
+                .or_insert_with(|| r.backend().to_string());
+            assert_eq!(
+                *home,
+                r.backend(),
+                "conversation {convo} moved at turn {turn}"
+            );
+        }
+    }
+    let used: std::collections::HashSet<_> = homes.values().collect();
+    assert!(
+        used.len() >= 2,
+        "six conversations on one backend: {homes:?}"
+    );
+}
+
 /// A vLLM-style `/metrics` page of over 100 KB (histograms first, as
 /// vLLM prints them), with the given queue and KV-cache use.
 fn vllm_page(waiting: u32, kv: f64) -> String {

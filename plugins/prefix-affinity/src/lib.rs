@@ -1,0 +1,256 @@
+//! Prompt-prefix affinity for model servers with a prefix (KV) cache: a
+//! request whose prompt begins like an earlier one's goes to the backend
+//! that served that beginning, where the prefill is mostly cached.
+//!
+//! The prompt is the JSON body's `messages` (chat) or `prompt`
+//! (completions), as the client wrote it. It is cut into blocks of `block`
+//! bytes, up to `prefix_bytes`, and each block boundary gets a cumulative
+//! hash, so a conversation that grew by a turn still matches its earlier
+//! requests on every block they share. The backend of the longest known
+//! prefix wins, as long as it is under its load bound: at most
+//! `load_factor` times the pool's mean in flight with this request (plus
+//! one), its KV cache
+//! not full (`load_score` under `max_load_score`, fed by the
+//! `model-server-health` check), and usable. Otherwise, and for a prefix
+//! never seen, rendezvous hashing of the prefix over the backends under
+//! the bound picks one by its first block (so replicas and threads that
+//! never saw the conversation agree without talking),
+//! and the least loaded after it are the fallbacks ("consistent hashing
+//! with bounded loads").
+//!
+//! Prefixes are remembered in a table of `table_size` entries per worker
+//! thread (direct-mapped: a newer prefix takes an older one's slot).
+#![cfg_attr(not(test), no_std)]
+
+use switchyard_sdk::hash::{combine, hash_bytes, name_hashes};
+use switchyard_sdk::prelude::*;
+
+pub struct PrefixAffinity {
+    interest: Interest,
+    messages: AttributeKey,
+    prompt: AttributeKey,
+    block: usize,
+    prefix_bytes: usize,
+    load_factor: f64,
+    max_load_score: u32,
+    /// Prefix hash and the backend that served it, by slot; 0 = empty.
+    table: Vec<(u64, u32)>,
+    names: Vec<u64>,
+}
+
+impl Router for PrefixAffinity {
+    fn init(_route: &str, config: &Config) -> Result<Self, String> {
+        let mut interest = Interest::new();
+        let messages = interest.add(Attribute::JsonBody("messages".into()));
+        let prompt = interest.add(Attribute::JsonBody("prompt".into()));
+        let block: usize = config.parse("block")?.unwrap_or(256);
+        let prefix_bytes: usize = config.parse("prefix_bytes")?.unwrap_or(8192);
+        let table_size: usize = config.parse("table_size")?.unwrap_or(4096);
+        let load_factor: f64 = config.parse("load_factor")?.unwrap_or(1.25);
+        if block == 0 || prefix_bytes < block || prefix_bytes / block > 256 {
+            return Err("need block > 0 and block <= prefix_bytes <= 256 blocks".into());
+        }
+        if !(1..=1 << 20).contains(&table_size) || load_factor < 1.0 {
+            return Err("table_size must be 1 to 1048576 and load_factor at least 1".into());
+        }
+        Ok(PrefixAffinity {
+            interest,
+            messages,
+            prompt,
+            block,
+            prefix_bytes,
+            load_factor,
+            max_load_score: config.parse("max_load_score")?.unwrap_or(900),
+            table: vec![(0, 0); table_size],
+            names: Vec::new(),
+        })
+    }
+
+    fn interest(&self) -> Vec<Attribute> {
+        self.interest.to_list()
+    }
+
+    fn set_backends(&mut self, backends: &[BackendInfo]) {
+        self.names = name_hashes(backends);
+        // Ids may now mean other backends.
+        self.table.iter_mut().for_each(|e| *e = (0, 0));
+    }
+
+    fn route(&mut self, request: &Request, backends: &[BackendLoad]) -> Decision {
+        let usable: Vec<&BackendLoad> = backends.iter().filter(|b| b.is_usable()).collect();
+        if usable.is_empty() {
+            return Decision::reject(503, "no usable backend\n");
+        }
+        // Bounded loads: a backend takes one more while it would stay within
+        // load_factor times the mean with this request counted, plus one of
+        // slack so a quiet pool keeps its affinity.
+        let total = usable.iter().map(|b| u64::from(b.in_flight)).sum::<u64>() as f64;
+        let share = self.load_factor * (total + 1.0) / usable.len() as f64;
+        // `ceil`, which `core` lacks.
+        let bound = share as u32 + u32::from(f64::from(share as u32) < share) + 1;
+        let fits = |b: &BackendLoad| b.in_flight < bound && b.load_score < self.max_load_score;
+        let prompt = request
+            .get(self.messages)
+            .or_else(|| request.get(self.prompt));
+        let hashes = prompt
+            .map(|p| self.block_hashes(p.as_bytes()))
+            .unwrap_or_default();
+        // The longest prefix seen before, on a backend under its bound.
+        let known = hashes.iter().rev().find_map(|&h| {
+            let (stored, id) = self.table[self.slot(h)];
+            (stored == h)
+                .then(|| usable.iter().find(|b| b.id == id && fits(b)))
+                .flatten()
+                .map(|b| b.id)
+        });
+        let chosen = known.or_else(|| {
+            // Keyed by the first block, which a conversation keeps as it
+            // grows: another thread or replica that never saw it agrees.
+            let key = hashes.first().copied()?;
+            usable
+                .iter()
+                .filter(|b| fits(b))
+                .max_by_key(|b| combine(key, self.names.get(b.id as usize).copied().unwrap_or(0)))
+                .map(|b| b.id)
+        });
+        if known.is_some() {
+            host::counter_add("prefix_hits", 1);
+        } else if !hashes.is_empty() {
+            host::counter_add("prefix_misses", 1);
+        }
+        let mut candidates = Candidates::default();
+        if let Some(id) = chosen {
+            candidates.push(id);
+            // It will hold these prefixes now.
+            for &h in &hashes {
+                let slot = self.slot(h);
+                self.table[slot] = (h, id);
+            }
+        }
+        candidates.extend_lowest_by_key(usable.iter().copied(), 3, |b| (b.in_flight, b.load_score));
+        candidates.into_decision()
+    }
+}
+
+impl PrefixAffinity {
+    /// The cumulative hash at each whole block of the prompt's first
+    /// `prefix_bytes` (a prompt shorter than one block: its whole length).
+    fn block_hashes(&self, prompt: &[u8]) -> Vec<u64> {
+        let cut = &prompt[..prompt.len().min(self.prefix_bytes)];
+        let mut out = Vec::new();
+        let mut h = 0u64;
+        for chunk in cut.chunks(self.block) {
+            if chunk.len() < self.block && !out.is_empty() {
+                break; // a partial last block would change with every token
+            }
+            h = combine(h, hash_bytes(chunk));
+            out.push(h | 1); // never 0, the empty slot
+        }
+        out
+    }
+
+    fn slot(&self, h: u64) -> usize {
+        (h % self.table.len() as u64) as usize
+    }
+}
+
+export_router!(PrefixAffinity);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(pairs: &[(&str, &str)], n: u32) -> (PrefixAffinity, Vec<BackendLoad>) {
+        let mut r = PrefixAffinity::init("r", &Config::from_pairs(pairs)).unwrap();
+        let infos: Vec<BackendInfo> = (0..n)
+            .map(|i| BackendInfo::new(i, &format!("gpu-{i}"), &[]))
+            .collect();
+        r.set_backends(&infos);
+        (r, (0..n).map(BackendLoad::idle).collect())
+    }
+
+    fn chat(text: &str) -> Request {
+        Request::with_values(vec![
+            AttributeValue::Value(text.into()),
+            AttributeValue::Absent,
+        ])
+    }
+
+    fn conversation(system: &str, turns: usize) -> String {
+        let mut s = format!(r#"[{{"role":"system","content":"{system}"}}"#);
+        for t in 0..turns {
+            s.push_str(&format!(
+                r#",{{"role":"user","content":"turn {t} {}"}}"#,
+                "x".repeat(300)
+            ));
+        }
+        s.push(']');
+        s
+    }
+
+    fn first(r: &mut PrefixAffinity, req: &Request, loads: &[BackendLoad]) -> u32 {
+        r.route(req, loads).candidates().unwrap()[0]
+    }
+
+    #[test]
+    fn a_growing_conversation_stays_on_its_backend() {
+        let (mut r, loads) = router(&[("block", "64")], 8);
+        let system = "You are a research agent. ".repeat(10);
+        let home = first(&mut r, &chat(&conversation(&system, 1)), &loads);
+        for turns in 2..8 {
+            assert_eq!(
+                first(&mut r, &chat(&conversation(&system, turns)), &loads),
+                home
+            );
+        }
+        // Other conversations spread over the pool.
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            seen.insert(first(
+                &mut r,
+                &chat(&conversation(&format!("agent {i} "), 1)),
+                &loads,
+            ));
+        }
+        assert!(seen.len() >= 6, "{seen:?}");
+    }
+
+    #[test]
+    fn a_shared_system_prompt_finds_the_backend_that_holds_it() {
+        let (mut r, mut loads) = router(&[("block", "64")], 4);
+        let system = "Shared planner instructions. ".repeat(20);
+        let a = first(&mut r, &chat(&conversation(&system, 1)), &loads);
+        // A different user turn after the same system prompt: same backend,
+        // even where rendezvous alone would pick another.
+        loads[a as usize].in_flight = 1;
+        let b = first(
+            &mut r,
+            &chat(&format!("{}X", &conversation(&system, 0)[..system.len()])),
+            &loads,
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_overloaded_or_full_backend_spills() {
+        let (mut r, mut loads) = router(&[], 4);
+        let convo = conversation(&"Long system prompt. ".repeat(50), 2);
+        let home = first(&mut r, &chat(&convo), &loads);
+        loads[home as usize].in_flight = 5; // mean 1.25, bound 2
+        let spilled = first(&mut r, &chat(&convo), &loads);
+        assert_ne!(spilled, home);
+        loads[home as usize].in_flight = 0;
+        loads[spilled as usize].load_score = 950; // its KV cache full
+        assert_ne!(first(&mut r, &chat(&convo), &loads), spilled);
+    }
+
+    #[test]
+    fn no_prompt_is_least_loaded() {
+        let (mut r, mut loads) = router(&[], 3);
+        loads[0].in_flight = 3;
+        loads[1].in_flight = 1;
+        let none = Request::with_values(vec![AttributeValue::Absent, AttributeValue::NotSeen]);
+        assert_eq!(first(&mut r, &none, &loads), 2);
+        assert!(PrefixAffinity::init("r", &Config::from_pairs(&[("block", "0")])).is_err());
+    }
+}
