@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+#[path = "nginx.rs"]
+mod nginx;
+use nginx::Nginx;
+
 /// Backends in the pool.
 const BACKENDS: usize = 4;
 /// Requests one backend serves at once; the rest wait in its queue.
@@ -313,7 +317,8 @@ async fn run_scenario(scenario: Scenario, jobs: &[Job], root: &Path) -> Vec<Outc
         outcomes.push(drive(p, &url, jobs, &backends).await);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    if let Some(nginx) = Nginx::start(&backends, dir.path()) {
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    if let Some(nginx) = Nginx::start(&addrs, dir.path(), "least_conn;") {
         eprintln!("running nginx least_conn");
         let url = format!("http://{}", nginx.addr);
         outcomes.push(drive("nginx least_conn", &url, jobs, &backends).await);
@@ -322,68 +327,6 @@ async fn run_scenario(scenario: Scenario, jobs: &[Job], root: &Path) -> Vec<Outc
     }
     proxy.shutdown();
     outcomes
-}
-
-/// nginx with `least_conn` over the same backends, run for the bench only.
-struct Nginx {
-    addr: SocketAddr,
-    child: std::process::Child,
-}
-
-impl Nginx {
-    fn start(backends: &[Backend], dir: &Path) -> Option<Nginx> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?;
-        let servers: String = backends
-            .iter()
-            .map(|b| format!("    server {};\n", b.addr))
-            .collect();
-        let conf = dir.join("nginx.conf");
-        let text = format!(
-            "worker_processes 1;\ndaemon off;\npid {0}/nginx.pid;\nerror_log {0}/nginx-error.log warn;\n\
-             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {0};\n\
-               upstream backends {{\n    least_conn;\n{servers}    keepalive 64;\n  }}\n\
-               server {{\n    listen {port};\n    location / {{\n      proxy_pass http://backends;\n\
-                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_read_timeout 60s;\n    }}\n  }}\n}}\n",
-            dir.display()
-        );
-        std::fs::write(&conf, text).ok()?;
-        let child = std::process::Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.join("nginx-error.log"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let nginx = Nginx { addr: port, child };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(port).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(nginx)
-    }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM, so the master stops its workers too (SIGKILL would orphan
-    /// them).
-    fn drop(&mut self) {
-        let stopped = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        if !stopped.is_ok_and(|s| s.success()) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 fn report(root: &Path, all: &[(Scenario, Vec<Outcome>)], jobs: &[Job], rate: f64, seconds: f64) {

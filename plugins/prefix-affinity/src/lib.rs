@@ -7,16 +7,16 @@
 //! bytes, up to `prefix_bytes`, and each block boundary gets a cumulative
 //! hash, so a conversation that grew by a turn still matches its earlier
 //! requests on every block they share. The backend of the longest known
-//! prefix wins, as long as it is under its load bound: at most
+//! prefix wins when it covers at least `min_match` (default half) of the
+//! prompt's blocks, as long as it is under its load bound: at most
 //! `load_factor` times the pool's mean in flight with this request (plus
 //! one), its KV cache
 //! not full (`load_score` under `max_load_score`, fed by the
-//! `model-server-health` check), and usable. Otherwise, and for a prefix
-//! never seen, rendezvous hashing of the prefix over the backends under
-//! the bound picks one by its first block (so replicas and threads that
-//! never saw the conversation agree without talking),
-//! and the least loaded after it are the fallbacks ("consistent hashing
-//! with bounded loads").
+//! `model-server-health` check), and usable. Otherwise (a new
+//! conversation, or one that only shares a system prompt, which the whole
+//! pool soon holds) the least loaded backend under the bound takes it, ties
+//! broken by rendezvous hashing of its first block; the least loaded follow
+//! as fallbacks ("consistent hashing with bounded loads").
 //!
 //! Prefixes are remembered in a table of `table_size` entries per worker
 //! thread (direct-mapped: a newer prefix takes an older one's slot).
@@ -33,6 +33,8 @@ pub struct PrefixAffinity {
     prefix_bytes: usize,
     load_factor: f64,
     max_load_score: u32,
+    /// Share of a prompt's blocks a known prefix must cover to count.
+    min_match: f64,
     /// Prefix hash and the backend that served it, by slot; 0 = empty.
     table: Vec<(u64, u32)>,
     names: Vec<u64>,
@@ -61,6 +63,7 @@ impl Router for PrefixAffinity {
             prefix_bytes,
             load_factor,
             max_load_score: config.parse("max_load_score")?.unwrap_or(900),
+            min_match: config.parse("min_match")?.unwrap_or(0.5),
             table: vec![(0, 0); table_size],
             names: Vec::new(),
         })
@@ -95,22 +98,29 @@ impl Router for PrefixAffinity {
         let hashes = prompt
             .map(|p| self.block_hashes(p.as_bytes()))
             .unwrap_or_default();
-        // The longest prefix seen before, on a backend under its bound.
-        let known = hashes.iter().rev().find_map(|&h| {
+        // The longest prefix seen before, on a backend under its bound; it
+        // counts only when it covers `min_match` of the prompt's blocks, so
+        // a new conversation that merely shares a system prompt (which the
+        // whole pool soon holds) is not pulled onto one backend.
+        let needed = (hashes.len() as f64 * self.min_match) as usize;
+        let known = hashes.iter().enumerate().rev().find_map(|(i, &h)| {
             let (stored, id) = self.table[self.slot(h)];
-            (stored == h)
+            (stored == h && i + 1 >= needed.max(1))
                 .then(|| usable.iter().find(|b| b.id == id && fits(b)))
                 .flatten()
                 .map(|b| b.id)
         });
+        // Otherwise the least loaded under the bound, ties broken by
+        // rendezvous hashing of the prompt's first block.
         let chosen = known.or_else(|| {
-            // Keyed by the first block, which a conversation keeps as it
-            // grows: another thread or replica that never saw it agrees.
             let key = hashes.first().copied()?;
             usable
                 .iter()
                 .filter(|b| fits(b))
-                .max_by_key(|b| combine(key, self.names.get(b.id as usize).copied().unwrap_or(0)))
+                .min_by_key(|b| {
+                    let rank = combine(key, self.names.get(b.id as usize).copied().unwrap_or(0));
+                    (b.in_flight, b.load_score / 100, u64::MAX - rank)
+                })
                 .map(|b| b.id)
         });
         if known.is_some() {

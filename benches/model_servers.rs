@@ -1,0 +1,456 @@
+//! Balancing over model servers that behave like one: each serves a
+//! bounded batch at once and queues the rest, and keeps a KV cache of
+//! recent prompt blocks, so a request whose prompt begins like a recent one
+//! prefills (and answers its first byte) much sooner. The workload is
+//! agent conversations that share a few system prompts and grow turn by
+//! turn, as multi-agent graphs send them.
+//!
+//! The same workload runs through Switchyard with `round-robin`,
+//! `least-outstanding`, `prefix-affinity`, and least-outstanding over a pool
+//! health-checked by `model-server-health` (reading each server's vLLM-style
+//! `/metrics`), and through nginx `hash $http_x_session consistent` when
+//! nginx is installed. Prints time to first byte per policy and writes the
+//! table to `benches/results/model-servers.md`.
+//!
+//!   cargo bench -p switchyard-benches --bench model_servers
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::{HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+#[path = "nginx.rs"]
+mod nginx;
+
+/// Model servers in the pool.
+const SERVERS: usize = 4;
+/// Requests a server runs at once (its batch); the rest wait.
+const BATCH: usize = 4;
+/// Prompt bytes per KV-cache block.
+const BLOCK: usize = 64;
+/// Blocks a server's KV cache holds.
+const CACHE_BLOCKS: usize = 400;
+/// Prefill time of an uncached and of a cached block.
+const PREFILL_MS: (f64, f64) = (4.0, 0.1);
+/// Decode time after the first byte.
+const DECODE: Duration = Duration::from_millis(20);
+/// Conversations, how many share each system prompt, and their turns.
+const CONVERSATIONS: usize = 48;
+const SYSTEM_PROMPTS: usize = 4;
+const TURNS: usize = 6;
+/// Clients sending at once, each working through its conversations.
+const CLIENTS: usize = 12;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+/// One mock model server.
+struct Server {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+    cached_blocks: Arc<AtomicU64>,
+    prompt_blocks: Arc<AtomicU64>,
+}
+
+/// What a server's KV cache holds: cumulative block hashes, oldest first.
+#[derive(Default)]
+struct Cache {
+    order: VecDeque<u64>,
+    held: HashSet<u64>,
+}
+
+impl Cache {
+    /// How many of `blocks` (a prompt's, in order) are cached from the start.
+    fn hits(&self, blocks: &[u64]) -> usize {
+        blocks.iter().take_while(|b| self.held.contains(b)).count()
+    }
+
+    fn insert(&mut self, blocks: &[u64]) {
+        for &b in blocks {
+            if self.held.insert(b) {
+                self.order.push_back(b);
+            }
+        }
+        while self.order.len() > CACHE_BLOCKS {
+            if let Some(old) = self.order.pop_front() {
+                self.held.remove(&old);
+            }
+        }
+    }
+}
+
+/// Cumulative hashes of a prompt's whole blocks (the server's own view of
+/// its prefix cache; it knows nothing of the proxy's).
+fn blocks(prompt: &[u8]) -> Vec<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    prompt
+        .chunks(BLOCK)
+        .filter(|c| c.len() == BLOCK)
+        .map(|c| {
+            for &b in c {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h
+        })
+        .collect()
+}
+
+async fn start_server() -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let batch = Arc::new(Semaphore::new(BATCH));
+    let cache = Arc::new(Mutex::new(Cache::default()));
+    let waiting = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let (cached_blocks, prompt_blocks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let server = Server {
+        addr,
+        served: served.clone(),
+        cached_blocks: cached_blocks.clone(),
+        prompt_blocks: prompt_blocks.clone(),
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (batch, cache, waiting, served) = (
+                batch.clone(),
+                cache.clone(),
+                waiting.clone(),
+                served.clone(),
+            );
+            let (cached_blocks, prompt_blocks) = (cached_blocks.clone(), prompt_blocks.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (batch, cache, waiting, served) = (
+                        batch.clone(),
+                        cache.clone(),
+                        waiting.clone(),
+                        served.clone(),
+                    );
+                    let (cached_blocks, prompt_blocks) =
+                        (cached_blocks.clone(), prompt_blocks.clone());
+                    async move {
+                        if req.uri().path() == "/metrics" {
+                            let running = BATCH - batch.available_permits();
+                            let fill = cache.lock().map_or(0, |c| c.order.len());
+                            let page = format!(
+                                "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"m\"}} {running}\n\
+                                 # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"m\"}} {}\n\
+                                 # TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{{model_name=\"m\"}} {}\n",
+                                waiting.load(Relaxed),
+                                fill as f64 / CACHE_BLOCKS as f64 * 0.5
+                            );
+                            return Ok::<_, std::convert::Infallible>(http::Response::new(
+                                Full::new(Bytes::from(page)),
+                            ));
+                        }
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let prompt = blocks(&body);
+                        waiting.fetch_add(1, Relaxed);
+                        let slot = batch.clone().acquire_owned().await;
+                        waiting.fetch_sub(1, Relaxed);
+                        let hits = cache.lock().map_or(0, |c| c.hits(&prompt));
+                        let prefill = (prompt.len() - hits) as f64 * PREFILL_MS.0
+                            + hits as f64 * PREFILL_MS.1;
+                        tokio::time::sleep(Duration::from_secs_f64(prefill / 1000.0)).await;
+                        if let Ok(mut c) = cache.lock() {
+                            c.insert(&prompt);
+                        }
+                        cached_blocks.fetch_add(hits as u64, Relaxed);
+                        prompt_blocks.fetch_add(prompt.len() as u64, Relaxed);
+                        served.fetch_add(1, Relaxed);
+                        // The first byte is out; decoding holds the slot.
+                        tokio::spawn(async move {
+                            tokio::time::sleep(DECODE).await;
+                            drop(slot);
+                        });
+                        Ok(http::Response::new(Full::new(Bytes::from_static(
+                            b"{\"choices\":[]}",
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    server
+}
+
+/// The body of turn `turn` of conversation `c`: its system prompt (one of
+/// a few, shared), then its turns so far.
+fn request_body(c: usize, turn: usize) -> String {
+    let system = format!(
+        "You are agent kind {} of the research graph. {}",
+        c % SYSTEM_PROMPTS,
+        "Follow the plan, cite sources, keep state. ".repeat(70)
+    );
+    let mut messages = vec![serde_json(&[("role", "system"), ("content", &system)])];
+    for t in 0..=turn {
+        let user = format!(
+            "conversation {c} turn {t}: {}",
+            "the findings so far ".repeat(20)
+        );
+        messages.push(serde_json(&[("role", "user"), ("content", &user)]));
+    }
+    format!("{{\"model\":\"m\",\"messages\":[{}]}}", messages.join(","))
+}
+
+fn serde_json(pairs: &[(&str, &str)]) -> String {
+    let fields: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+struct Outcome {
+    name: String,
+    ttfb: Vec<f64>,
+    per_server: Vec<u64>,
+    cache_hit_share: f64,
+}
+
+async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
+    let before: Vec<(u64, u64, u64)> = servers
+        .iter()
+        .map(|s| {
+            (
+                s.served.load(Relaxed),
+                s.cached_blocks.load(Relaxed),
+                s.prompt_blocks.load(Relaxed),
+            )
+        })
+        .collect();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http();
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut ttfb = Vec::new();
+            // Each client works its conversations turn by turn, interleaved.
+            let mine: Vec<usize> = (k..CONVERSATIONS).step_by(CLIENTS).collect();
+            for turn in 0..TURNS {
+                for &c in &mine {
+                    let req = http::Request::post(format!("{url}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .header("x-session", format!("conversation-{c}"))
+                        .body(Full::new(Bytes::from(request_body(c, turn))))
+                        .expect("request");
+                    let sent = Instant::now();
+                    let Ok(resp) = client.request(req).await else {
+                        continue;
+                    };
+                    ttfb.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    let _ = resp.into_body().collect().await;
+                }
+            }
+            ttfb
+        }));
+    }
+    let mut ttfb = Vec::new();
+    for t in tasks {
+        ttfb.extend(t.await.expect("client task"));
+    }
+    ttfb.sort_by(f64::total_cmp);
+    let (mut hit, mut total) = (0, 0);
+    let per_server = servers
+        .iter()
+        .zip(before)
+        .map(|(s, (n, h, p))| {
+            hit += s.cached_blocks.load(Relaxed) - h;
+            total += s.prompt_blocks.load(Relaxed) - p;
+            s.served.load(Relaxed) - n
+        })
+        .collect();
+    Outcome {
+        name: name.into(),
+        ttfb,
+        per_server,
+        cache_hit_share: hit as f64 / total.max(1) as f64,
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = root.join("target/plugins");
+    assert!(
+        plugins.join("prefix-affinity.wasm").exists(),
+        "build the plugins first: ./scripts/build-plugins.sh"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies: [(&str, &str, &str); 4] = [
+        (
+            "round-robin",
+            "p",
+            "router = { plugin = \"round-robin.wasm\" }",
+        ),
+        (
+            "least-outstanding",
+            "p",
+            "router = { plugin = \"least-outstanding.wasm\" }",
+        ),
+        (
+            "prefix-affinity",
+            "p",
+            "router = { plugin = \"prefix-affinity.wasm\", body_peek = \"64KiB\", config = { block = 64 } }",
+        ),
+        (
+            "model-server-health + least-outstanding",
+            "health",
+            "router = { plugin = \"least-outstanding.wasm\" }",
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    // A fresh set of servers (cold caches) for every policy.
+    for (name, pool, router) in policies {
+        let mut servers = Vec::new();
+        for _ in 0..SERVERS {
+            servers.push(start_server().await);
+        }
+        let entries: Vec<String> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{{ name = \"gpu-{i}\", address = \"{}\" }}", s.addr))
+            .collect();
+        let mut config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\nwatch = false\n\
+             [pools.p]\nbackends = [{b}]\n[pools.health]\nbackends = [{b}]\n\
+             health = {{ path = \"/metrics\", interval = \"100ms\", body_limit = \"64KiB\", plugin = \"model-server-health.wasm\", config = {{ max_waiting = 4, fall = 1 }} }}\n",
+            plugins.display(),
+            dir.path().join("cache").display(),
+            b = entries.join(", ")
+        );
+        let _ = write!(
+            config,
+            "[[routes]]\nname = \"r\"\npool = \"{pool}\"\n{router}\ntimeouts = {{ first_byte = \"60s\" }}\n"
+        );
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).expect("write config");
+        let proxy = switchyard::Switchyard::start(
+            &switchyard::config::Config::load(&path).expect("config"),
+        )
+        .expect("proxy starts");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        eprintln!("running {name}");
+        outcomes.push(drive(name, &format!("http://{}", proxy.addr()), &servers).await);
+        proxy.shutdown();
+    }
+    let mut servers = Vec::new();
+    for _ in 0..SERVERS {
+        servers.push(start_server().await);
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    match nginx::Nginx::start(&addrs, dir.path(), "hash $http_x_session consistent;") {
+        Some(n) => {
+            eprintln!("running nginx hash consistent");
+            outcomes.push(
+                drive(
+                    "nginx hash $http_x_session consistent",
+                    &format!("http://{}", n.addr),
+                    &servers,
+                )
+                .await,
+            );
+        }
+        None => eprintln!("nginx not installed; skipping it"),
+    }
+    report(&root, &outcomes);
+}
+
+fn report(root: &Path, outcomes: &[Outcome]) {
+    let mut t = String::new();
+    let _ = writeln!(t, "# Balancing over model servers\n");
+    let _ = writeln!(
+        t,
+        "`cargo bench -p switchyard-benches --bench model_servers`: {SERVERS} mock model servers (batch {BATCH}, KV cache of \
+         {CACHE_BLOCKS} blocks of {BLOCK} bytes, prefill {} ms per uncached block and {} ms per cached one, {} ms decode); \
+         {CONVERSATIONS} conversations on {SYSTEM_PROMPTS} shared system prompts, {TURNS} turns each, {CLIENTS} clients at once. \
+         Time to first byte in ms; cold caches for each policy.\n",
+        PREFILL_MS.0,
+        PREFILL_MS.1,
+        DECODE.as_millis()
+    );
+    let _ = writeln!(
+        t,
+        "| policy | TTFB mean | p50 | p99 | prompt blocks cached | requests per server |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---|");
+    for o in outcomes {
+        let mean = o.ttfb.iter().sum::<f64>() / o.ttfb.len().max(1) as f64;
+        let spread: Vec<String> = o.per_server.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            t,
+            "| {} | {mean:.1} | {:.1} | {:.1} | {:.0} % | {} |",
+            o.name,
+            quantile(&o.ttfb, 0.5),
+            quantile(&o.ttfb, 0.99),
+            o.cache_hit_share * 100.0,
+            spread.join(" / ")
+        );
+    }
+    let mean = |name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.ttfb.iter().sum::<f64>() / o.ttfb.len().max(1) as f64)
+    };
+    let p99 = |name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| quantile(&o.ttfb, 0.99))
+    };
+    if let (Some(a), Some(b), Some(c), Some(d)) = (
+        mean("prefix-affinity"),
+        mean("least-outstanding"),
+        p99("prefix-affinity"),
+        p99("least-outstanding"),
+    ) {
+        let _ = writeln!(
+            t,
+            "\nprefix-affinity / least-outstanding: mean TTFB {:.2} (target at most 0.5), p99 {:.2} (target at most 1).",
+            a / b,
+            c / d
+        );
+    }
+    print!("{t}");
+    let results = root.join("benches/results");
+    let _ = std::fs::create_dir_all(&results);
+    let _ = std::fs::write(results.join("model-servers.md"), &t);
+}
