@@ -302,6 +302,20 @@ fn post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> (u16, String
     )
 }
 
+/// Two replicas on one Redis with the same config.
+fn two_replicas(redis: &Redis, config: &str) -> (Replica, Replica) {
+    (
+        Replica::launch(&redis.url(), config),
+        Replica::launch(&redis.url(), config),
+    )
+}
+
+/// A new job by event stream on `addr`, dropped after `stop_after` events.
+fn sse_job(addr: SocketAddr, stop_after: &str) -> Client {
+    let url = format!("http://{addr}/agents/run");
+    Client::start(&["sse", &url, "--body", "{}", "--stop-after", stop_after])
+}
+
 const STEPS: usize = 5;
 
 #[test]
@@ -376,18 +390,8 @@ fn a_client_resumes_on_another_replica_without_loss_or_duplicates() {
         Sink::Redis(redis.url()),
     );
     let config = job_config(&[&worker], "redis", "job_timeout = \"5s\"");
-    let (a, b) = (
-        Replica::launch(&redis.url(), &config),
-        Replica::launch(&redis.url(), &config),
-    );
-    let first = Client::start(&[
-        "sse",
-        &format!("http://{}/agents/run", a.addr),
-        "--body",
-        "{}",
-        "--stop-after",
-        "3",
-    ]);
+    let (a, b) = two_replicas(&redis, &config);
+    let first = sse_job(a.addr, "3");
     let (seen, how) = first.rest(Duration::from_secs(10));
     assert_eq!(how, "stopped");
     assert_eq!(kinds(&seen), ["accepted", "progress", "progress"]);
@@ -442,10 +446,7 @@ fn killing_the_replica_that_holds_the_client_loses_nothing() {
         Sink::Redis(redis.url()),
     );
     let config = job_config(&[&worker], "redis", "job_timeout = \"5s\"");
-    let (mut a, b) = (
-        Replica::launch(&redis.url(), &config),
-        Replica::launch(&redis.url(), &config),
-    );
+    let (mut a, b) = two_replicas(&redis, &config);
     let client = Client::start(&["ws", &format!("ws://{}/agents/run", a.addr), "--body", "{}"]);
     let accepted = client.next(Duration::from_secs(10));
     let progress = client.next(Duration::from_secs(10));
@@ -520,18 +521,8 @@ fn a_job_whose_worker_and_replica_both_died_still_ends_with_an_error() {
     let redis = Redis::start(free_port());
     let worker = Worker::start("w1", Behaviour::Dies { steps: 1 }, Sink::Redis(redis.url()));
     let config = job_config(&[&worker], "redis", "job_timeout = \"1s\"");
-    let (mut a, b) = (
-        Replica::launch(&redis.url(), &config),
-        Replica::launch(&redis.url(), &config),
-    );
-    let client = Client::start(&[
-        "sse",
-        &format!("http://{}/agents/run", a.addr),
-        "--body",
-        "{}",
-        "--stop-after",
-        "2",
-    ]);
+    let (mut a, b) = two_replicas(&redis, &config);
+    let client = sse_job(a.addr, "2");
     let (seen, _) = client.rest(Duration::from_secs(10));
     assert_eq!(kinds(&seen), ["accepted", "progress"]);
     // The replica that watched the job goes before the job times out.

@@ -328,16 +328,8 @@ async fn connections_past_max_connections_are_refused_with_503() {
     // Until the proxy has seen the held connections close, a new one may
     // still be refused: try on fresh sockets until one is served.
     let addr = proxy.addr();
-    eventually(Duration::from_secs(3), "slots to free", || async move {
-        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-            return false;
-        };
-        let _ = s
-            .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
-        answer.starts_with(b"HTTP/1.1 200")
+    eventually(Duration::from_secs(3), "slots to free", || {
+        served_on_a_fresh_connection(addr)
     })
     .await;
 }
@@ -402,22 +394,24 @@ async fn upgraded_connections_count_under_max_connections() {
     // Closing a tunnel frees its place.
     drop(tunnels.pop());
     let addr = proxy.addr();
-    eventually(
-        Duration::from_secs(3),
-        "a tunnel's place to free",
-        || async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                return false;
-            };
-            let _ = s
-                .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                .await;
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
-            answer.starts_with(b"HTTP/1.1 200")
-        },
-    )
+    eventually(Duration::from_secs(3), "a tunnel's place to free", || {
+        served_on_a_fresh_connection(addr)
+    })
     .await;
+}
+
+/// Whether a new connection gets a `200` for `GET /ok`.
+async fn served_on_a_fresh_connection(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let _ = s
+        .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
+    answer.starts_with(b"HTTP/1.1 200")
 }
 
 /// A plugin whose `init` hangs after its first instances were made (at
