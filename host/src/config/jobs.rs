@@ -148,3 +148,66 @@ fn default_max_in_flight() -> u32 {
 fn default_max_body() -> u64 {
     8 * 1024 * 1024
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), ".".into())
+    }
+
+    const BASE: &str = "[pools.models]\nbackends = [{ name = \"a\", address = \"127.0.0.1:9001\" }]\n\n\
+                        [[routes]]\nname = \"research\"\npool = \"models\"\nmatch = { path_prefix = \"/r\" }\n";
+
+    #[test]
+    fn job_routes_are_checked_with_their_store() {
+        let job = |extra: &str| {
+            format!(
+                "{BASE}\n[[routes]]\nname = \"agents\"\npool = \"models\"\nmatch = {{ path_prefix = \"/agents\" }}\n{extra}\n"
+            )
+        };
+        let c = parse(&job("mode = \"job\"")).unwrap();
+        let jobs = c.routes[1].get_ref().job_settings().expect("a job route");
+        assert_eq!(jobs.store, "memory");
+        assert_eq!(jobs.ttl, Duration::from_secs(7200));
+        assert_eq!(c.routes[0].get_ref().job_settings(), None);
+        let cases = [
+            ("jobs = { ttl = \"1h\" }", "jobs needs mode = \"job\""),
+            (
+                "mode = \"job\"\njobs = { store = \"redis\" }",
+                "uses [shared] store, which is \"memory\"",
+            ),
+            (
+                "mode = \"job\"\njobs = { store = \"mysql://x\" }",
+                "expected \"memory\", \"redis\" or a redis:// URL",
+            ),
+            (
+                "mode = \"job\"\njobs = { ttl = \"1m\", job_timeout = \"2m\" }",
+                "job_timeout is longer than jobs.ttl",
+            ),
+            (
+                "mode = \"job\"\njobs = { heartbeat = \"0s\" }",
+                "jobs.heartbeat must be above zero",
+            ),
+            ("mode = \"jobs\"", "unknown variant"),
+        ];
+        for (extra, want) in cases {
+            let e = parse(&job(extra)).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+            assert!(
+                e.starts_with("test.toml:"),
+                "{extra}: the error names the file: {e}"
+            );
+        }
+        // Two job routes on different stores cannot both be found by /jobs/<id>.
+        let two = format!(
+            "{}\n[[routes]]\nname = \"more\"\npool = \"models\"\nmode = \"job\"\njobs = {{ store = \"redis://127.0.0.1:1\" }}\n",
+            job("mode = \"job\"")
+        );
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(e.contains("every job route must use one job store"), "{e}");
+    }
+}

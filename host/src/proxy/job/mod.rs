@@ -17,13 +17,15 @@ use super::request_body::ClientBody;
 use super::service::{ClientConn, ResponseBody};
 use super::websocket::{self, WsReader, WsWriter, close};
 use super::worker::Worker;
-use crate::jobs::{EventId, JobId, StoreError, kind};
+use crate::jobs::{EventId, JobId, kind};
 use crate::route::{JobRoute, Permit, Route, RouteTable};
 use bytes::Bytes;
 use driver::drive;
+use edge::{
+    insert, job_request, json_reply, last_event_id, query, read_body, store_unavailable,
+    websocket_accepted,
+};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body::Body;
-use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::TokioIo;
 use relay::{Follower, event_json, events_response, first_message, relay_websocket, wait_for_end};
 use serde_json::json;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod driver;
+mod edge;
 mod relay;
 
 pub use driver::JobTicket;
@@ -361,129 +364,4 @@ async fn start(
         tracing::debug!(route = %route, job = %job, ?end, "job ended");
     });
     Ok((id, accepted))
-}
-
-/// The request a WebSocket job sends its worker: a `POST` to the same
-/// path, the socket's headers gone, the first message as its body.
-fn job_request(mut parts: http::request::Parts, body: &Bytes) -> http::request::Parts {
-    parts.method = http::Method::POST;
-    let h = &mut parts.headers;
-    for name in [
-        header::UPGRADE,
-        header::CONNECTION,
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_VERSION,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-        header::SEC_WEBSOCKET_PROTOCOL,
-    ] {
-        h.remove(name);
-    }
-    if !h.contains_key(header::CONTENT_TYPE) {
-        let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
-        let ct = if json {
-            "application/json"
-        } else {
-            "text/plain; charset=utf-8"
-        };
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    parts.extensions = http::Extensions::new();
-    parts
-}
-
-/// `101 Switching Protocols` for a WebSocket request with `key`.
-fn websocket_accepted(key: Option<&HeaderValue>) -> Response<ResponseBody> {
-    let Some(key) = key else {
-        return reply(StatusCode::BAD_REQUEST, "missing sec-websocket-key\n");
-    };
-    let mut resp = Response::new(super::service::full(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        websocket::accept_key(key.as_bytes()),
-    );
-    resp
-}
-
-/// Reads a job's request body whole, refusing one over `max` bytes.
-async fn read_body(body: ClientBody, max: usize) -> Result<Bytes, Response<ResponseBody>> {
-    if body.size_hint().lower() > max as u64 {
-        return Err(too_large(max));
-    }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => match e.downcast::<super::request_body::ClientBodyError>() {
-            Ok(e) => Err(super::reply::body_failed(&e)),
-            Err(_) => Err(too_large(max)),
-        },
-    }
-}
-
-fn too_large(max: usize) -> Response<ResponseBody> {
-    reply(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("a job request is at most {max} bytes (jobs.max_body)\n"),
-    )
-}
-
-fn store_unavailable(e: &StoreError) -> Response<ResponseBody> {
-    let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
-/// Where to resume: `last-event-id` (as EventSource sends it), else the
-/// `last_event_id` query parameter.
-fn last_event_id<B>(req: &Request<B>) -> Result<Option<EventId>, BadEventId> {
-    let given = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| query(req.uri(), "last_event_id"));
-    match given.as_deref().map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(text) => EventId::parse(text).map(Some).ok_or(BadEventId),
-    }
-}
-
-/// A `last-event-id` that is not an event id.
-struct BadEventId;
-
-impl BadEventId {
-    fn response(&self) -> Response<ResponseBody> {
-        reply(
-            StatusCode::BAD_REQUEST,
-            "last-event-id is not an event id\n",
-        )
-    }
-}
-
-/// A query parameter's value (no percent-decoding: ids need none).
-fn query(uri: &http::Uri, name: &str) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
-fn json_reply(status: StatusCode, body: String) -> Response<ResponseBody> {
-    let mut resp = reply(status, body);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn insert(h: &mut http::HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
 }

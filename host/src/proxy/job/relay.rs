@@ -3,7 +3,8 @@
 //! heartbeats, the store's outages reported, and a watchdog of its own.
 
 use super::driver::timeout_data;
-use super::{FIRST_MESSAGE_WAIT, WATCHDOG_GRACE, X_SWITCHYARD_JOB_ID, insert, json_reply};
+use super::edge::{insert, json_reply};
+use super::{FIRST_MESSAGE_WAIT, WATCHDOG_GRACE, X_SWITCHYARD_JOB_ID};
 use crate::jobs::{Delivery, Event, EventId, JobId, Subscription, kind};
 use crate::proxy::body::BodyError;
 use crate::proxy::reply::reply;
