@@ -20,6 +20,7 @@ pub mod pool;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;
+pub mod rollout;
 pub mod route;
 mod run;
 pub mod secret;

@@ -82,6 +82,31 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Run a candidate router over a recorded trace and report what would
+    /// change; exits 1 when the candidate fails on any recorded input.
+    Replay {
+        /// The trace a route's `record` wrote.
+        #[arg(long)]
+        trace: PathBuf,
+        /// The config that names the route (and the plugin directory).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// The candidate: a file in the plugin directory, or a path.
+        #[arg(long)]
+        plugin: String,
+        /// Compare with this plugin run on the same inputs, instead of the
+        /// recorded decisions.
+        #[arg(long)]
+        against: Option<String>,
+        /// Where the JSON report goes; default: TRACE.replay.json.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Where the SVG chart goes; default: TRACE.replay.svg.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Start the proxy on a demo config with mock model backends on loopback.
     Demo {
         /// Directory holding the built plugins.
@@ -174,6 +199,44 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin, token } => print_status(&admin, token.as_deref()),
+        Command::Replay {
+            trace,
+            config,
+            route,
+            plugin,
+            against,
+            json,
+            svg,
+        } => {
+            let options = switchyard::rollout::replay::ReplayOptions {
+                trace: trace.clone(),
+                config,
+                route,
+                plugin,
+                against,
+            };
+            let report = switchyard::rollout::replay::replay(&options)?;
+            print!("{}", report.text());
+            let beside = |ext: &str| {
+                let mut p = trace.clone().into_os_string();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            let json = json.unwrap_or_else(|| beside(".replay.json"));
+            let svg = svg.unwrap_or_else(|| beside(".replay.svg"));
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", json.display()))?;
+            std::fs::write(&svg, report.svg())
+                .with_context(|| format!("cannot write {}", svg.display()))?;
+            println!("  wrote {} and {}", json.display(), svg.display());
+            anyhow::ensure!(
+                report.failures == 0,
+                "the candidate failed on {} of {} recorded inputs",
+                report.failures,
+                report.decisions
+            );
+            Ok(())
+        }
         Command::KeyDigest => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;

@@ -3,6 +3,7 @@
 //! proxy workers.
 
 mod jobs;
+mod rollout;
 
 use crate::reload::Reloader;
 use crate::route::RouteTable;
@@ -178,6 +179,17 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         path if path.starts_with("/runs/") => run_totals(reloader, &path["/runs/".len()..]),
+        path if path.starts_with("/shadow/") => {
+            let table = reloader.shared.table.load();
+            match rollout::shadow_json(&table, &path["/shadow/".len()..]) {
+                Some(v) => respond(StatusCode::OK, "application/json", v.to_string()),
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no route of that name has a shadow router\n".into(),
+                ),
+            }
+        }
         "/status" => {
             let table = reloader.shared.table.load();
             let mut status = status_json(&table);
@@ -188,7 +200,7 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /dashboard, /metrics, /status, /plugins or /healthz\n".into(),
+            "try /dashboard, /metrics, /status, /plugins, /shadow/<route> or /healthz\n".into(),
         ),
     }
 }
@@ -289,15 +301,25 @@ pub fn plugins_json(table: &RouteTable) -> serde_json::Value {
     };
     let mut out = Vec::new();
     for r in &table.routes {
-        if let Some(p) = &r.router {
-            out.push(entry(
-                "router",
-                format!("route:{}", r.name),
-                p.name(),
-                (&p.component, p.version),
-                &p.stats,
-                p.is_quarantined(),
-            ));
+        let roles = [
+            ("router", r.router.as_ref()),
+            (
+                "router:canary-previous",
+                r.canary.as_ref().map(|c| &c.previous),
+            ),
+            ("router:shadow", r.shadow.as_ref().map(|s| &s.plugin)),
+        ];
+        for (kind, p) in roles {
+            if let Some(p) = p {
+                out.push(entry(
+                    kind,
+                    format!("route:{}", r.name),
+                    p.name(),
+                    (&p.component, p.version),
+                    &p.stats,
+                    p.is_quarantined(),
+                ));
+            }
         }
     }
     for pool in &table.pools {
@@ -356,11 +378,17 @@ pub fn status_json(table: &RouteTable) -> serde_json::Value {
                 counts["job_timeout_ms"] = json!(j.settings.job_timeout.as_millis() as u64);
                 counts
             });
-            json!({
+            let mut entry = json!({
                 "name": r.name, "pool": r.pool.name, "router": plugin,
                 "limits": limits, "fallback": fallback, "jobs": jobs,
                 "retries": { "attempts": r.retries.attempts, "on_429": r.retries.on_429, "on_5xx": r.retries.on_5xx },
-            })
+            });
+            if let (Some(o), serde_json::Value::Object(more)) =
+                (entry.as_object_mut(), rollout::route_status(r))
+            {
+                o.extend(more);
+            }
+            entry
         })
         .collect();
     let pools: Vec<_> = table

@@ -12,6 +12,7 @@ use crate::jobs::JobStore;
 use crate::plugin::PluginRuntime;
 use crate::plugin::{BreakerPolicy, HealthPolicy, PluginError, RouterSpec};
 use crate::pool::{OutcomeFeed, Pool, PoolHealth};
+use crate::rollout::{Canary, Recorder, Shadow};
 use crate::route::{
     Admission, ClientKeys, Fallback, JobRoute, Matcher, RetryBudget, Route, RouteMetrics,
     RouteTable, auth,
@@ -32,6 +33,8 @@ pub enum BuildError {
     Pool { pool: String, message: String },
     #[error("pool `{pool}`: {error}")]
     PoolPlugin { pool: String, error: PluginError },
+    #[error("route `{route}`: {message}")]
+    Record { route: String, message: String },
     #[error("jobs: {message}")]
     Jobs { message: String },
     #[error("route `{route}`: auth: {error}")]
@@ -46,7 +49,9 @@ impl BuildError {
     /// for a route's plugin, the file otherwise.
     pub fn located(&self, config: &Config) -> String {
         match self {
-            BuildError::Plugin { route, .. } | BuildError::Auth { route, .. } => {
+            BuildError::Plugin { route, .. }
+            | BuildError::Auth { route, .. }
+            | BuildError::Record { route, .. } => {
                 format!("{}: {self}", config.plugin_location(route))
             }
             _ => format!("{}: {self}", config.path.display()),
@@ -118,28 +123,60 @@ pub fn route_table(
         let Some(pool) = pools.get(r.pool.get_ref()).cloned() else {
             continue; // validation guarantees the pool exists
         };
-        let router = match &r.router {
-            None => None,
+        let before = previous.and_then(|t| t.routes.iter().find(|x| x.name == r.name));
+        let plugin_err = |error| BuildError::Plugin {
+            route: r.name.clone(),
+            error,
+        };
+        let (router, rollout) = match &r.router {
+            None => (None, Rollout::default()),
             Some(router) => {
-                let spec = RouterSpec {
-                    file: config.plugin_dir().join(router.plugin.get_ref()),
+                let spec = |file: &str, table: Option<&toml::Table>| RouterSpec {
+                    file: config.plugin_dir().join(file),
                     route: r.name.clone(),
-                    config: flatten_table(&router.config),
+                    config: flatten_table(table.unwrap_or(&router.config)),
                     on_failure: router.on_failure,
                     deadline: router.deadline,
                     memory_mb: router.memory_mb,
                     backends: backend_infos(&pool),
                     body_peek: router.body_peek as usize,
                 };
-                let before = previous
-                    .and_then(|t| t.routes.iter().find(|x| x.name == r.name))
-                    .and_then(|x| x.router.as_ref());
-                Some(
-                    bind_router(runtime, spec, before).map_err(|error| BuildError::Plugin {
-                        route: r.name.clone(),
-                        error,
-                    })?,
+                let live = bind_router(
+                    runtime,
+                    spec(router.plugin.get_ref(), None),
+                    before.and_then(|x| x.router.as_ref()),
                 )
+                .map_err(plugin_err)?;
+                let rollout = load_rollout(r, router, &live, &pool, before, spec, runtime)
+                    .map_err(plugin_err)?;
+                (Some(live), rollout)
+            }
+        };
+        let record = match &r.record {
+            None => None,
+            Some(rc) => {
+                let routers: Vec<_> = router
+                    .iter()
+                    .chain(rollout.canary.as_ref().map(|c| &c.previous))
+                    .collect();
+                let peek = r
+                    .router
+                    .as_ref()
+                    .map_or(1024 * 1024, |x| x.body_peek as usize);
+                Some(Arc::new(
+                    Recorder::new(
+                        &r.name,
+                        rc,
+                        &config.base_dir,
+                        &routers,
+                        &backend_infos(&pool),
+                        peek,
+                    )
+                    .map_err(|message| BuildError::Record {
+                        route: r.name.clone(),
+                        message,
+                    })?,
+                ))
             }
         };
         let auth =
@@ -176,6 +213,9 @@ pub fn route_table(
                     .and_then(|p| pools.get(p.get_ref()).cloned());
                 Fallback::new(f, pool)
             }),
+            shadow: rollout.shadow,
+            canary: rollout.canary,
+            record,
             jobs: r.job_settings().zip(jobs.clone()).map(|(settings, store)| {
                 Arc::new(JobRoute {
                     counts: store.route_jobs(&r.name),
@@ -203,6 +243,42 @@ pub fn route_table(
                 ))
             }),
     })
+}
+
+/// A route's shadow and canary, when its router has them.
+#[derive(Default)]
+struct Rollout {
+    shadow: Option<Arc<Shadow>>,
+    canary: Option<Arc<Canary>>,
+}
+
+/// Loads the shadow and the canary's previous version of `r`, reusing
+/// what `before` (the route in the table being replaced) had loaded.
+fn load_rollout(
+    r: &crate::config::RouteConfig,
+    router: &crate::config::RouterConfig,
+    live: &Arc<crate::plugin::RouterPlugin>,
+    pool: &Pool,
+    before: Option<&Route>,
+    spec: impl Fn(&str, Option<&toml::Table>) -> RouterSpec,
+    runtime: &PluginRuntime,
+) -> Result<Rollout, PluginError> {
+    let mut out = Rollout::default();
+    if let Some(c) = &router.canary {
+        let old = before.and_then(|b| b.canary.as_ref()).map(|c| &c.previous);
+        let previous = bind_router(runtime, spec(&c.previous, c.previous_config.as_ref()), old)?;
+        out.canary = Some(Arc::new(Canary::new(&r.name, live, previous, c.clone())));
+    }
+    if let Some(s) = &router.shadow {
+        let mut shadow_spec = spec(&s.plugin, s.config.as_ref());
+        shadow_spec.deadline = s.deadline;
+        shadow_spec.memory_mb = s.memory_mb;
+        let old = before.and_then(|b| b.shadow.as_deref());
+        let plugin = bind_router(runtime, shadow_spec, old.map(|o| &o.plugin))?;
+        let names = pool.backends.iter().map(|b| b.name.clone()).collect();
+        out.shadow = Some(Arc::new(Shadow::new(plugin, s.sample, &r.name, names, old)));
+    }
+    Ok(out)
 }
 
 /// The job store of the config's job routes: the previous table's when it

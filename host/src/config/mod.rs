@@ -8,6 +8,7 @@ mod jobs;
 mod locate;
 mod plugin;
 mod pool;
+mod rollout;
 mod route;
 mod server;
 mod shared;
@@ -18,6 +19,7 @@ pub use duration::parse_duration;
 pub use jobs::{JobsConfig, RouteMode};
 pub use plugin::{FailurePolicy, PluginSettings, PolicyPlugin, RouterConfig};
 pub use pool::{BackendConfig, HealthConfig, PoolConfig};
+pub use rollout::{CanaryConfig, RecordConfig, ShadowConfig};
 pub use route::{
     AuthConfig, ClientKeyConfig, FallbackConfig, LimitsConfig, MatchConfig, RetryConfig,
     RouteConfig, TimeoutConfig,

@@ -75,6 +75,12 @@ pub struct RouterConfig {
     /// body routed on: agent prompts of hundreds of KiB are common.
     #[serde(default = "default_body_peek", deserialize_with = "size::deserialize")]
     pub body_peek: u64,
+    /// A second router that decides on a share of requests without acting.
+    #[serde(default)]
+    pub shadow: Option<super::rollout::ShadowConfig>,
+    /// Roll this router out over `previous` step by step, with rollback.
+    #[serde(default)]
+    pub canary: Option<super::rollout::CanaryConfig>,
 }
 
 fn default_body_peek() -> u64 {

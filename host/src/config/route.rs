@@ -48,6 +48,9 @@ pub struct RouteConfig {
     /// Settings of a job route; defaults apply when left out.
     #[serde(default)]
     pub jobs: Option<JobsConfig>,
+    /// Record sampled requests for `switchyard replay`.
+    #[serde(default)]
+    pub record: Option<super::rollout::RecordConfig>,
 }
 
 impl RouteConfig {
@@ -360,6 +363,13 @@ impl RouteConfig {
                     format!("route `{name}`: router deadline and memory_mb must be above zero"),
                 );
             }
+        }
+        let (shadow, canary) = match &self.router {
+            Some(r) => (r.shadow.as_ref(), r.canary.as_ref()),
+            None => (None, None),
+        };
+        if let Err((path, message)) = super::rollout::check(shadow, canary, self.record.as_ref()) {
+            return problem(path, format!("route `{name}`: {path}: {message}"));
         }
         if let Some(auth) = &self.auth
             && auth.keys_file.is_none()

@@ -45,6 +45,39 @@ pub enum Interest {
     BodySize,
 }
 
+impl Interest {
+    /// Parses the name [`Interest::name`] gives: `header:NAME`,
+    /// `cookie:NAME`, `json-body:FIELD`, `path`, `query`, `host`,
+    /// `body-size`.
+    pub fn parse(text: &str) -> Option<Interest> {
+        Some(match text.split_once(':') {
+            Some(("header", h)) => {
+                Interest::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?)
+            }
+            Some(("cookie", c)) if !c.is_empty() => Interest::Cookie(c.to_string()),
+            Some(("json-body", f)) if !f.is_empty() => Interest::JsonBody(f.to_string()),
+            None if text == "path" => Interest::Path,
+            None if text == "query" => Interest::Query,
+            None if text == "host" => Interest::Host,
+            None if text == "body-size" => Interest::BodySize,
+            _ => return None,
+        })
+    }
+
+    /// A stable name, as traces and `/shadow` show it.
+    pub fn name(&self) -> String {
+        match self {
+            Interest::Header(h) => format!("header:{h}"),
+            Interest::Cookie(c) => format!("cookie:{c}"),
+            Interest::JsonBody(f) => format!("json-body:{f}"),
+            Interest::Path => "path".into(),
+            Interest::Query => "query".into(),
+            Interest::Host => "host".into(),
+            Interest::BodySize => "body-size".into(),
+        }
+    }
+}
+
 /// Why a plugin call produced no usable decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallFailure {
@@ -63,6 +96,10 @@ pub enum CallFailure {
     /// A fresh instance could not be created.
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
+    /// No instance is ready on this thread yet (one is being made); not
+    /// the plugin's fault.
+    #[error("no instance ready yet")]
+    NotReady,
 }
 
 impl CallFailure {
@@ -74,6 +111,7 @@ impl CallFailure {
             CallFailure::Invalid(_) => "invalid",
             CallFailure::Quarantined => "quarantined",
             CallFailure::Instantiate(_) => "instantiate",
+            CallFailure::NotReady => "not_ready",
         }
     }
 }

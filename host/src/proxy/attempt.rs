@@ -37,6 +37,9 @@ pub struct Dispatch<'a> {
     /// The run the request names, counted in the table's run ledger.
     pub run: Option<Arc<str>>,
     pub runs: Option<Arc<crate::shared::runs::RunLedger>>,
+    /// Follows a canaried or recorded request; the exchange that answers
+    /// takes it, to report the outcome when the body ends.
+    pub watch: std::cell::Cell<Option<Box<crate::rollout::Watch>>>,
 }
 
 /// How one attempt on one backend ended. Returned at once, never stored,
@@ -229,6 +232,7 @@ impl Dispatch<'_> {
                 None
             },
             meter: None,
+            watch: self.watch.take(),
         };
         if status == 101 {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

@@ -39,6 +39,8 @@ pub struct Exchange {
     pub duration: Option<metrics::Histogram>,
     /// Token accounting, for JSON and event-stream answers.
     pub meter: Option<Box<UsageMeter>>,
+    /// The request's canary or record, told how it ended.
+    pub watch: Option<Box<crate::rollout::Watch>>,
 }
 
 /// Reads a response's `usage` as it streams and counts it when it ends.
@@ -94,6 +96,26 @@ impl UsageMeter {
 
 impl Exchange {
     fn settle(mut self, outcome: Option<Outcome>) {
+        if let Some(watch) = self.watch.take() {
+            let usage = self.meter.as_ref().and_then(|m| m.scan.found);
+            let error = match outcome {
+                Some(Outcome::Response(_)) => None,
+                Some(Outcome::ConnectError) => Some("connect"),
+                Some(Outcome::Timeout) => Some("timeout"),
+                Some(Outcome::Reset) => Some("reset"),
+                None => Some("client_gone"),
+            };
+            let latency_us = micros(watch.started);
+            watch.finish(crate::rollout::Ending {
+                backend: Some(self.pool.backends[self.backend as usize].name.clone()),
+                status: self.status,
+                latency_us,
+                ttfb_us: self.ttfb_us,
+                prompt_tokens: usage.map_or(0, |u| u.prompt),
+                completion_tokens: usage.map_or(0, |u| u.completion),
+                error,
+            });
+        }
         if let Some(outcome) = outcome {
             let usage = self.meter.as_ref().and_then(|m| m.scan.found);
             let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
@@ -119,6 +141,10 @@ impl Exchange {
         }
         drop(self.guard);
     }
+}
+
+fn micros(since: Instant) -> u32 {
+    since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 /// A proxied response body with timeouts and accounting.

@@ -139,26 +139,29 @@ pub async fn serve(
     let logged = table
         .access_log
         .then(|| Box::new((req.method().clone(), req.uri().clone(), Instant::now())));
-    let peeked = match &route.router {
-        Some(p) if p.reads_body() && is_json(&req) => {
-            match peek(req.body_mut(), p.spec.body_peek).await {
-                Ok(peeked) => Some(peeked),
-                Err(e) => return Ok(body_failed(&e)),
-            }
-        }
+    let peeked = match route.body_peek() {
+        Some(limit) if is_json(&req) => match peek(req.body_mut(), limit).await {
+            Ok(peeked) => Some(peeked),
+            Err(e) => return Ok(body_failed(&e)),
+        },
         _ => None,
     };
     let run = table.runs.as_ref().and_then(|l| l.run_id(req.headers()));
+    let mut watch = route.watch(&req, client.peer.ip());
     let choice = worker.decide(
         route,
         &req,
         peeked.as_ref().map(Peeked::view),
         client.peer.ip(),
+        watch.as_deref_mut(),
     );
     let details = debug.then(|| decision_details(route, &choice));
     let mut resp = match choice {
         Choice::Reply { status, body } => {
             route.metrics.local_replies.increment(1);
+            if let Some(watch) = watch.take() {
+                watch.finish_local(status);
+            }
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             // A router answering like an API (an OpenAI-style error object)
             // is labelled JSON, so clients parse the error.
@@ -185,8 +188,9 @@ pub async fn serve(
                 job: None,
                 run,
                 runs: table.runs.clone(),
+                watch: std::cell::Cell::new(watch.take()),
             };
-            dispatch
+            let resp = dispatch
                 .forward(
                     &client,
                     req,
@@ -195,7 +199,12 @@ pub async fn serve(
                     add_headers,
                     permit,
                 )
-                .await
+                .await;
+            // Still here: no backend's exchange took it, the proxy answered.
+            if let Some(watch) = dispatch.watch.take() {
+                watch.finish_local(resp.status().as_u16());
+            }
+            resp
         }
     };
     if let Some(details) = details {

@@ -7,6 +7,7 @@ use super::upstream::UpstreamPool;
 use crate::config::FailurePolicy;
 use crate::plugin::{Answer, CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, wit};
 use crate::pool::{Pool, least_outstanding, push_load_words};
+use crate::rollout::{Arm, Decided, Watch};
 use crate::route::{Route, RouteTable, request_host};
 use http::{HeaderName, HeaderValue, Method, Request};
 use std::cell::RefCell;
@@ -97,9 +98,9 @@ impl Worker {
             table
                 .routes
                 .iter()
-                .any(|r| r.router.as_ref().is_some_and(|p| p.id == *id))
+                .any(|r| r.routers().any(|p| p.id == *id))
         });
-        for plugin in table.routes.iter().filter_map(|r| r.router.as_ref()) {
+        for plugin in table.routes.iter().flat_map(Route::routers) {
             if let std::collections::hash_map::Entry::Vacant(slot) = instances.entry(plugin.id)
                 && let Some(instance) = plugin.take_instance()
             {
@@ -108,74 +109,191 @@ impl Worker {
         }
     }
 
-    /// Decides where a request goes: the route's plugin, or the built-in
-    /// router when there is none or the plugin fails under `fail-open`.
-    /// `body` is the start of a JSON request body, read for routers that
-    /// route on one of its fields.
+    /// Decides where a request goes: the route's plugin (or, on a canary,
+    /// the version `watch` was given), or the built-in router when there is
+    /// none or the plugin fails under `fail-open`. `body` is the start of a
+    /// JSON request body, read for routers that route on one of its fields.
+    /// A sampled request also feeds the route's shadow and its record.
     pub fn decide<B>(
         &self,
         route: &Route,
         req: &Request<B>,
         body: Option<BodyView<'_>>,
         client: IpAddr,
+        watch: Option<&mut Watch>,
     ) -> Choice {
-        let Some(plugin) = &route.router else {
-            return builtin(&route.pool);
+        let (arm, capture) = match watch {
+            Some(Watch { arm, capture, .. }) => (arm.as_ref(), capture.as_mut()),
+            None => (None, None),
         };
-        if plugin.is_quarantined() {
-            return on_failure(plugin, &route.pool);
+        let plugin = match arm {
+            Some((Arm::Previous, canary)) => Some(&canary.previous),
+            _ => route.router.as_ref(),
+        };
+        let shadow = route.shadow.as_ref().filter(|s| s.sampled());
+        let capture = capture.map(|(c, r)| (c, &**r));
+        if shadow.is_none() && capture.is_none() {
+            let Some(plugin) = plugin else {
+                return builtin(&route.pool);
+            };
+            let mut loads = self.loads.borrow_mut();
+            fill_loads(&mut loads, &route.pool);
+            let attributes = plugin
+                .interest
+                .iter()
+                .map(|i| attribute(i, req, body))
+                .collect();
+            return self
+                .ask(route, plugin, facts(req, client), &loads, attributes)
+                .0;
         }
-        let facts = wit::Request {
-            method: method(req.method()),
-            client_ip: ip(client),
-        };
-        let attributes = plugin
-            .interest
-            .iter()
-            .map(|i| attribute(i, req, body))
-            .collect();
-        let mut loads = self.loads.borrow_mut();
-        loads.clear();
-        loads.reserve(route.pool.backends.len() * LOAD_WORDS);
-        let now = crate::clock::millis();
-        for b in &route.pool.backends {
-            push_load_words(&mut loads, b.id, &b.state.snapshot_at(now));
-        }
-        let mut instances = self.instances.borrow_mut();
-        let instance = match instances.entry(plugin.id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            // Instances are made and initialised off this thread; until one
-            // is ready (just after a trap), the failure policy decides.
-            std::collections::hash_map::Entry::Vacant(e) => match plugin.take_instance() {
-                Some(instance) => e.insert(instance),
-                None => {
-                    metrics::counter!("switchyard_plugin_instance_waits_total",
-                        "plugin" => plugin.name().to_string(), "route" => route.name.clone())
-                    .increment(1);
-                    return on_failure(plugin, &route.pool);
-                }
-            },
-        };
-        let timer = plugin.stats.start();
-        let answer = instance.route(facts, &loads, attributes);
-        plugin.stats.finish(timer);
-        let failure = match answer {
-            Ok(decision) => match check(decision, route.pool.backends.len()) {
-                Ok(choice) => {
-                    plugin.record_success();
-                    return choice;
-                }
-                Err(failure) => failure,
-            },
-            Err(failure) => {
-                // A trapped instance cannot be called again; the next request
-                // gets a fresh one.
-                instances.remove(&plugin.id);
-                failure
+        // A sampled request: the inputs are kept for the shadow and the
+        // record, off the fast path above.
+        let facts = facts(req, client);
+        let mut loads = Vec::new();
+        fill_loads(&mut loads, &route.pool);
+        let (choice, failure) = match plugin {
+            None => (builtin(&route.pool), None),
+            Some(plugin) => {
+                let attributes = plugin
+                    .interest
+                    .iter()
+                    .map(|i| attribute(i, req, body))
+                    .collect();
+                self.ask(route, plugin, facts, &loads, attributes)
             }
         };
-        plugin.record_failure(&failure);
-        on_failure(plugin, &route.pool)
+        let decided = Decided::of(&choice);
+        if let Some(shadow) = shadow {
+            let attributes = shadow
+                .plugin
+                .interest
+                .iter()
+                .map(|i| attribute(i, req, body))
+                .collect();
+            shadow.run(
+                facts,
+                loads.clone(),
+                attributes,
+                decided.clone(),
+                route.pool.backends.len(),
+            );
+        }
+        if let Some((capture, recorder)) = capture {
+            capture.facts = facts;
+            capture.attributes = recorder
+                .interest
+                .iter()
+                .map(|i| attribute(i, req, body))
+                .collect();
+            capture.loads = loads;
+            capture.decided = Some(decided);
+            capture.failure = failure;
+        }
+        choice
+    }
+
+    /// Asks `plugin` for a decision on this thread's instance of it, and
+    /// applies the failure policy when it gives none. Also says why it
+    /// failed, if it did.
+    fn ask(
+        &self,
+        route: &Route,
+        plugin: &Arc<RouterPlugin>,
+        facts: wit::Request,
+        loads: &[u32],
+        attributes: Vec<wit::AttributeValue>,
+    ) -> (Choice, Option<&'static str>) {
+        let mut instances = self.instances.borrow_mut();
+        match ask(
+            &mut instances,
+            plugin,
+            facts,
+            loads,
+            attributes,
+            route.pool.backends.len(),
+        ) {
+            Ok(choice) => (choice, None),
+            Err(CallFailure::NotReady) => {
+                metrics::counter!("switchyard_plugin_instance_waits_total",
+                    "plugin" => plugin.name().to_string(), "route" => route.name.clone())
+                .increment(1);
+                (on_failure(plugin, &route.pool), Some("not_ready"))
+            }
+            Err(failure) => (on_failure(plugin, &route.pool), Some(failure.kind())),
+        }
+    }
+}
+
+/// The request's facts as a router gets them.
+fn facts<B>(req: &Request<B>, client: IpAddr) -> wit::Request {
+    wit::Request {
+        method: method(req.method()),
+        client_ip: ip(client),
+    }
+}
+
+/// Replaces `loads` with the pool's live load words.
+fn fill_loads(loads: &mut Vec<u32>, pool: &Pool) {
+    loads.clear();
+    loads.reserve(pool.backends.len() * LOAD_WORDS);
+    let now = crate::clock::millis();
+    for b in &pool.backends {
+        push_load_words(loads, b.id, &b.state.snapshot_at(now));
+    }
+}
+
+/// Calls `plugin` on its instance in `instances` (taking a ready one when
+/// there is none), checks the answer against a pool of `pool_size`, and
+/// records success or failure. A trapped instance is dropped: the next
+/// call gets a fresh one. A quarantined plugin is not called.
+pub fn ask(
+    instances: &mut HashMap<u64, RouterInstance>,
+    plugin: &Arc<RouterPlugin>,
+    facts: wit::Request,
+    loads: &[u32],
+    attributes: Vec<wit::AttributeValue>,
+    pool_size: usize,
+) -> Result<Choice, CallFailure> {
+    if plugin.is_quarantined() {
+        return Err(CallFailure::Quarantined);
+    }
+    let instance = match instances.entry(plugin.id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        // Instances are made and initialised off this thread; until one is
+        // ready (just after a trap), the caller decides.
+        std::collections::hash_map::Entry::Vacant(e) => match plugin.take_instance() {
+            Some(instance) => e.insert(instance),
+            None => return Err(CallFailure::NotReady),
+        },
+    };
+    let timer = plugin.stats.start();
+    let answer = instance.route(facts, loads, attributes);
+    plugin.stats.finish(timer);
+    let failure = match answer {
+        Ok(decision) => match check(decision, pool_size) {
+            Ok(choice) => {
+                plugin.record_success();
+                return Ok(choice);
+            }
+            Err(failure) => failure,
+        },
+        Err(failure) => {
+            instances.remove(&plugin.id);
+            failure
+        }
+    };
+    plugin.record_failure(&failure);
+    Err(failure)
+}
+
+impl Decided {
+    /// What `choice` does, as shadows compare and traces record it.
+    pub fn of(choice: &Choice) -> Decided {
+        match choice {
+            Choice::Forward { candidates, .. } => Decided::Forward(candidates.as_slice().to_vec()),
+            Choice::Reply { status, .. } => Decided::Reject(*status),
+        }
     }
 }
 
@@ -229,7 +347,7 @@ fn may_add(name: &HeaderName) -> bool {
 /// Turns a plugin's decision into a choice, refusing empty candidate
 /// lists, ids outside the pool, bad statuses, oversized bodies, and
 /// malformed, forbidden or too many headers.
-fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
+pub fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
     let decision = match answer {
         Answer::Few(_, 0) => {
             return Err(CallFailure::Invalid(

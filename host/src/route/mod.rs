@@ -15,6 +15,7 @@ pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 use crate::config::{JobsConfig, RetryConfig, RouteConfig};
 use crate::jobs::{JobStore, RouteJobs};
 use crate::plugin::RouterPlugin;
+use crate::rollout::{Canary, Recorder, Shadow, Watch};
 use http::{HeaderName, HeaderValue, Request};
 use std::sync::Arc;
 
@@ -191,6 +192,62 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Set on a job route (`mode = "job"`).
     pub jobs: Option<Arc<JobRoute>>,
+    /// A router deciding beside the live one, never acting.
+    pub shadow: Option<Arc<Shadow>>,
+    /// Rolling `router` out over a previous version.
+    pub canary: Option<Arc<Canary>>,
+    /// Writes sampled requests to a trace.
+    pub record: Option<Arc<Recorder>>,
+}
+
+// === impl Route ===
+
+impl Route {
+    /// The routers that decide live requests: `router`, and a canary's
+    /// previous version.
+    pub fn routers(&self) -> impl Iterator<Item = &Arc<RouterPlugin>> {
+        self.router
+            .iter()
+            .chain(self.canary.as_ref().map(|c| &c.previous))
+    }
+
+    /// Whether a router, shadow or record of this route reads a field of a
+    /// JSON body, and how much of the body it reads.
+    pub fn body_peek(&self) -> Option<usize> {
+        let plugins = self
+            .routers()
+            .chain(self.shadow.as_ref().map(|s| &s.plugin))
+            .filter(|p| p.reads_body())
+            .map(|p| p.spec.body_peek);
+        let record = self
+            .record
+            .as_ref()
+            .filter(|r| r.reads_body())
+            .map(|r| r.body_peek);
+        plugins.chain(record).max()
+    }
+
+    /// A watch for this request when a canary picks its version or it is
+    /// recorded; `None` (nothing to pay) otherwise.
+    pub fn watch<B>(&self, req: &Request<B>, client: std::net::IpAddr) -> Option<Box<Watch>> {
+        let arm = self
+            .canary
+            .as_ref()
+            .map(|c| (c.pick(req, client), c.clone()));
+        let capture = self
+            .record
+            .as_ref()
+            .filter(|r| r.sampled())
+            .map(|r| (r.blank(), r.clone()));
+        if arm.is_none() && capture.is_none() {
+            return None;
+        }
+        Some(Box::new(Watch {
+            started: std::time::Instant::now(),
+            arm,
+            capture,
+        }))
+    }
 }
 
 /// What a job route needs: its settings, the store, its counts.

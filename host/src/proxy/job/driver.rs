@@ -71,7 +71,9 @@ pub(super) async fn drive(
     let peek = route.router.as_ref().map_or(0, |p| p.spec.body_peek);
     let peeked = Peeked::whole(body, peek);
     let view = is_json(&req).then(|| peeked.view());
-    let choice = call.worker.decide(route, &req, view, call.client.peer.ip());
+    let choice = call
+        .worker
+        .decide(route, &req, view, call.client.peer.ip(), None);
     let (candidates, mut add_headers) = match choice {
         Choice::Reply { status, body } => {
             let data = json!({"status": status, "message": body.trim_end()}).to_string();
@@ -95,6 +97,7 @@ pub(super) async fn drive(
         job: Some(&ticket),
         run: run.clone(),
         runs: call.table.runs.clone(),
+        watch: Default::default(),
     };
     let resp = dispatch
         .forward(
