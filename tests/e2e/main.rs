@@ -12,6 +12,7 @@ mod providers;
 mod proxying;
 mod reload;
 mod resilience;
+mod rollout;
 mod routing;
 mod smuggling;
 mod streaming;

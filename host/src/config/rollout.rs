@@ -50,6 +50,10 @@ pub struct CanaryConfig {
     /// version's by more than this share.
     #[serde(default = "default_p99_regression")]
     pub max_p99_regression: f64,
+    /// A p99 rise smaller than this never rolls back, however large a
+    /// share of a small p99 it is: 1 ms to 1.3 ms is noise, not a regression.
+    #[serde(default = "default_min_p99_increase", with = "duration")]
+    pub min_p99_increase: Duration,
     /// Failed requests of the new version before its error rate is judged,
     /// so one early failure does not roll it back.
     #[serde(default = "default_min_failures")]
@@ -97,6 +101,9 @@ fn default_error_rate() -> f64 {
 }
 fn default_p99_regression() -> f64 {
     0.2
+}
+fn default_min_p99_increase() -> Duration {
+    Duration::from_millis(10)
 }
 fn default_min_failures() -> u32 {
     5

@@ -55,15 +55,37 @@ impl ReloadWatcher {
             p.extension().is_some_and(|e| e == "wasm")
                 && p.parent().is_some_and(|d| Some(d) == plugins_at.as_deref())
         };
+        // Only these paths start or extend a burst: other files in the
+        // config's directory (a trace being recorded, logs) change all the
+        // time and must not hold a reload back.
+        let watched = {
+            let (config, config_dir, plugin_dir) =
+                (config.clone(), config_dir.clone(), plugin_dir.clone());
+            let is_plugin = is_plugin.clone();
+            move |p: &Path| {
+                p == config
+                    || is_plugin(p)
+                    || swapped(p, &config_dir)
+                    || plugin_dir.as_deref().is_some_and(|d| swapped(p, d))
+            }
+        };
         std::thread::Builder::new()
             .name("switchyard-reload".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut changed = BTreeSet::new();
-                    collect(first, &mut changed);
+                    if !collect(first, &mut changed, &watched) {
+                        continue;
+                    }
+                    let mut quiet_at = std::time::Instant::now() + DEBOUNCE;
                     loop {
-                        match rx.recv_timeout(DEBOUNCE) {
-                            Ok(event) => collect(event, &mut changed),
+                        let wait = quiet_at.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(wait) {
+                            Ok(event) => {
+                                if collect(event, &mut changed, &watched) {
+                                    quiet_at = std::time::Instant::now() + DEBOUNCE;
+                                }
+                            }
                             Err(RecvTimeoutError::Timeout) => break,
                             Err(RecvTimeoutError::Disconnected) => return,
                         }
@@ -106,9 +128,14 @@ fn swapped(path: &Path, dir: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "..data") && path.parent() == Some(dir)
 }
 
-/// Adds the paths of a content-changing event to `changed`.
-fn collect(event: notify::Result<notify::Event>, changed: &mut BTreeSet<PathBuf>) {
-    let Ok(event) = event else { return };
+/// Adds the `watched` paths of a content-changing event to `changed`;
+/// says whether there were any.
+fn collect(
+    event: notify::Result<notify::Event>,
+    changed: &mut BTreeSet<PathBuf>,
+    watched: &impl Fn(&Path) -> bool,
+) -> bool {
+    let Ok(event) = event else { return false };
     let relevant = matches!(
         event.kind,
         EventKind::Create(_)
@@ -118,7 +145,12 @@ fn collect(event: notify::Result<notify::Event>, changed: &mut BTreeSet<PathBuf>
                 notify::event::AccessMode::Write
             ))
     );
+    let mut any = false;
     if relevant {
-        changed.extend(event.paths);
+        for p in event.paths.into_iter().filter(|p| watched(p)) {
+            changed.insert(p);
+            any = true;
+        }
     }
+    any
 }

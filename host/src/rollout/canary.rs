@@ -233,8 +233,10 @@ impl Canary {
                 .unwrap_or_else(|e| e.into_inner())
                 .baseline_p99_us
         };
+        let floor = c.min_p99_increase.as_micros() as f64;
         if let (Some(new), Some(old)) = (stats.p99(), baseline)
             && f64::from(new) > f64::from(old) * (1.0 + c.max_p99_regression)
+            && f64::from(new) - f64::from(old) > floor
         {
             self.roll_back(format!(
                 "p99 {:.1} ms is {:.0} % above the previous version's {:.1} ms (max_p99_regression {:.0} %)",
