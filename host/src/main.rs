@@ -80,33 +80,11 @@ enum Command {
     /// Create plugins, or try out routers.
     Plugin {
         #[command(subcommand)]
-        command: PluginCommand,
+        command: authoring::PluginCommand,
     },
     /// Run a candidate router over a recorded trace and report what would
     /// change; exits 1 when the candidate fails on any recorded input.
-    Replay {
-        /// The trace a route's `record` wrote.
-        #[arg(long)]
-        trace: PathBuf,
-        /// The config that names the route (and the plugin directory).
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        route: String,
-        /// The candidate: a file in the plugin directory, or a path.
-        #[arg(long)]
-        plugin: String,
-        /// Compare with this plugin run on the same inputs, instead of the
-        /// recorded decisions.
-        #[arg(long)]
-        against: Option<String>,
-        /// Where the JSON report goes; default: TRACE.replay.json.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Where the SVG chart goes; default: TRACE.replay.svg.
-        #[arg(long)]
-        svg: Option<PathBuf>,
-    },
+    Replay(authoring::ReplayArgs),
     /// Start the proxy on a demo config with mock model backends on loopback.
     Demo {
         /// Directory holding the built plugins.
@@ -117,23 +95,6 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// Create plugins/NAME: a router, health-check or breaker crate that
-    /// builds and passes its tests.
-    New {
-        name: String,
-        /// The Switchyard workspace root.
-        #[arg(long, default_value = ".")]
-        root: PathBuf,
-        /// What the plugin is.
-        #[arg(long, value_enum, default_value_t)]
-        kind: authoring::PluginKind,
-    },
-    /// Run a compiled router against synthetic backends and print its decisions.
-    Test(authoring::TrialOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -199,44 +160,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin, token } => print_status(&admin, token.as_deref()),
-        Command::Replay {
-            trace,
-            config,
-            route,
-            plugin,
-            against,
-            json,
-            svg,
-        } => {
-            let options = switchyard::rollout::replay::ReplayOptions {
-                trace: trace.clone(),
-                config,
-                route,
-                plugin,
-                against,
-            };
-            let report = switchyard::rollout::replay::replay(&options)?;
-            print!("{}", report.text());
-            let beside = |ext: &str| {
-                let mut p = trace.clone().into_os_string();
-                p.push(ext);
-                PathBuf::from(p)
-            };
-            let json = json.unwrap_or_else(|| beside(".replay.json"));
-            let svg = svg.unwrap_or_else(|| beside(".replay.svg"));
-            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-                .with_context(|| format!("cannot write {}", json.display()))?;
-            std::fs::write(&svg, report.svg())
-                .with_context(|| format!("cannot write {}", svg.display()))?;
-            println!("  wrote {} and {}", json.display(), svg.display());
-            anyhow::ensure!(
-                report.failures == 0,
-                "the candidate failed on {} of {} recorded inputs",
-                report.failures,
-                report.decisions
-            );
-            Ok(())
-        }
+        Command::Replay(options) => authoring::replay(options),
         Command::KeyDigest => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;
@@ -281,30 +205,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             wait_for_signal(None)?;
             Ok(())
         }
-        Command::Plugin {
-            command: PluginCommand::New { name, root, kind },
-        } => {
-            let dir = authoring::scaffold(&root, &name, kind)?;
-            println!(
-                "created {} and added it to the workspace. Next:",
-                dir.display()
-            );
-            println!("  cargo test -p {name}");
-            println!("  ./scripts/build-plugins.sh");
-            if kind == authoring::PluginKind::Router {
-                println!("  switchyard plugin test target/plugins/{name}.wasm --backends 4");
-            }
-            println!(
-                "  cp target/plugins/{name}.wasm <your plugin dir>/   # a running proxy reloads it"
-            );
-            Ok(())
-        }
-        Command::Plugin {
-            command: PluginCommand::Test(options),
-        } => {
-            print!("{}", authoring::trial(&options)?);
-            Ok(())
-        }
+        Command::Plugin { command } => authoring::plugin(command),
         Command::Demo {
             plugin_dir,
             listen,

@@ -2,8 +2,14 @@
 //! circuit-breaker crate, and a trial run of a compiled router against
 //! synthetic backends.
 
+mod command;
+mod replay;
+mod standalone;
 mod trial;
 
+pub use command::{PluginCommand, plugin};
+pub use replay::{ReplayArgs, replay};
+pub use standalone::{SdkSource, build, scaffold as scaffold_standalone};
 pub use trial::{TrialOptions, trial};
 
 use std::path::{Path, PathBuf};
@@ -24,15 +30,7 @@ pub enum PluginKind {
 /// that builds to Wasm and passes its own tests, registered as a workspace
 /// member.
 pub fn scaffold(root: &Path, name: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_lowercase());
-    anyhow::ensure!(
-        valid,
-        "plugin name {name:?}: use lowercase letters, digits and `-`, starting with a letter"
-    );
+    check_name(name)?;
     let manifest = root.join("Cargo.toml");
     let workspace = std::fs::read_to_string(&manifest).map_err(|e| {
         anyhow::anyhow!(
@@ -61,15 +59,7 @@ pub fn scaffold(root: &Path, name: &str, kind: PluginKind) -> anyhow::Result<Pat
         &workspace[insert_at..]
     );
 
-    let type_name: String = name
-        .split('-')
-        .map(|part| {
-            let mut c = part.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
+    let type_name = type_name(name);
     let (what, lib, readme) = match kind {
         PluginKind::Router => ("router", LIB_RS, README_MD),
         PluginKind::Health => ("health-check", HEALTH_RS, HEALTH_README),
@@ -84,6 +74,37 @@ pub fn scaffold(root: &Path, name: &str, kind: PluginKind) -> anyhow::Result<Pat
     std::fs::write(dir.join("README.md"), readme.replace("NAME", name))?;
     std::fs::write(&manifest, updated)?;
     Ok(dir)
+}
+
+/// Whether a Switchyard workspace (one that declares the SDK) is at `root`.
+pub fn is_workspace(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("Cargo.toml"))
+        .is_ok_and(|m| m.contains("[workspace") && m.contains("switchyard-sdk"))
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    anyhow::ensure!(
+        valid,
+        "plugin name {name:?}: use lowercase letters, digits and `-`, starting with a letter"
+    );
+    Ok(())
+}
+
+/// `my-router` as a type name: `MyRouter`.
+fn type_name(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 const CARGO_TOML: &str = r#"[package]

@@ -74,7 +74,7 @@ const _: () = assert!(matches!(INTERFACE_VERSION.as_bytes(), b"0.2.0"));
 pub mod bindings {
     wit_bindgen::generate!({
         world: "router-plugin",
-        path: "../../wit/policy@0.2.0",
+        path: "wit/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_router_bindings",
         default_bindings_module: "switchyard_sdk::bindings",
@@ -86,7 +86,7 @@ pub mod bindings {
 pub mod health_bindings {
     wit_bindgen::generate!({
         world: "health-plugin",
-        path: "../../wit/policy@0.2.0",
+        path: "wit/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_health_bindings",
         default_bindings_module: "switchyard_sdk::health_bindings",
@@ -102,7 +102,7 @@ pub mod health_bindings {
 pub mod breaker_bindings {
     wit_bindgen::generate!({
         world: "breaker-plugin",
-        path: "../../wit/policy@0.2.0",
+        path: "wit/policy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_breaker_bindings",
         default_bindings_module: "switchyard_sdk::breaker_bindings",

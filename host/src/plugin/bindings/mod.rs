@@ -255,6 +255,32 @@ mod tests {
         }
     }
 
+    /// The SDK packages the interface it binds; its copy is the released
+    /// folder, byte for byte, so a published SDK builds what the host loads.
+    #[test]
+    fn the_sdk_packages_the_released_interface_unchanged() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sdk = root.join("plugins/sdk/wit");
+        for entry in std::fs::read_dir(&sdk).expect("plugins/sdk/wit") {
+            let dir = entry.expect("entry").path();
+            let name = dir.file_name().unwrap_or_default().to_owned();
+            for file in std::fs::read_dir(&dir).expect("folder") {
+                let file = file.expect("file").path();
+                let released = root
+                    .join("wit")
+                    .join(&name)
+                    .join(file.file_name().unwrap_or_default());
+                assert_eq!(
+                    std::fs::read(&file).ok(),
+                    std::fs::read(&released).ok(),
+                    "{} differs from {}",
+                    file.display(),
+                    released.display()
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_supported_version_has_its_folder() {
         let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
