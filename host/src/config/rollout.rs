@@ -209,3 +209,61 @@ pub fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn parse(route: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "[pools.p]\nbackends = [{{ name = \"a\", address = \"127.0.0.1:9\" }}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n{route}\n"
+        );
+        Config::parse(&text, Path::new("t.toml"), ".".into())
+    }
+
+    #[test]
+    fn shadow_canary_and_record_settings_parse_with_defaults() {
+        let c = parse(
+            "router = { plugin = \"v2.wasm\", shadow = { plugin = \"v3.wasm\" }, canary = { previous = \"v1.wasm\" } }\n\
+             record = { path = \"t.jsonl\" }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = c.routes[0].get_ref();
+        let router = r.router.as_ref().unwrap_or_else(|| unreachable!());
+        let shadow = router.shadow.as_ref().unwrap_or_else(|| unreachable!());
+        assert_eq!(shadow.sample, 1.0);
+        let canary = router.canary.as_ref().unwrap_or_else(|| unreachable!());
+        assert_eq!((canary.share, canary.step.as_secs()), (0.1, 300));
+        assert_eq!(canary.key, "x-thread-id");
+        let record = r.record.as_ref().unwrap_or_else(|| unreachable!());
+        assert_eq!((record.sample, record.max_size), (0.05, 256 << 20));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_line() {
+        for (route, says) in [
+            (
+                "router = { plugin = \"v2.wasm\", shadow = { plugin = \"v3.wasm\", sample = 2 } }",
+                "router.shadow.sample: must be within 0..=1",
+            ),
+            (
+                "router = { plugin = \"v2.wasm\", canary = { previous = \"../v1.wasm\" } }",
+                "router.canary.previous",
+            ),
+            (
+                "router = { plugin = \"v2.wasm\", canary = { previous = \"v1.wasm\", share = 0 } }",
+                "router.canary.share: must be above 0",
+            ),
+            (
+                "record = { path = \"t.jsonl\", attributes = [\"header:\"] }",
+                "record.attributes",
+            ),
+            ("record = { path = \"t.jsonl\", max_size = 10 }", "record.max_size"),
+        ] {
+            let e = parse(route).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with("t.toml:7:"), "{route}: {e}");
+            assert!(e.contains(says), "{route}: {e}");
+        }
+    }
+}

@@ -294,3 +294,72 @@ fn rotate(path: &Path) -> Result<std::fs::File, String> {
     std::fs::rename(path, numbered(1)).map_err(|e| e.to_string())?;
     open(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(recorder: &Recorder) {
+        let mut capture = recorder.blank();
+        capture.loads = vec![0; crate::plugin::LOAD_WORDS];
+        capture.decided = Some(super::super::Decided::Forward(vec![0]));
+        recorder.write(
+            capture,
+            None,
+            Ending {
+                status: 200,
+                ..Ending::default()
+            },
+        );
+    }
+
+    #[test]
+    fn the_trace_rotates_at_its_size_and_every_file_starts_with_a_header() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = RecordConfig {
+            path: "t.jsonl".into(),
+            sample: 1.0,
+            max_size: 4096,
+            attributes: vec!["header:x-user".into()],
+        };
+        let recorder = Recorder::new("r", &config, dir.path(), &[], &[], 0).expect("recorder");
+        assert_eq!(recorder.to_json()["attributes"][0], "header:x-user");
+        // About 330 bytes a record: some 3 files of 4 KiB.
+        for _ in 0..30 {
+            record(&recorder);
+        }
+        let path = dir.path().join("t.jsonl");
+        let numbered = |n: u32| dir.path().join(format!("t.jsonl.{n}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let records = |p: &Path| {
+            std::fs::read_to_string(p).map_or(0, |t| {
+                t.lines().filter(|l| !l.contains("switchyard_trace")).count()
+            })
+        };
+        while (1..=KEEP).map(|n| records(&numbered(n))).sum::<usize>() + records(&path) < 30 {
+            assert!(std::time::Instant::now() < deadline, "records not written: {:?}", std::fs::read_dir(dir.path()).map(|d| d.filter_map(|e| e.ok()).map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0))).collect::<Vec<_>>()));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!numbered(KEEP + 1).exists(), "at most {KEEP} old files");
+        for p in [path, numbered(1), numbered(2)] {
+            let text = std::fs::read_to_string(&p).expect("trace file");
+            assert!(text.len() as u64 <= 4096 + 1024, "{} is {} bytes", p.display(), text.len());
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or_default();
+            assert!(matches!(trace::parse_line(first), Ok(trace::Line::Header(_))), "{first}");
+            assert!(lines.all(|l| matches!(trace::parse_line(l), Ok(trace::Line::Record(_)))));
+        }
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_written_is_refused_with_the_config() {
+        let config = RecordConfig {
+            path: "/nonexistent/dir/t.jsonl".into(),
+            sample: 1.0,
+            max_size: 1 << 20,
+            attributes: vec![],
+        };
+        let refused = Recorder::new("r", &config, Path::new("/"), &[], &[], 0).err();
+        assert!(refused.is_some_and(|e| e.contains("record.path /nonexistent/dir/t.jsonl")));
+    }
+}
