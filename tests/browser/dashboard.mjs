@@ -48,7 +48,8 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
   const routes = await page.locator("[data-route]").count();
   const jobs = await page.locator('[data-job-route="long"] [data-role="jobs-running"]').textContent();
-  say(JSON.stringify({ errors, open, routes, jobs }));
+  const shadow = await page.locator('[data-rollout="chat/shadow"] [data-role="agreement"]').textContent();
+  say(JSON.stringify({ errors, open, routes, jobs, shadow }));
 } finally {
   await browser.close();
   input.close();

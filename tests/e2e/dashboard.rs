@@ -26,7 +26,7 @@ async fn dashboard_in_a_real_browser() {
          health = {{ path = \"/health\", interval = \"200ms\", body_limit = \"1KiB\", plugin = \"resource-health.wasm\" }}\n\
          breaker = {{ plugin = \"error-rate-breaker.wasm\", config = {{ min_requests = 5, window = \"2s\", cool_down = \"60s\" }} }}\n\
          [[routes]]\nname = \"long\"\npool = \"agents\"\nmatch = {{ path_prefix = \"/long\" }}\nmode = \"job\"\n\
-         [[routes]]\nname = \"chat\"\npool = \"agents\"\nrouter = {{ plugin = \"round-robin.wasm\" }}\n",
+         [[routes]]\nname = \"chat\"\npool = \"agents\"\nrouter = {{ plugin = \"round-robin.wasm\", shadow = {{ plugin = \"least-outstanding.wasm\" }} }}\n",
         entries.join(", ")
     );
     let proxy = TestProxy::start(&config);
@@ -69,6 +69,11 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(
         report["jobs"], "0 / 10000",
         "the job route's running jobs and limit"
+    );
+    let shadow = report["shadow"].as_str().unwrap_or_default();
+    assert!(
+        shadow.ends_with(" %") && shadow.trim_end_matches(" %").parse::<f64>().is_ok(),
+        "the shadow's agreement: {shadow:?}"
     );
     drop(stdin);
     let exited = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
