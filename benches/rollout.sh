@@ -57,7 +57,7 @@ extras=(
   'router = { plugin = "least-outstanding.wasm", shadow = { plugin = "p2c-ewma.wasm", sample = 1.0 } }'
   'router = { plugin = "least-outstanding.wasm", shadow = { plugin = "p2c-ewma.wasm", sample = 0.1 } }'
   "router = { plugin = \"least-outstanding.wasm\" }
-record = { path = \"$work/trace.jsonl\", sample = 0.05, max_size = \"1GiB\" }"
+record = { path = \"$work/trace.jsonl\", sample = 0.05, max_size = \"1024MiB\" }"
 )
 ports=()
 for i in "${!names[@]}"; do

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 /// Records waiting for the writer, at most.
 const QUEUE: usize = 8192;
+/// How long a busy writer lets records gather before writing them.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(50);
 /// Old files kept: `.1` (newest) to `.3`.
 const KEEP: u32 = 3;
 
@@ -225,11 +227,20 @@ fn write_loop(
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut last: Option<Arc<Header>> = None;
     let mut line = Vec::with_capacity(4096);
+    let mut busy_until = std::time::Instant::now();
     loop {
         let (header, record) = match rx.try_recv() {
             Ok(next) => next,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 let _ = out.flush();
+                // While records keep coming, collect them in batches: a
+                // sleeping writer is not woken by every record (a futex
+                // wake and a write per record cost the request path's
+                // core more than the record itself). Idle, it blocks.
+                if std::time::Instant::now() < busy_until {
+                    std::thread::sleep(BATCH);
+                    continue;
+                }
                 match rx.recv() {
                     Ok(next) => next,
                     Err(_) => break,
@@ -237,6 +248,7 @@ fn write_loop(
             }
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         };
+        busy_until = std::time::Instant::now() + std::time::Duration::from_secs(1);
         line.clear();
         let fresh = last
             .as_ref()

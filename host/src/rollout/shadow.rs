@@ -56,10 +56,17 @@ pub struct Disagreement {
     pub shadow_failure: Option<String>,
 }
 
+/// Shadow instances of one worker thread, by plugin id, and the plugins
+/// they belong to, so instances of unloaded plugins are dropped.
+#[derive(Default)]
+struct Instances {
+    live: HashMap<u64, RouterInstance>,
+    owners: HashMap<u64, std::sync::Weak<RouterPlugin>>,
+    calls: u32,
+}
+
 thread_local! {
-    /// Shadow instances of this worker thread, by plugin id.
-    static INSTANCES: RefCell<HashMap<u64, (std::sync::Weak<RouterPlugin>, RouterInstance)>> =
-        RefCell::default();
+    static INSTANCES: RefCell<Instances> = RefCell::default();
 }
 
 // === impl Shadow ===
@@ -120,24 +127,25 @@ impl Shadow {
         let shown = self.shown(&attributes);
         let started = std::time::Instant::now();
         let answer = INSTANCES.with(|cell| {
-            let mut map = cell.borrow_mut();
-            map.retain(|_, (plugin, _)| plugin.strong_count() > 0);
-            let mut instances: HashMap<u64, RouterInstance> = HashMap::new();
-            if let Some((_, instance)) = map.remove(&self.plugin.id) {
-                instances.insert(self.plugin.id, instance);
+            let mut i = cell.borrow_mut();
+            let i = &mut *i;
+            i.calls = i.calls.wrapping_add(1);
+            if i.calls.is_multiple_of(1024) {
+                i.owners.retain(|_, p| p.strong_count() > 0);
+                let owners = &i.owners;
+                i.live.retain(|id, _| owners.contains_key(id));
             }
-            let answer = crate::proxy::ask_router(
-                &mut instances,
+            i.owners
+                .entry(self.plugin.id)
+                .or_insert_with(|| Arc::downgrade(&self.plugin));
+            crate::proxy::ask_router(
+                &mut i.live,
                 &self.plugin,
                 facts,
                 loads,
                 attributes,
                 pool_size,
-            );
-            if let Some(instance) = instances.remove(&self.plugin.id) {
-                map.insert(self.plugin.id, (Arc::downgrade(&self.plugin), instance));
-            }
-            answer
+            )
         });
         let s = &self.stats;
         s.call_ns
