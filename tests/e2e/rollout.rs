@@ -84,7 +84,7 @@ async fn a_shadow_that_disagrees_on_a_known_share_is_counted_and_never_acts() {
     let (a, b) = (mock("a"), mock("b"));
     // Live: everything to `a`. Shadow: `b` when `x-pick: 1` (30 %).
     let config = format!(
-        "{}[[routes]]\nname = \"r\"\npool = \"p\"\n\
+        "{}[[routes]]\nname = \"shadowed\"\npool = \"p\"\n\
          router = {{ plugin = \"fixture-trap.wasm\", shadow = {{ plugin = \"fixture-pick.wasm\", sample = 1.0 }} }}\n",
         pool(&[&a, &b])
     );
@@ -94,7 +94,7 @@ async fn a_shadow_that_disagrees_on_a_known_share_is_counted_and_never_acts() {
         replies.iter().all(|(s, who)| *s == 200 && who == "a"),
         "the shadow acted"
     );
-    let view = admin_until(&proxy, "/shadow/r", |v| v["sampled"] == 1000).await;
+    let view = admin_until(&proxy, "/shadow/shadowed", |v| v["sampled"] == 1000).await;
     assert_eq!(view["same"], 700, "{view}");
     assert_eq!(view["different"], 300, "{view}");
     assert_eq!(view["failed"], 0, "{view}");
@@ -272,7 +272,7 @@ async fn a_canary_routing_to_a_failing_backend_rolls_back_within_its_step() {
     let bad = mock("bad");
     bad.fail_every(1);
     let config = format!(
-        "{}[[routes]]\nname = \"r\"\npool = \"p\"\nretries = {{ attempts = 1 }}\n\
+        "{}[[routes]]\nname = \"canary-errors\"\npool = \"p\"\nretries = {{ attempts = 1 }}\n\
          router = {{ plugin = \"fixture-pick.wasm\", config = {{ backend = \"1\" }}, \
          canary = {{ previous = \"fixture-pick.wasm\", previous_config = {{ backend = \"0\" }}, \
          share = 0.2, step = \"1h\", max_error_rate = 0.02 }} }}\n",
@@ -305,9 +305,9 @@ async fn a_canary_routing_to_a_failing_backend_rolls_back_within_its_step() {
     let addr = proxy.proxy().admin_addr.unwrap_or_else(|| unreachable!());
     let metrics = get(&format!("http://{addr}/metrics"), &[]).await.text();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_canary_rollbacks_total") && l.ends_with(" 1")),
+        metrics.lines().any(|l| l
+            .starts_with("switchyard_canary_rollbacks_total{route=\"canary-errors\"}")
+            && l.ends_with(" 1")),
         "{metrics}"
     );
 }
@@ -319,7 +319,7 @@ async fn a_canary_whose_p99_regresses_rolls_back() {
     slow.latency = Duration::from_millis(40);
     let slow = mock_with(slow);
     let config = format!(
-        "{}[[routes]]\nname = \"r\"\npool = \"p\"\n\
+        "{}[[routes]]\nname = \"canary-p99\"\npool = \"p\"\n\
          router = {{ plugin = \"fixture-pick.wasm\", config = {{ backend = \"1\" }}, \
          canary = {{ previous = \"fixture-pick.wasm\", previous_config = {{ backend = \"0\" }}, \
          share = 0.5, step = \"1h\", min_latency_samples = 20 }} }}\n",
@@ -380,4 +380,51 @@ async fn a_healthy_canary_reaches_every_request_and_is_done() {
     })
     .await;
     assert!(after.iter().all(|(s, who)| *s == 200 && who == "b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_a_router_reads_never_reach_a_trace_or_the_shadow_view() {
+    let (a, b) = (mock("a"), mock("b"));
+    let config = format!(
+        "{}[[routes]]\nname = \"r\"\npool = \"p\"\n\
+         router = {{ plugin = \"fixture-trap.wasm\", shadow = {{ plugin = \"sticky-session.wasm\", config = {{ header = \"authorization\" }} }} }}\n\
+         record = {{ path = \"trace.jsonl\", sample = 1.0, attributes = [\"header:authorization\", \"header:x-api-key\"] }}\n",
+        pool(&[&a, &b])
+    );
+    let proxy = TestProxy::start(&config);
+    for _ in 0..20 {
+        let r = get(
+            &proxy.url("/x"),
+            &[
+                ("authorization", "Bearer sk-live-7f3a9c1e"),
+                ("x-api-key", "sk-live-7f3a9c1e"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let trace = proxy.dir.path().join("trace.jsonl");
+    eventually(Duration::from_secs(5), "20 records", || {
+        let trace = trace.clone();
+        async move { std::fs::read_to_string(&trace).is_ok_and(|t| t.lines().count() == 21) }
+    })
+    .await;
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    assert!(!text.contains("sk-live-7f3a9c1e"), "{text}");
+    assert!(
+        text.contains("\"sha256:"),
+        "a stable stand-in is recorded: {text}"
+    );
+    let view = admin_until(&proxy, "/shadow/r", |v| v["sampled"] == 20).await;
+    let ring = view["recent_disagreements"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !ring.is_empty(),
+        "the shadow's longer candidate list differs: {view}"
+    );
+    let shown = view.to_string();
+    assert!(!shown.contains("sk-live-7f3a9c1e"), "{shown}");
+    assert!(shown.contains("sha256:"), "{shown}");
 }

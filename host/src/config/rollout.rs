@@ -259,11 +259,25 @@ mod tests {
                 "record = { path = \"t.jsonl\", attributes = [\"header:\"] }",
                 "record.attributes",
             ),
-            ("record = { path = \"t.jsonl\", max_size = 10 }", "record.max_size"),
+            (
+                "record = { path = \"t.jsonl\", max_size = 10 }",
+                "record.max_size",
+            ),
         ] {
-            let e = parse(route).err().map(|e| e.to_string()).unwrap_or_default();
+            let e = parse(route)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.starts_with("t.toml:7:"), "{route}: {e}");
             assert!(e.contains(says), "{route}: {e}");
         }
+        let e = parse("mode = \"job\"\nrecord = { path = \"t.jsonl\" }")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("t.toml:8:") && e.contains("record is not supported on a job route"),
+            "{e}"
+        );
     }
 }

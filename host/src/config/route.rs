@@ -371,6 +371,20 @@ impl RouteConfig {
         if let Err((path, message)) = super::rollout::check(shadow, canary, self.record.as_ref()) {
             return problem(path, format!("route `{name}`: {path}: {message}"));
         }
+        if self.mode == RouteMode::Job {
+            let what = [
+                ("router.canary", canary.is_some()),
+                ("record", self.record.is_some()),
+            ];
+            if let Some((path, _)) = what.iter().find(|(_, set)| *set) {
+                return problem(
+                    path,
+                    format!(
+                        "route `{name}`: {path} is not supported on a job route yet (a job's outcome arrives through the job store); a shadow is"
+                    ),
+                );
+            }
+        }
         if let Some(auth) = &self.auth
             && auth.keys_file.is_none()
             && auth.keys.is_empty()

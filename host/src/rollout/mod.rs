@@ -115,6 +115,29 @@ impl Watch {
     }
 }
 
+/// `value` of attribute `interest` as a trace or an admin view may show
+/// it: a credential header (`authorization`, `x-api-key`, `api-key`,
+/// `proxy-authorization`, `cookie`) becomes `sha256:` and the first 16 hex
+/// digits of its digest, so a router keyed on it still sees one stable
+/// value per caller, and the credential itself is never written.
+pub fn shown_value(
+    interest: &crate::plugin::Interest,
+    value: &wit::AttributeValue,
+) -> wit::AttributeValue {
+    use sha2::Digest;
+    match (interest, value) {
+        (crate::plugin::Interest::Header(h), wit::AttributeValue::Value(v))
+            if crate::config::CLIENT_AUTH_HEADERS.contains(&h.as_str())
+                || matches!(h.as_str(), "proxy-authorization" | "cookie") =>
+        {
+            let digest = sha2::Sha256::digest(v.as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            wit::AttributeValue::Value(format!("sha256:{hex}"))
+        }
+        _ => value.clone(),
+    }
+}
+
 thread_local! {
     static RNG: Cell<u64> = Cell::new(seed());
 }
@@ -206,6 +229,28 @@ mod tests {
         assert!((9_000..11_000).contains(&hits), "{hits}");
         assert!(!(0..1000).any(|_| sampled(threshold(0.0))));
         assert!((0..1000).all(|_| sampled(threshold(1.0))));
+    }
+
+    #[test]
+    fn credentials_are_never_shown() {
+        let key = wit::AttributeValue::Value("Bearer sk-live-secret".into());
+        for header in [
+            "authorization",
+            "x-api-key",
+            "api-key",
+            "proxy-authorization",
+            "cookie",
+        ] {
+            let i = crate::plugin::Interest::Header(http::HeaderName::from_static(header));
+            let shown = shown_value(&i, &key);
+            assert!(
+                matches!(&shown, wit::AttributeValue::Value(v) if v.starts_with("sha256:") && !v.contains("secret")),
+                "{header}: {shown:?}"
+            );
+            assert_eq!(shown, shown_value(&i, &key), "stable per caller");
+        }
+        let other = crate::plugin::Interest::Header(http::HeaderName::from_static("x-thread-id"));
+        assert_eq!(shown_value(&other, &key), key);
     }
 
     #[test]

@@ -140,7 +140,12 @@ impl Recorder {
             t: crate::clock::wall_clock_ms(),
             method: super::method_name(capture.facts.method).to_string(),
             client_ip: super::ip_text(capture.facts.client_ip),
-            attrs: capture.attributes.iter().map(trace::attr_json).collect(),
+            attrs: self
+                .interest
+                .iter()
+                .zip(&capture.attributes)
+                .map(|(i, v)| trace::attr_json(&super::shown_value(i, v)))
+                .collect(),
             loads: capture.loads,
             decision,
             router_failure: capture.failure.map(str::to_string),
@@ -345,20 +350,37 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let records = |p: &Path| {
             std::fs::read_to_string(p).map_or(0, |t| {
-                t.lines().filter(|l| !l.contains("switchyard_trace")).count()
+                t.lines()
+                    .filter(|l| !l.contains("switchyard_trace"))
+                    .count()
             })
         };
         while (1..=KEEP).map(|n| records(&numbered(n))).sum::<usize>() + records(&path) < 30 {
-            assert!(std::time::Instant::now() < deadline, "records not written: {:?}", std::fs::read_dir(dir.path()).map(|d| d.filter_map(|e| e.ok()).map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0))).collect::<Vec<_>>()));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "records not written: {:?}",
+                std::fs::read_dir(dir.path()).map(|d| d
+                    .filter_map(|e| e.ok())
+                    .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                    .collect::<Vec<_>>())
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(!numbered(KEEP + 1).exists(), "at most {KEEP} old files");
         for p in [path, numbered(1), numbered(2)] {
             let text = std::fs::read_to_string(&p).expect("trace file");
-            assert!(text.len() as u64 <= 4096 + 1024, "{} is {} bytes", p.display(), text.len());
+            assert!(
+                text.len() as u64 <= 4096 + 1024,
+                "{} is {} bytes",
+                p.display(),
+                text.len()
+            );
             let mut lines = text.lines();
             let first = lines.next().unwrap_or_default();
-            assert!(matches!(trace::parse_line(first), Ok(trace::Line::Header(_))), "{first}");
+            assert!(
+                matches!(trace::parse_line(first), Ok(trace::Line::Header(_))),
+                "{first}"
+            );
             assert!(lines.all(|l| matches!(trace::parse_line(l), Ok(trace::Line::Record(_)))));
         }
     }

@@ -161,8 +161,8 @@ impl Shadow {
             .iter()
             .zip(values)
             .map(|(i, v)| {
-                let v = match v {
-                    wit::AttributeValue::Value(v) => Some(v.chars().take(200).collect()),
+                let v = match super::shown_value(i, v) {
+                    wit::AttributeValue::Value(v) => Some(v.chars().take(200).collect::<String>()),
                     _ => None,
                 };
                 (i.name(), v)
