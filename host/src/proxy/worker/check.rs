@@ -1,0 +1,122 @@
+//! Checking a router's answer before the proxy acts on it: candidate ids
+//! inside the pool, a valid reject status and body, and only headers a
+//! router may set.
+
+use super::{Candidates, Choice};
+use crate::plugin::{Answer, CallFailure, wit};
+use http::{HeaderName, HeaderValue};
+
+/// Headers a router may add, at most.
+const MAX_ADDED_HEADERS: usize = 32;
+/// Bytes of added header names and values, at most.
+const MAX_ADDED_BYTES: usize = 16 * 1024;
+/// Bytes of a reject body, at most.
+const MAX_REJECT_BODY: usize = 64 * 1024;
+
+/// Whether a router may set header `name`: not the ones that frame or
+/// route the message (a router-added `content-length` would desync the
+/// upstream connection), and not the proxy's own.
+fn may_add(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "host"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+            | "proxy-connection"
+            | "expect"
+    ) && !name.as_str().starts_with("x-switchyard-")
+}
+
+/// Turns a plugin's decision into a choice, refusing empty candidate
+/// lists, ids outside the pool, bad statuses, oversized bodies, and
+/// malformed, forbidden or too many headers.
+pub fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
+    let decision = match answer {
+        Answer::Few(_, 0) => {
+            return Err(CallFailure::Invalid(
+                "no candidates (to refuse a request, reject it)".into(),
+            ));
+        }
+        Answer::Few(ids, len) => {
+            let candidates = Candidates::Few(ids, len);
+            if let Some(bad) = candidates
+                .as_slice()
+                .iter()
+                .find(|&&id| id as usize >= pool_size)
+            {
+                return Err(CallFailure::Invalid(format!(
+                    "candidate {bad} is not a backend id (pool has {pool_size})"
+                )));
+            }
+            return Ok(Choice::Forward {
+                candidates,
+                add_headers: Vec::new(),
+            });
+        }
+        Answer::Full(decision) => decision,
+    };
+    match decision {
+        wit::Decision::Forward(f) => {
+            if f.candidates.is_empty() {
+                return Err(CallFailure::Invalid(
+                    "no candidates (to refuse a request, reject it)".into(),
+                ));
+            }
+            if let Some(bad) = f.candidates.iter().find(|&&id| id as usize >= pool_size) {
+                return Err(CallFailure::Invalid(format!(
+                    "candidate {bad} is not a backend id (pool has {pool_size})"
+                )));
+            }
+            let bytes: usize = f
+                .add_headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum();
+            if f.add_headers.len() > MAX_ADDED_HEADERS || bytes > MAX_ADDED_BYTES {
+                return Err(CallFailure::Invalid(format!(
+                    "{} added headers of {bytes} bytes (at most {MAX_ADDED_HEADERS} and {MAX_ADDED_BYTES})",
+                    f.add_headers.len()
+                )));
+            }
+            let add_headers = f
+                .add_headers
+                .into_iter()
+                .map(|h| {
+                    let name: String = h.name.chars().take(64).collect();
+                    match (
+                        HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_str(&h.value),
+                    ) {
+                        (Ok(n), Ok(v)) if may_add(&n) => Ok((n, v)),
+                        (Ok(_), Ok(_)) => Err(CallFailure::Invalid(format!(
+                            "header {name:?} may not be set by a router"
+                        ))),
+                        _ => Err(CallFailure::Invalid(format!("invalid header {name:?}"))),
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Choice::Forward {
+                candidates: Candidates::Many(f.candidates),
+                add_headers,
+            })
+        }
+        wit::Decision::Reject(r) if r.body.len() > MAX_REJECT_BODY => {
+            Err(CallFailure::Invalid(format!(
+                "reject body of {} bytes (at most {MAX_REJECT_BODY})",
+                r.body.len()
+            )))
+        }
+        wit::Decision::Reject(r) if (200..=599).contains(&r.status) => Ok(Choice::Reply {
+            status: r.status,
+            body: r.body,
+        }),
+        wit::Decision::Reject(r) => {
+            Err(CallFailure::Invalid(format!("reject status {}", r.status)))
+        }
+    }
+}
