@@ -7,11 +7,11 @@ use crate::plugin::{Answer, CallFailure, wit};
 use http::{HeaderName, HeaderValue};
 
 /// Headers a router may add, at most.
-const MAX_ADDED_HEADERS: usize = 32;
+pub(super) const MAX_ADDED_HEADERS: usize = 32;
 /// Bytes of added header names and values, at most.
-const MAX_ADDED_BYTES: usize = 16 * 1024;
+pub(super) const MAX_ADDED_BYTES: usize = 16 * 1024;
 /// Bytes of a reject body, at most.
-const MAX_REJECT_BODY: usize = 64 * 1024;
+pub(super) const MAX_REJECT_BODY: usize = 64 * 1024;
 
 /// Whether a router may set header `name`: not the ones that frame or
 /// route the message (a router-added `content-length` would desync the

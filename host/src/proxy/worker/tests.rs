@@ -1,4 +1,6 @@
 use super::*;
+use crate::plugin::Answer;
+use check::*;
 
 #[test]
 fn attributes_are_extracted() {
