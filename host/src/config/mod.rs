@@ -19,7 +19,7 @@ pub use duration::parse_duration;
 pub use jobs::{JobsConfig, RouteMode};
 pub use plugin::{FailurePolicy, PluginSettings, PolicyPlugin, RouterConfig};
 pub use pool::{BackendConfig, HealthConfig, PoolConfig};
-pub use rollout::{CanaryConfig, RecordConfig, ShadowConfig};
+pub use rollout::{CanaryConfig, RecordConfig, ShadowConfig, is_attribute_name};
 pub use route::{
     AuthConfig, ClientKeyConfig, FallbackConfig, LimitsConfig, MatchConfig, RetryConfig,
     RouteConfig, TimeoutConfig,

@@ -121,6 +121,18 @@ fn default_max_size() -> u64 {
     256 * 1024 * 1024
 }
 
+/// Whether `text` names a request attribute: `header:NAME`, `cookie:NAME`,
+/// `json-body:FIELD`, `path`, `query`, `host` or `body-size` (the names
+/// `plugin::Interest` parses).
+pub fn is_attribute_name(text: &str) -> bool {
+    match text.split_once(':') {
+        Some(("header", h)) => http::HeaderName::from_bytes(h.as_bytes()).is_ok(),
+        Some(("cookie" | "json-body", name)) => !name.is_empty(),
+        Some(_) => false,
+        None => matches!(text, "path" | "query" | "host" | "body-size"),
+    }
+}
+
 /// The first problem with a route's shadow, canary or record settings, as
 /// (key path under the route, message).
 pub fn check(
@@ -194,11 +206,7 @@ pub fn check(
         if r.max_size < 4096 {
             return Err(("record.max_size", "must be at least 4KiB".into()));
         }
-        if let Some(bad) = r
-            .attributes
-            .iter()
-            .find(|a| crate::plugin::Interest::parse(a).is_none())
-        {
+        if let Some(bad) = r.attributes.iter().find(|a| !is_attribute_name(a)) {
             return Err((
                 "record.attributes",
                 format!(

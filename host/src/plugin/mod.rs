@@ -4,6 +4,7 @@
 
 mod bindings;
 mod cache;
+mod decision;
 mod epoch;
 mod error;
 mod host_api;
@@ -13,6 +14,7 @@ mod router;
 mod stats;
 
 pub use bindings::{INTERFACE_PACKAGE, VERSION_SECTION, Version, wit};
+pub use decision::{Candidates, Choice, MAX_REJECT_BODY, ask, check};
 pub use epoch::ticks as epoch_ticks;
 pub use error::{PluginError, RuntimeError};
 pub use host_api::HostState;

@@ -22,7 +22,6 @@ mod worker;
 
 pub use headers::X_SWITCHYARD_BACKEND;
 pub use worker::attribute as request_attribute;
-pub use worker::{Candidates, Choice, ask as ask_router, check as check_answer};
 
 use crate::config::ServerConfig;
 use crate::route::RouteTable;

@@ -4,7 +4,7 @@
 
 use super::request_body::ClientBodyError;
 use super::service::{ResponseBody, full};
-use super::worker::Choice;
+use crate::plugin::Choice;
 use crate::route::{Route, auth};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

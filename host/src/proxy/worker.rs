@@ -5,42 +5,18 @@
 use super::Shared;
 use super::upstream::UpstreamPool;
 use crate::config::FailurePolicy;
-use crate::plugin::{CallFailure, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, wit};
+use crate::plugin::{
+    CallFailure, Candidates, Choice, Interest, LOAD_WORDS, RouterInstance, RouterPlugin, ask, wit,
+};
 use crate::pool::{Pool, least_outstanding, push_load_words};
 use crate::rollout::{Arm, Decided, Watch};
 use crate::route::{Route, RouteTable, request_host};
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::{Method, Request};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-
-/// Backend ids to try in order; a short list stays off the heap.
-pub enum Candidates {
-    Few([u32; 4], u8),
-    Many(Vec<u32>),
-}
-
-impl Candidates {
-    pub fn as_slice(&self) -> &[u32] {
-        match self {
-            Candidates::Few(ids, len) => &ids[..usize::from(*len).min(4)],
-            Candidates::Many(ids) => ids,
-        }
-    }
-}
-
-/// What a route decided for one request.
-pub enum Choice {
-    /// Backend ids to try in order, and headers to add upstream.
-    Forward {
-        candidates: Candidates,
-        add_headers: Vec<(HeaderName, HeaderValue)>,
-    },
-    /// Answer directly.
-    Reply { status: u16, body: String },
-}
 
 /// A worker thread's private state.
 pub struct Worker {
@@ -243,60 +219,6 @@ fn fill_loads(loads: &mut Vec<u32>, pool: &Pool) {
     }
 }
 
-/// Calls `plugin` on its instance in `instances` (taking a ready one when
-/// there is none), checks the answer against a pool of `pool_size`, and
-/// records success or failure. A trapped instance is dropped: the next
-/// call gets a fresh one. A quarantined plugin is not called.
-pub fn ask(
-    instances: &mut HashMap<u64, RouterInstance>,
-    plugin: &Arc<RouterPlugin>,
-    facts: wit::Request,
-    loads: &[u32],
-    attributes: Vec<wit::AttributeValue>,
-    pool_size: usize,
-) -> Result<Choice, CallFailure> {
-    if plugin.is_quarantined() {
-        return Err(CallFailure::Quarantined);
-    }
-    let instance = match instances.entry(plugin.id) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        // Instances are made and initialised off this thread; until one is
-        // ready (just after a trap), the caller decides.
-        std::collections::hash_map::Entry::Vacant(e) => match plugin.take_instance() {
-            Some(instance) => e.insert(instance),
-            None => return Err(CallFailure::NotReady),
-        },
-    };
-    let timer = plugin.stats.start();
-    let answer = instance.route(facts, loads, attributes);
-    plugin.stats.finish(timer);
-    let failure = match answer {
-        Ok(decision) => match check(decision, pool_size) {
-            Ok(choice) => {
-                plugin.record_success();
-                return Ok(choice);
-            }
-            Err(failure) => failure,
-        },
-        Err(failure) => {
-            instances.remove(&plugin.id);
-            failure
-        }
-    };
-    plugin.record_failure(&failure);
-    Err(failure)
-}
-
-impl Decided {
-    /// What `choice` does, as shadows compare and traces record it.
-    pub fn of(choice: &Choice) -> Decided {
-        match choice {
-            Choice::Forward { candidates, .. } => Decided::Forward(candidates.as_slice().to_vec()),
-            Choice::Reply { status, .. } => Decided::Reject(*status),
-        }
-    }
-}
-
 fn builtin(pool: &Pool) -> Choice {
     let (ids, len) = least_outstanding(pool);
     Choice::Forward {
@@ -399,8 +321,5 @@ pub fn attribute<B>(
     }
 }
 
-mod check;
 #[cfg(test)]
 mod tests;
-
-pub use check::check;

@@ -48,6 +48,18 @@ impl Decided {
     }
 }
 
+impl Decided {
+    /// What `choice` does, as shadows compare and traces record it.
+    pub fn of(choice: &crate::plugin::Choice) -> Decided {
+        match choice {
+            crate::plugin::Choice::Forward { candidates, .. } => {
+                Decided::Forward(candidates.as_slice().to_vec())
+            }
+            crate::plugin::Choice::Reply { status, .. } => Decided::Reject(*status),
+        }
+    }
+}
+
 /// A sampled request's inputs to its router, kept for its trace record.
 pub struct Capture {
     pub facts: wit::Request,

@@ -300,8 +300,7 @@ fn decide(b: &mut Bound, record: &Record) -> Result<Decided, CallFailure> {
     };
     let answer = instance.route(facts, &record.loads, attributes)?;
     b.instance = Some(instance);
-    let choice =
-        crate::proxy::check_answer(answer, record.loads.len() / crate::plugin::LOAD_WORDS)?;
+    let choice = crate::plugin::check(answer, record.loads.len() / crate::plugin::LOAD_WORDS)?;
     Ok(Decided::of(&choice))
 }
 

@@ -138,7 +138,7 @@ impl Shadow {
             i.owners
                 .entry(self.plugin.id)
                 .or_insert_with(|| Arc::downgrade(&self.plugin));
-            crate::proxy::ask_router(
+            crate::plugin::ask(
                 &mut i.live,
                 &self.plugin,
                 facts,

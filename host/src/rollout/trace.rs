@@ -141,6 +141,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_config_and_the_plugin_host_agree_on_attribute_names() {
+        for name in [
+            "header:x-a",
+            "cookie:sid",
+            "json-body:model",
+            "path",
+            "query",
+            "host",
+            "body-size",
+            "header:",
+            "header:bad name",
+            "cookie:",
+            "json-body:",
+            "other",
+            "model",
+            "x:y",
+        ] {
+            let parsed = crate::plugin::Interest::parse(name);
+            assert_eq!(
+                parsed.is_some(),
+                crate::config::is_attribute_name(name),
+                "{name}"
+            );
+            if let Some(i) = parsed {
+                assert_eq!(i.name(), name);
+            }
+        }
+    }
+
+    #[test]
     fn load_word_names_follow_the_interface() {
         assert_eq!(LOAD_WORD_NAMES.len(), crate::plugin::LOAD_WORDS);
     }

@@ -6,12 +6,12 @@
 use super::{JobCall, X_SWITCHYARD_JOB_ID, X_SWITCHYARD_REPLY_TO};
 use crate::balance::{InFlightGuard, Outcome, Timing};
 use crate::jobs::{Delivery, EventId, JobEnd, JobId, JobStore, kind};
+use crate::plugin::Choice;
 use crate::pool::Pool;
 use crate::proxy::attempt::Dispatch;
 use crate::proxy::body::BodyError;
 use crate::proxy::request_body::{ClientBody, Peeked, is_json};
 use crate::proxy::service::ResponseBody;
-use crate::proxy::worker::Choice;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};

@@ -1,6 +1,7 @@
 use super::*;
 use crate::plugin::Answer;
-use check::*;
+use crate::plugin::{MAX_REJECT_BODY, check};
+use http::HeaderName;
 
 #[test]
 fn attributes_are_extracted() {

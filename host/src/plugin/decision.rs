@@ -1,17 +1,89 @@
-//! Checking a router's answer before the proxy acts on it: candidate ids
-//! inside the pool, a valid reject status and body, and only headers a
-//! router may set.
+//! A router's decision as the host acts on it: asking a plugin on a
+//! thread's instance, and checking its answer (candidate ids inside the
+//! pool, a valid reject status and body, only headers a router may set)
+//! before the proxy, a shadow or a replay uses it.
 
-use super::{Candidates, Choice};
-use crate::plugin::{Answer, CallFailure, wit};
+use super::{Answer, CallFailure, RouterInstance, RouterPlugin, wit};
 use http::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Backend ids to try in order; a short list stays off the heap.
+pub enum Candidates {
+    Few([u32; 4], u8),
+    Many(Vec<u32>),
+}
+
+impl Candidates {
+    pub fn as_slice(&self) -> &[u32] {
+        match self {
+            Candidates::Few(ids, len) => &ids[..usize::from(*len).min(4)],
+            Candidates::Many(ids) => ids,
+        }
+    }
+}
+
+/// What a route decided for one request.
+pub enum Choice {
+    /// Backend ids to try in order, and headers to add upstream.
+    Forward {
+        candidates: Candidates,
+        add_headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// Answer directly.
+    Reply { status: u16, body: String },
+}
+
+/// Calls `plugin` on its instance in `instances` (taking a ready one when
+/// there is none), checks the answer against a pool of `pool_size`, and
+/// records success or failure. A trapped instance is dropped: the next
+/// call gets a fresh one. A quarantined plugin is not called.
+pub fn ask(
+    instances: &mut HashMap<u64, RouterInstance>,
+    plugin: &Arc<RouterPlugin>,
+    facts: wit::Request,
+    loads: &[u32],
+    attributes: Vec<wit::AttributeValue>,
+    pool_size: usize,
+) -> Result<Choice, CallFailure> {
+    if plugin.is_quarantined() {
+        return Err(CallFailure::Quarantined);
+    }
+    let instance = match instances.entry(plugin.id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        // Instances are made and initialised off this thread; until one is
+        // ready (just after a trap), the caller decides.
+        std::collections::hash_map::Entry::Vacant(e) => match plugin.take_instance() {
+            Some(instance) => e.insert(instance),
+            None => return Err(CallFailure::NotReady),
+        },
+    };
+    let timer = plugin.stats.start();
+    let answer = instance.route(facts, loads, attributes);
+    plugin.stats.finish(timer);
+    let failure = match answer {
+        Ok(decision) => match check(decision, pool_size) {
+            Ok(choice) => {
+                plugin.record_success();
+                return Ok(choice);
+            }
+            Err(failure) => failure,
+        },
+        Err(failure) => {
+            instances.remove(&plugin.id);
+            failure
+        }
+    };
+    plugin.record_failure(&failure);
+    Err(failure)
+}
 
 /// Headers a router may add, at most.
-pub(super) const MAX_ADDED_HEADERS: usize = 32;
+pub const MAX_ADDED_HEADERS: usize = 32;
 /// Bytes of added header names and values, at most.
-pub(super) const MAX_ADDED_BYTES: usize = 16 * 1024;
+pub const MAX_ADDED_BYTES: usize = 16 * 1024;
 /// Bytes of a reject body, at most.
-pub(super) const MAX_REJECT_BODY: usize = 64 * 1024;
+pub const MAX_REJECT_BODY: usize = 64 * 1024;
 
 /// Whether a router may set header `name`: not the ones that frame or
 /// route the message (a router-added `content-length` would desync the
