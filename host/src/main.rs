@@ -9,6 +9,11 @@ use switchyard::Switchyard;
 use switchyard::config::Config;
 use switchyard_testkit as demo;
 
+/// mimalloc's per-thread free lists suit a proxy whose worker threads each
+/// allocate and free their own requests' buffers (BENCHMARKS.md has the A/B).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
