@@ -189,41 +189,45 @@ pub fn route_table(
                     }
                 })?),
             };
-        routes.push(Route {
-            auth,
-            name: r.name.clone(),
-            matcher: Matcher::new(r),
-            metrics: RouteMetrics::new(&r.name, &pool),
-            pool,
-            router,
-            strip_prefix: r
-                .strip_prefix
-                .then(|| r.matches.path_prefix.clone())
-                .flatten()
-                .map(|p| p.trim_end_matches('/').to_string()),
-            preserve_host: r.preserve_host,
-            deadlines: crate::route::Deadlines::of(&r.timeouts),
-            retries: r.retries.clone(),
-            budget: RetryBudget::new(&r.retries),
-            admission: r.limits.as_ref().and_then(|l| Admission::new(&r.name, l)),
-            fallback: r.fallback.as_ref().map(|f| {
-                let pool = f
-                    .pool
-                    .as_ref()
-                    .and_then(|p| pools.get(p.get_ref()).cloned());
-                Fallback::new(f, pool)
-            }),
-            shadow: rollout.shadow,
-            canary: rollout.canary,
-            record,
-            jobs: r.job_settings().zip(jobs.clone()).map(|(settings, store)| {
-                Arc::new(JobRoute {
-                    counts: store.route_jobs(&r.name),
-                    settings,
-                    store,
-                })
-            }),
-        });
+        routes.push(
+            Route {
+                auth,
+                name: r.name.clone(),
+                matcher: Matcher::new(r),
+                metrics: RouteMetrics::new(&r.name, &pool),
+                pool,
+                router,
+                strip_prefix: r
+                    .strip_prefix
+                    .then(|| r.matches.path_prefix.clone())
+                    .flatten()
+                    .map(|p| p.trim_end_matches('/').to_string()),
+                preserve_host: r.preserve_host,
+                deadlines: crate::route::Deadlines::of(&r.timeouts),
+                retries: r.retries.clone(),
+                budget: RetryBudget::new(&r.retries),
+                admission: r.limits.as_ref().and_then(|l| Admission::new(&r.name, l)),
+                fallback: r.fallback.as_ref().map(|f| {
+                    let pool = f
+                        .pool
+                        .as_ref()
+                        .and_then(|p| pools.get(p.get_ref()).cloned());
+                    Fallback::new(f, pool)
+                }),
+                body_peek: None,
+                shadow: rollout.shadow,
+                canary: rollout.canary,
+                record,
+                jobs: r.job_settings().zip(jobs.clone()).map(|(settings, store)| {
+                    Arc::new(JobRoute {
+                        counts: store.route_jobs(&r.name),
+                        settings,
+                        store,
+                    })
+                }),
+            }
+            .with_body_peek(),
+        );
     }
     Ok(RouteTable {
         routes,

@@ -140,7 +140,7 @@ pub async fn serve(
     let logged = table
         .access_log
         .then(|| Box::new((req.method().clone(), req.uri().clone(), Instant::now())));
-    let peeked = match route.body_peek() {
+    let peeked = match route.body_peek {
         Some(limit) if is_json(&req) => match peek(req.body_mut(), limit).await {
             Ok(peeked) => Some(peeked),
             Err(e) => return Ok(body_failed(&e)),

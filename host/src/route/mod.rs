@@ -198,6 +198,10 @@ pub struct Route {
     pub canary: Option<Arc<Canary>>,
     /// Writes sampled requests to a trace.
     pub record: Option<Arc<Recorder>>,
+    /// How much of a JSON body is read before the decision, when a router,
+    /// the shadow or the record reads a body field; set once by
+    /// [`Route::with_body_peek`], not worked out per request.
+    pub body_peek: Option<usize>,
 }
 
 // === impl Route ===
@@ -211,9 +215,9 @@ impl Route {
             .chain(self.canary.as_ref().map(|c| &c.previous))
     }
 
-    /// Whether a router, shadow or record of this route reads a field of a
-    /// JSON body, and how much of the body it reads.
-    pub fn body_peek(&self) -> Option<usize> {
+    /// The route with [`Route::body_peek`] set from its routers, shadow and
+    /// record.
+    pub fn with_body_peek(mut self) -> Route {
         let plugins = self
             .routers()
             .chain(self.shadow.as_ref().map(|s| &s.plugin))
@@ -224,7 +228,8 @@ impl Route {
             .as_ref()
             .filter(|r| r.reads_body())
             .map(|r| r.body_peek);
-        plugins.chain(record).max()
+        self.body_peek = plugins.chain(record).max();
+        self
     }
 
     /// A watch for this request when a canary picks its version or it is

@@ -3,6 +3,14 @@
 use super::Report;
 
 impl Report {
+    /// Every first-candidate name of the baseline or the candidate, sorted.
+    fn backends(&self) -> std::collections::BTreeSet<&String> {
+        self.traffic_before
+            .keys()
+            .chain(self.traffic_after.keys())
+            .collect()
+    }
+
     /// The report as text for a terminal.
     pub fn text(&self) -> String {
         use std::fmt::Write as _;
@@ -28,13 +36,7 @@ impl Report {
             pct(self.changed_candidates)
         );
         let _ = writeln!(out, "  traffic by first backend      before      after");
-        let mut names: Vec<&String> = self
-            .traffic_before
-            .keys()
-            .chain(self.traffic_after.keys())
-            .collect();
-        names.sort();
-        names.dedup();
+        let names = self.backends();
         for name in names {
             let b = self.traffic_before.get(name).copied().unwrap_or(0);
             let a = self.traffic_after.get(name).copied().unwrap_or(0);
@@ -91,13 +93,7 @@ impl Report {
 
     /// Traffic share per backend before and after, as an SVG bar chart.
     pub fn svg(&self) -> String {
-        let mut names: Vec<&String> = self
-            .traffic_before
-            .keys()
-            .chain(self.traffic_after.keys())
-            .collect();
-        names.sort();
-        names.dedup();
+        let names = self.backends();
         let total = self.decisions.max(1) as f64;
         let row = 44.0;
         let height = 70.0 + row * names.len() as f64;
