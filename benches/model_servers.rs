@@ -12,6 +12,11 @@
 //! nginx is installed. Prints time to first byte per policy and writes the
 //! table to `benches/results/model-servers.md`.
 //!
+//! A second scenario makes one server stall at random (a tenth of its
+//! requests wait `STALL` before prefill, as a preempted or paused server
+//! does) and compares least-outstanding with and without hedged first
+//! tokens: p99 time to first byte, and the extra requests the servers got.
+//!
 //!   cargo bench -p switchyard-benches --bench model_servers
 
 use bytes::Bytes;
@@ -19,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -49,6 +54,9 @@ const SYSTEM_PROMPTS: usize = 4;
 const TURNS: usize = 6;
 /// Clients sending at once, each working through its conversations.
 const CLIENTS: usize = 12;
+/// How long the stalling server holds a stalled request, and how often.
+const STALL: Duration = Duration::from_millis(1500);
+const STALL_SHARE: f64 = 0.1;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -62,35 +70,59 @@ fn main() {
 /// One mock model server.
 struct Server {
     addr: SocketAddr,
+    /// Requests received, including ones the proxy cancelled.
+    arrived: Arc<AtomicU64>,
     served: Arc<AtomicU64>,
     cached_blocks: Arc<AtomicU64>,
     prompt_blocks: Arc<AtomicU64>,
 }
 
-/// What a server's KV cache holds: cumulative block hashes, oldest first.
+/// What a server's KV cache holds: cumulative block hashes, least
+/// recently used first (vLLM evicts the least recently used free blocks).
 #[derive(Default)]
 struct Cache {
-    order: VecDeque<u64>,
-    held: HashSet<u64>,
+    /// Block hash and the tick it was last used at, in use order; entries
+    /// whose tick is older than `held`'s were used again later.
+    order: VecDeque<(u64, u64)>,
+    held: std::collections::HashMap<u64, u64>,
+    tick: u64,
 }
 
 impl Cache {
     /// How many of `blocks` (a prompt's, in order) are cached from the start.
     fn hits(&self, blocks: &[u64]) -> usize {
-        blocks.iter().take_while(|b| self.held.contains(b)).count()
+        blocks
+            .iter()
+            .take_while(|b| self.held.contains_key(b))
+            .count()
     }
 
+    /// Marks `blocks` used now, adding those not held and evicting the
+    /// least recently used beyond the capacity.
     fn insert(&mut self, blocks: &[u64]) {
         for &b in blocks {
-            if self.held.insert(b) {
-                self.order.push_back(b);
-            }
+            self.tick += 1;
+            self.held.insert(b, self.tick);
+            self.order.push_back((b, self.tick));
         }
-        while self.order.len() > CACHE_BLOCKS {
-            if let Some(old) = self.order.pop_front() {
+        while self.held.len() > CACHE_BLOCKS {
+            let Some((old, tick)) = self.order.pop_front() else {
+                break;
+            };
+            if self.held.get(&old) == Some(&tick) {
                 self.held.remove(&old);
             }
         }
+        // Stale entries (blocks used again later) are dropped as they
+        // reach the front; keep the queue from growing without bound.
+        if self.order.len() > 8 * CACHE_BLOCKS {
+            let held = &self.held;
+            self.order.retain(|(b, t)| held.get(b) == Some(t));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -111,7 +143,9 @@ fn blocks(prompt: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-async fn start_server() -> Server {
+/// Starts a mock model server; a `stalling` one holds a share of its
+/// requests for [`STALL`] before prefill, chosen by a seeded generator.
+async fn start_server(stalling: bool) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -120,9 +154,12 @@ async fn start_server() -> Server {
     let cache = Arc::new(Mutex::new(Cache::default()));
     let waiting = Arc::new(AtomicU64::new(0));
     let served = Arc::new(AtomicU64::new(0));
+    let arrived = Arc::new(AtomicU64::new(0));
+    let dice = Arc::new(AtomicU64::new(0x9E37_79B9_7F4A_7C15));
     let (cached_blocks, prompt_blocks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let server = Server {
         addr,
+        arrived: arrived.clone(),
         served: served.clone(),
         cached_blocks: cached_blocks.clone(),
         prompt_blocks: prompt_blocks.clone(),
@@ -139,6 +176,7 @@ async fn start_server() -> Server {
                 served.clone(),
             );
             let (cached_blocks, prompt_blocks) = (cached_blocks.clone(), prompt_blocks.clone());
+            let (arrived, dice) = (arrived.clone(), dice.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (batch, cache, waiting, served) = (
@@ -149,10 +187,11 @@ async fn start_server() -> Server {
                     );
                     let (cached_blocks, prompt_blocks) =
                         (cached_blocks.clone(), prompt_blocks.clone());
+                    let (arrived, dice) = (arrived.clone(), dice.clone());
                     async move {
                         if req.uri().path() == "/metrics" {
                             let running = BATCH - batch.available_permits();
-                            let fill = cache.lock().map_or(0, |c| c.order.len());
+                            let fill = cache.lock().map_or(0, |c| c.len());
                             let page = format!(
                                 "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"m\"}} {running}\n\
                                  # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"m\"}} {}\n\
@@ -171,6 +210,10 @@ async fn start_server() -> Server {
                             .map(|c| c.to_bytes())
                             .unwrap_or_default();
                         let prompt = blocks(&body);
+                        arrived.fetch_add(1, Relaxed);
+                        if stalling && roll(&dice) < STALL_SHARE {
+                            tokio::time::sleep(STALL).await;
+                        }
                         waiting.fetch_add(1, Relaxed);
                         let slot = batch.clone().acquire_owned().await;
                         waiting.fetch_sub(1, Relaxed);
@@ -201,6 +244,16 @@ async fn start_server() -> Server {
         }
     });
     server
+}
+
+/// A uniform number in [0, 1) from a shared xorshift generator.
+fn roll(state: &AtomicU64) -> f64 {
+    let mut x = state.load(Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    state.store(x, Relaxed);
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The body of turn `turn` of conversation `c`: its system prompt (one of
@@ -235,9 +288,12 @@ struct Outcome {
     ttfb: Vec<f64>,
     per_server: Vec<u64>,
     cache_hit_share: f64,
+    /// Requests the servers received per client request, less one.
+    extra: f64,
 }
 
 async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
+    let arrived_before: u64 = servers.iter().map(|s| s.arrived.load(Relaxed)).sum();
     let before: Vec<(u64, u64, u64)> = servers
         .iter()
         .map(|s| {
@@ -291,8 +347,11 @@ async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
             s.served.load(Relaxed) - n
         })
         .collect();
+    let arrived: u64 =
+        servers.iter().map(|s| s.arrived.load(Relaxed)).sum::<u64>() - arrived_before;
     Outcome {
         name: name.into(),
+        extra: arrived as f64 / ttfb.len().max(1) as f64 - 1.0,
         ttfb,
         per_server,
         cache_hit_share: hit as f64 / total.max(1) as f64,
@@ -339,42 +398,10 @@ async fn run() {
     let mut outcomes = Vec::new();
     // A fresh set of servers (cold caches) for every policy.
     for (name, pool, router) in policies {
-        let mut servers = Vec::new();
-        for _ in 0..SERVERS {
-            servers.push(start_server().await);
-        }
-        let entries: Vec<String> = servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{{ name = \"gpu-{i}\", address = \"{}\" }}", s.addr))
-            .collect();
-        let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\nwatch = false\n\
-             [pools.p]\nbackends = [{b}]\n[pools.health]\nbackends = [{b}]\n\
-             health = {{ path = \"/metrics\", interval = \"100ms\", body_limit = \"64KiB\", plugin = \"model-server-health.wasm\", config = {{ max_waiting = 4, fall = 1 }} }}\n",
-            plugins.display(),
-            dir.path().join("cache").display(),
-            b = entries.join(", ")
-        );
-        let _ = write!(
-            config,
-            "[[routes]]\nname = \"r\"\npool = \"{pool}\"\n{router}\ntimeouts = {{ first_byte = \"60s\" }}\n"
-        );
-        let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, config).expect("write config");
-        let proxy = switchyard::Switchyard::start(
-            &switchyard::config::Config::load(&path).expect("config"),
-        )
-        .expect("proxy starts");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        eprintln!("running {name}");
-        outcomes.push(drive(name, &format!("http://{}", proxy.addr()), &servers).await);
-        proxy.shutdown();
+        let servers = start_servers(false).await;
+        outcomes.push(through_switchyard(name, pool, router, &servers, &plugins, dir.path()).await);
     }
-    let mut servers = Vec::new();
-    for _ in 0..SERVERS {
-        servers.push(start_server().await);
-    }
+    let servers = start_servers(false).await;
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     match nginx::Nginx::start(&addrs, dir.path(), "hash $http_x_session consistent;") {
         Some(n) => {
@@ -390,10 +417,79 @@ async fn run() {
         }
         None => eprintln!("nginx not installed; skipping it"),
     }
-    report(&root, &outcomes);
+    // One server stalls at random: least-outstanding, unhedged and hedged.
+    let stalled: [(&str, &str); 3] = [
+        (
+            "least-outstanding",
+            "router = { plugin = \"least-outstanding.wasm\" }",
+        ),
+        (
+            "least-outstanding, hedge_ttfb_factor = 3",
+            "router = { plugin = \"least-outstanding.wasm\", config = { hedge_ttfb_factor = 3.0 } }",
+        ),
+        (
+            "least-outstanding, hedge_after = 250ms",
+            "router = { plugin = \"least-outstanding.wasm\", config = { hedge_after = \"250ms\" } }",
+        ),
+    ];
+    let mut stalls = Vec::new();
+    for (name, router) in stalled {
+        let servers = start_servers(true).await;
+        stalls.push(through_switchyard(name, "p", router, &servers, &plugins, dir.path()).await);
+    }
+    report(&root, &outcomes, &stalls);
 }
 
-fn report(root: &Path, outcomes: &[Outcome]) {
+/// [`SERVERS`] fresh servers, the first one stalling if `stalling`.
+async fn start_servers(stalling: bool) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for i in 0..SERVERS {
+        servers.push(start_server(stalling && i == 0).await);
+    }
+    servers
+}
+
+/// Runs the workload through a Switchyard whose route uses `router` over
+/// `pool` (`p`, or `health`: the same servers health-checked by
+/// `model-server-health`).
+async fn through_switchyard(
+    name: &str,
+    pool: &str,
+    router: &str,
+    servers: &[Server],
+    plugins: &Path,
+    dir: &Path,
+) -> Outcome {
+    let entries: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{{ name = \"gpu-{i}\", address = \"{}\" }}", s.addr))
+        .collect();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\nwatch = false\n\
+         [pools.p]\nbackends = [{b}]\n[pools.health]\nbackends = [{b}]\n\
+         health = {{ path = \"/metrics\", interval = \"100ms\", body_limit = \"64KiB\", plugin = \"model-server-health.wasm\", config = {{ max_waiting = 4, fall = 1 }} }}\n",
+        plugins.display(),
+        dir.join("cache").display(),
+        b = entries.join(", ")
+    );
+    let _ = write!(
+        config,
+        "[[routes]]\nname = \"r\"\npool = \"{pool}\"\n{router}\ntimeouts = {{ first_byte = \"60s\" }}\n"
+    );
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, config).expect("write config");
+    let proxy =
+        switchyard::Switchyard::start(&switchyard::config::Config::load(&path).expect("config"))
+            .expect("proxy starts");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eprintln!("running {name}");
+    let outcome = drive(name, &format!("http://{}", proxy.addr()), servers).await;
+    proxy.shutdown();
+    outcome
+}
+
+fn report(root: &Path, outcomes: &[Outcome], stalls: &[Outcome]) {
     let mut t = String::new();
     let _ = writeln!(t, "# Balancing over model servers\n");
     let _ = writeln!(
@@ -448,6 +544,42 @@ fn report(root: &Path, outcomes: &[Outcome]) {
             a / b,
             c / d
         );
+    }
+    let _ = writeln!(
+        t,
+        "\n## One server stalling\n\ngpu-0 holds {:.0} % of its requests for {} ms before prefill; the same workload. \
+         Extra requests: what the servers received beyond one per client request (hedges, retries).\n",
+        STALL_SHARE * 100.0,
+        STALL.as_millis()
+    );
+    let _ = writeln!(
+        t,
+        "| policy | TTFB mean | p50 | p99 | extra requests | requests per server |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---|");
+    for o in stalls {
+        let mean = o.ttfb.iter().sum::<f64>() / o.ttfb.len().max(1) as f64;
+        let spread: Vec<String> = o.per_server.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            t,
+            "| {} | {mean:.1} | {:.1} | {:.1} | {:.1} % | {} |",
+            o.name,
+            quantile(&o.ttfb, 0.5),
+            quantile(&o.ttfb, 0.99),
+            o.extra * 100.0,
+            spread.join(" / ")
+        );
+    }
+    if let [plain, hedged @ ..] = stalls {
+        for h in hedged {
+            let _ = writeln!(
+                t,
+                "\n{} / unhedged: p99 TTFB {:.2} (target at most 0.7), extra requests {:.1} % (target at most 10 %).",
+                h.name,
+                quantile(&h.ttfb, 0.99) / quantile(&plain.ttfb, 0.99),
+                h.extra * 100.0
+            );
+        }
     }
     print!("{t}");
     let results = root.join("benches/results");

@@ -421,3 +421,26 @@ pub fn dead_address() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     l.local_addr().unwrap_or_else(|e| panic!("addr: {e}"))
 }
+
+/// Sum of the samples of `name` whose labels include every `labels` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+/// The proxy's Prometheus page, from its admin listener.
+pub async fn scrape(proxy: &TestProxy) -> String {
+    let admin = proxy.proxy().admin_addr.expect("tests enable admin");
+    get(&format!("http://{admin}/metrics"), &[]).await.text()
+}

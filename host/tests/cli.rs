@@ -95,7 +95,7 @@ fn missing_or_mismatched_plugin_fails_naming_it() {
     ));
     assert!(!ok, "{out}");
     assert!(
-        out.contains("switchyard:policy@9.0.0") && out.contains("switchyard:policy 0.1.0–0.2.0"),
+        out.contains("switchyard:policy@9.0.0") && out.contains("switchyard:policy 0.1.0–0.3.0"),
         "{out}"
     );
 }

@@ -80,7 +80,7 @@ fn a_router_scaffolded_outside_the_checkout_builds_tests_and_loads() {
     ));
     assert!(ok, "{built}");
     assert!(
-        built.contains("team_router.wasm (router plugin, interface switchyard:policy@0.2.0)"),
+        built.contains("team_router.wasm (router plugin, interface switchyard:policy@0.3.0)"),
         "{built}"
     );
     assert!(plugins.join("team_router.wasm").exists());

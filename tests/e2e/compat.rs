@@ -1,7 +1,8 @@
 //! Plugins compiled against released interface versions keep loading: the
-//! 0.1.0 components in `tests/compat/` (built before 0.2.0 existed) run in
-//! a proxy beside freshly built 0.2.0 ones, as routers, health checks and
-//! breakers, and each is reported with the version it speaks.
+//! 0.1.0 and 0.2.0 components in `tests/compat/` (each built before the
+//! next version existed) run in a proxy beside freshly built ones, as
+//! routers, health checks and breakers, and each is reported with the
+//! version it speaks.
 
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ fn compat_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("compat/policy@0.1.0")
 }
 
-/// A plugin directory with today's plugins and the 0.1.0 ones as `v0_1-*.wasm`.
+/// A plugin directory with today's plugins, the 0.1.0 ones as
+/// `v0_1-*.wasm` and the 0.2.0 ones as `v0_2-*.wasm`.
 fn mixed_plugins() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for entry in std::fs::read_dir(plugin_dir()).expect("plugins") {
@@ -23,13 +25,17 @@ fn mixed_plugins() -> tempfile::TempDir {
                 .expect("copy");
         }
     }
-    for entry in std::fs::read_dir(compat_dir()).expect("tests/compat/policy@0.1.0") {
-        let path = entry.expect("entry").path();
-        let name = format!(
-            "v0_1-{}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        );
-        std::fs::copy(&path, dir.path().join(name)).expect("copy");
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("compat");
+    for (version, prefix) in [("0.1.0", "v0_1"), ("0.2.0", "v0_2")] {
+        let folder = compat.join(format!("policy@{version}"));
+        for entry in std::fs::read_dir(&folder).expect("tests/compat/policy@…") {
+            let path = entry.expect("entry").path();
+            let name = format!(
+                "{prefix}-{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            std::fs::copy(&path, dir.path().join(name)).expect("copy");
+        }
     }
     dir
 }
@@ -88,7 +94,7 @@ async fn plugins_built_for_0_1_run_beside_0_2_ones() {
             "v0_1-model-router.wasm",
             "switchyard:policy@0.1.0",
         ),
-        ("route:new", "round-robin.wasm", "switchyard:policy@0.2.0"),
+        ("route:new", "round-robin.wasm", "switchyard:policy@0.3.0"),
         (
             "pool:tiers",
             "v0_1-resource-health.wasm",
@@ -157,6 +163,126 @@ async fn plugins_built_for_0_1_run_beside_0_2_ones() {
     fast.set_load_report(r#"{"cpu":0.1,"mem":0.3}"#);
     // ...and the 0.1.0 breaker opens a failing backend, fed by the 0.2.0
     // router's traffic.
+    flaky.fail_every(1);
+    for _ in 0..30 {
+        let _ = get(&proxy.url("/x"), &[]).await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "flaky's breaker to open",
+        || async {
+            let status = proxy.status().await;
+            status["pools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["backends"].as_array().cloned().unwrap_or_default())
+                .any(|b| b["name"] == "flaky" && b["state"]["breaker"] == "open")
+        },
+    )
+    .await;
+}
+
+/// 0.2.0 components beside 0.3.0 ones: a router reading a body field
+/// (and told `not-seen` past the peek), a router reading the whole prompt
+/// as a body field, a breaker fed by a 0.3.0 router's traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_built_for_0_2_run_beside_0_3_ones() {
+    let (small, large) = (mock("small"), mock("large"));
+    let (gpu_a, gpu_b, flaky) = (mock("gpu-a"), mock("gpu-b"), mock("flaky"));
+    let plugins = mixed_plugins();
+    let config = format!(
+        "[pools.models]\nbackends = [{}, {}]\n\n\
+         [pools.gpus]\nmax_fails = 0\nbackends = [{}, {}, {}]\n\
+         breaker = {{ plugin = \"v0_2-error-rate-breaker.wasm\", config = {{ min_requests = 5, window = \"5s\", cool_down = \"60s\" }} }}\n\n\
+         [[routes]]\nname = \"models\"\nmatch = {{ path_prefix = \"/v1\" }}\npool = \"models\"\n\
+         router = {{ plugin = \"v0_2-model-router.wasm\", body_peek = \"4KiB\" }}\n\n\
+         [[routes]]\nname = \"prefix\"\nmatch = {{ path_prefix = \"/prefix\" }}\npool = \"gpus\"\n\
+         router = {{ plugin = \"v0_2-prefix-affinity.wasm\", body_peek = \"64KiB\", config = {{ block = 64 }} }}\n\n\
+         [[routes]]\nname = \"new\"\npool = \"gpus\"\nrouter = {{ plugin = \"round-robin.wasm\" }}\n",
+        backend_entry(&small, r#"models = "small-model""#),
+        backend_entry(&large, r#"models = "large-model""#),
+        backend_entry(&gpu_a, ""),
+        backend_entry(&gpu_b, ""),
+        backend_entry(&flaky, ""),
+    );
+    let proxy = TestProxy::start_in(plugins.path(), &config);
+    let interfaces = plugin_interfaces(&proxy).await;
+    for (owner, file, interface) in [
+        (
+            "route:models",
+            "v0_2-model-router.wasm",
+            "switchyard:policy@0.2.0",
+        ),
+        (
+            "route:prefix",
+            "v0_2-prefix-affinity.wasm",
+            "switchyard:policy@0.2.0",
+        ),
+        ("route:new", "round-robin.wasm", "switchyard:policy@0.3.0"),
+        (
+            "pool:gpus",
+            "v0_2-error-rate-breaker.wasm",
+            "switchyard:policy@0.2.0",
+        ),
+    ] {
+        assert!(
+            interfaces.contains(&(owner.into(), file.into(), interface.into())),
+            "{owner} {file} {interface} not in {interfaces:?}"
+        );
+    }
+    let json = [("content-type", "application/json")];
+    let chat = |model: &str, filler: usize| {
+        Bytes::from(format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(filler)
+        ))
+    };
+    let r = send(
+        "POST",
+        &proxy.url("/v1/chat"),
+        &json,
+        chat("large-model", 10),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.backend()),
+        (200, "large"),
+        "{}",
+        r.text()
+    );
+    // 0.2.0 tells a field past the peek from a missing one.
+    let r = send(
+        "POST",
+        &proxy.url("/v1/chat"),
+        &json,
+        chat("large-model", 8192),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("model_not_seen"), "{}", r.text());
+    // The 0.2.0 prefix router still keeps a conversation on its backend.
+    let mut home = None;
+    for turn in 1..=4 {
+        let turns: Vec<String> = (0..turn)
+            .map(|t| {
+                format!(
+                    r#"{{"role":"user","content":"step {t} {}"}}"#,
+                    "y".repeat(80)
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"model":"m","messages":[{}]}}"#, turns.join(","));
+        let r = send("POST", &proxy.url("/prefix"), &json, Bytes::from(body)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let backend = r.backend().to_string();
+        assert_eq!(
+            home.get_or_insert(backend.clone()),
+            &backend,
+            "moved at turn {turn}"
+        );
+    }
+    // The 0.2.0 breaker opens a failing backend, fed by the 0.3.0 router.
     flaky.fail_every(1);
     for _ in 0..30 {
         let _ = get(&proxy.url("/x"), &[]).await;

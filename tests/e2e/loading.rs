@@ -19,7 +19,7 @@ fn future_interface_version_is_refused_naming_both_versions() {
     assert!(err.contains("fixture-future-version.wasm"), "{err}");
     assert!(err.contains("switchyard:policy@9.0.0"), "{err}");
     assert!(
-        err.contains("this host speaks switchyard:policy 0.1.0–0.2.0"),
+        err.contains("this host speaks switchyard:policy 0.1.0–0.3.0"),
         "{err}"
     );
 }

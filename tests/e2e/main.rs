@@ -3,6 +3,7 @@
 mod compat;
 mod dashboard;
 mod failures;
+mod hedging;
 mod hostile;
 mod library;
 mod llm;

@@ -5,28 +5,6 @@ use bytes::Bytes;
 use std::time::Duration;
 use switchyard_tests::*;
 
-/// Sum of the samples of `name` whose labels include every `labels` pair.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
-
-async fn scrape(proxy: &TestProxy) -> String {
-    let admin = proxy.proxy().admin_addr.expect("tests enable admin");
-    get(&format!("http://{admin}/metrics"), &[]).await.text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_s_tokens_and_cost_add_up_across_its_requests() {
     let b = mock("priced");

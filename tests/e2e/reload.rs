@@ -102,7 +102,7 @@ async fn broken_plugins_are_refused_while_the_old_version_serves() {
         (
             "priority-router.wasm",
             plugin_bytes("fixture-future-version.wasm"),
-            "built for switchyard:policy@9.0.0, but this host speaks switchyard:policy 0.1.0–0.2.0",
+            "built for switchyard:policy@9.0.0, but this host speaks switchyard:policy 0.1.0–0.3.0",
         ),
     ];
     for (file, bytes, needle) in cases {

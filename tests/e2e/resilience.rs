@@ -483,7 +483,7 @@ async fn broken_pool_plugins_are_refused_naming_file_and_pool() {
         + "[[routes]]\nname = \"r\"\npool = \"p\"\n";
     let err = TestProxy::try_start(&wrong_world).err().expect("refused");
     assert!(
-        err.contains("round-robin.wasm") && err.contains("switchyard:policy/health-check@0.2.0"),
+        err.contains("round-robin.wasm") && err.contains("switchyard:policy/health-check@0.3.0"),
         "{err}"
     );
 

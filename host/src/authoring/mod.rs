@@ -151,10 +151,9 @@ impl Router for TypeName {
             return Decision::forward([0]);
         }
         let usable = backends.iter().filter(|b| b.is_usable());
-        Decision::Forward {
-            candidates: Candidates::lowest_by_key(usable, 4, |b| (b.in_flight, b.ewma_latency_us)),
-            add_headers: Vec::new(),
-        }
+        Decision::forward_to(Candidates::lowest_by_key(usable, 4, |b| {
+            (b.in_flight, b.ewma_latency_us)
+        }))
     }
 }
 

@@ -157,14 +157,26 @@ pub fn trial(options: &TrialOptions) -> anyhow::Result<String> {
             client_ip: wit::IpAddress::V4(0x7f00_0001),
         };
         let line = match instance.route(facts, &words, attributes.clone()) {
-            Ok(Answer::Few(ids, len)) => names(&ids[..usize::from(len)], &infos),
+            Ok(Answer::Few(ids, len, None)) => names(&ids[..usize::from(len)], &infos),
+            Ok(Answer::Few(ids, len, Some(us))) => format!(
+                "{} (hedged after {us} µs)",
+                names(&ids[..usize::from(len)], &infos)
+            ),
             Ok(Answer::Full(wit::Decision::Forward(f))) => {
                 let headers: Vec<String> = f
                     .add_headers
                     .iter()
                     .map(|h| format!("+{}: {}", h.name, h.value))
                     .collect();
-                format!("{} {}", names(&f.candidates, &infos), headers.join(" "))
+                let hedge = f
+                    .hedge_after_us
+                    .map(|us| format!(" (hedged after {us} µs)"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}{hedge}",
+                    names(&f.candidates, &infos),
+                    headers.join(" ")
+                )
             }
             Ok(Answer::Full(wit::Decision::Reject(r))) => {
                 format!("reply {} {:?}", r.status, r.body.trim_end())
@@ -202,5 +214,8 @@ fn describe(interest: &Interest) -> String {
         Interest::Host => "host".into(),
         Interest::JsonBody(f) => format!("json-body {f}"),
         Interest::BodySize => "body-size".into(),
+        Interest::PromptPrefix { block, max_bytes } => {
+            format!("prompt-prefix (blocks of {block} bytes, up to {max_bytes})")
+        }
     }
 }

@@ -128,6 +128,12 @@ pub fn is_attribute_name(text: &str) -> bool {
     match text.split_once(':') {
         Some(("header", h)) => http::HeaderName::from_bytes(h.as_bytes()).is_ok(),
         Some(("cookie" | "json-body", name)) => !name.is_empty(),
+        Some(("prompt-prefix", sizes)) => sizes.split_once(':').is_some_and(|(b, m)| {
+            let (Ok(b), Ok(m)) = (b.parse::<u32>(), m.parse::<u32>()) else {
+                return false;
+            };
+            (16..=65536).contains(&b) && b % 8 == 0 && (b..=1 << 20).contains(&m)
+        }),
         Some(_) => false,
         None => matches!(text, "path" | "query" | "host" | "body-size"),
     }
@@ -210,7 +216,7 @@ pub fn check(
             return Err((
                 "record.attributes",
                 format!(
-                    "{bad:?} is not an attribute (header:NAME, cookie:NAME, json-body:FIELD, path, query, host, body-size)"
+                    "{bad:?} is not an attribute (header:NAME, cookie:NAME, json-body:FIELD, path, query, host, body-size, prompt-prefix:BLOCK:MAX_BYTES)"
                 ),
             ));
         }

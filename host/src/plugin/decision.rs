@@ -7,6 +7,7 @@ use super::{Answer, CallFailure, RouterInstance, RouterPlugin, wit};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Backend ids to try in order; a short list stays off the heap.
 pub enum Candidates {
@@ -25,10 +26,12 @@ impl Candidates {
 
 /// What a route decided for one request.
 pub enum Choice {
-    /// Backend ids to try in order, and headers to add upstream.
+    /// Backend ids to try in order, headers to add upstream, and when to
+    /// hedge the first candidate with the next.
     Forward {
         candidates: Candidates,
         add_headers: Vec<(HeaderName, HeaderValue)>,
+        hedge: Option<Duration>,
     },
     /// Answer directly.
     Reply { status: u16, body: String },
@@ -78,6 +81,11 @@ pub fn ask(
     Err(failure)
 }
 
+/// The hedge delay a router asked for; a delay of 0 hedges at once.
+fn hedge(after_us: Option<u32>) -> Option<Duration> {
+    after_us.map(|us| Duration::from_micros(u64::from(us)))
+}
+
 /// Headers a router may add, at most.
 pub const MAX_ADDED_HEADERS: usize = 32;
 /// Bytes of added header names and values, at most.
@@ -109,12 +117,12 @@ fn may_add(name: &HeaderName) -> bool {
 /// malformed, forbidden or too many headers.
 pub fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
     let decision = match answer {
-        Answer::Few(_, 0) => {
+        Answer::Few(_, 0, _) => {
             return Err(CallFailure::Invalid(
                 "no candidates (to refuse a request, reject it)".into(),
             ));
         }
-        Answer::Few(ids, len) => {
+        Answer::Few(ids, len, hedge_after_us) => {
             let candidates = Candidates::Few(ids, len);
             if let Some(bad) = candidates
                 .as_slice()
@@ -128,6 +136,7 @@ pub fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
             return Ok(Choice::Forward {
                 candidates,
                 add_headers: Vec::new(),
+                hedge: hedge(hedge_after_us),
             });
         }
         Answer::Full(decision) => decision,
@@ -175,6 +184,7 @@ pub fn check(answer: Answer, pool_size: usize) -> Result<Choice, CallFailure> {
             Ok(Choice::Forward {
                 candidates: Candidates::Many(f.candidates),
                 add_headers,
+                hedge: hedge(f.hedge_after_us),
             })
         }
         wit::Decision::Reject(r) if r.body.len() > MAX_REJECT_BODY => {

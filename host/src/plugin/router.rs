@@ -43,12 +43,17 @@ pub enum Interest {
     JsonBody(String),
     /// The body's size in bytes.
     BodySize,
+    /// Block hashes of the prompt's beginning: bytes per block, bytes at most.
+    PromptPrefix {
+        block: u32,
+        max_bytes: u32,
+    },
 }
 
 impl Interest {
     /// Parses the name [`Interest::name`] gives: `header:NAME`,
     /// `cookie:NAME`, `json-body:FIELD`, `path`, `query`, `host`,
-    /// `body-size`.
+    /// `body-size`, `prompt-prefix:BLOCK:MAX_BYTES`.
     pub fn parse(text: &str) -> Option<Interest> {
         Some(match text.split_once(':') {
             Some(("header", h)) => {
@@ -56,6 +61,14 @@ impl Interest {
             }
             Some(("cookie", c)) if !c.is_empty() => Interest::Cookie(c.to_string()),
             Some(("json-body", f)) if !f.is_empty() => Interest::JsonBody(f.to_string()),
+            Some(("prompt-prefix", sizes)) => {
+                let (block, max) = sizes.split_once(':')?;
+                let (block, max_bytes) = (block.parse().ok()?, max.parse().ok()?);
+                prefix_blocks_problem(block, max_bytes)
+                    .is_none()
+                    .then_some(())?;
+                Interest::PromptPrefix { block, max_bytes }
+            }
             None if text == "path" => Interest::Path,
             None if text == "query" => Interest::Query,
             None if text == "host" => Interest::Host,
@@ -74,8 +87,30 @@ impl Interest {
             Interest::Query => "query".into(),
             Interest::Host => "host".into(),
             Interest::BodySize => "body-size".into(),
+            Interest::PromptPrefix { block, max_bytes } => {
+                format!("prompt-prefix:{block}:{max_bytes}")
+            }
         }
     }
+
+    /// Whether the attribute is read from the request body, which is then
+    /// read (up to `body_peek` bytes) before the decision.
+    pub fn reads_body(&self) -> bool {
+        matches!(self, Interest::JsonBody(_) | Interest::PromptPrefix { .. })
+    }
+}
+
+/// What is wrong with `prompt-prefix` sizes, if anything: a block of
+/// 16..=65536 bytes, a multiple of 8, and `block..=1 MiB` bytes hashed.
+pub fn prefix_blocks_problem(block: u32, max_bytes: u32) -> Option<String> {
+    let ok = (16..=65536).contains(&block)
+        && block.is_multiple_of(8)
+        && (block..=1 << 20).contains(&max_bytes);
+    (!ok).then(|| {
+        format!(
+            "prompt-prefix block {block} and max-bytes {max_bytes}: need a block of 16 to 65536 bytes, a multiple of 8, and block <= max-bytes <= 1048576"
+        )
+    })
 }
 
 /// Why a plugin call produced no usable decision.
@@ -203,7 +238,7 @@ impl RouterPlugin {
             spares: std::sync::Mutex::new(Vec::new()),
         };
         let (first, interest) = plugin.start_instance()?;
-        plugin.reads_body = interest.iter().any(|i| matches!(i, Interest::JsonBody(_)));
+        plugin.reads_body = interest.iter().any(Interest::reads_body);
         plugin.interest = interest;
         // Ready before the version serves, made here on the loading thread.
         let mut spares = vec![first];
@@ -295,6 +330,15 @@ impl RouterPlugin {
                 wit::Attribute::Host => Ok(Interest::Host),
                 wit::Attribute::JsonBody(f) => Ok(Interest::JsonBody(f)),
                 wit::Attribute::BodySize => Ok(Interest::BodySize),
+                wit::Attribute::PromptPrefix(p) => {
+                    match prefix_blocks_problem(p.block, p.max_bytes) {
+                        None => Ok(Interest::PromptPrefix {
+                            block: p.block,
+                            max_bytes: p.max_bytes,
+                        }),
+                        Some(problem) => Err(init_err(format!("asks for {problem}"))),
+                    }
+                }
             })
             .collect::<Result<_, _>>()?;
         let instance = RouterInstance {
@@ -419,10 +463,9 @@ impl RouterInstance {
             self.store.data_mut().attributes = attributes;
         }
         let result = match self.bindings.route(&mut self.store, request, loads) {
-            Ok(wit::Choice::Forward((a, b, c, d))) => {
-                let ids = [a, b, c, d];
-                let len = ids.iter().position(|&id| id == NO_BACKEND).unwrap_or(4);
-                Ok(Answer::Few(ids, len as u8))
+            Ok(wit::Choice::Forward((a, b, c, d))) => Ok(Answer::few([a, b, c, d], None)),
+            Ok(wit::Choice::Hedged(((a, b, c, d), after_us))) => {
+                Ok(Answer::few([a, b, c, d], Some(after_us)))
             }
             Ok(wit::Choice::Detailed) => self
                 .bindings
@@ -435,13 +478,22 @@ impl RouterInstance {
     }
 }
 
-/// A router's answer: the compact form (up to four candidates, nothing
-/// else), or a full decision.
+/// A router's answer: the compact form (up to four candidates and
+/// perhaps a hedge, nothing else), or a full decision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// Candidate ids; the first `len` of the array are used.
-    Few([u32; 4], u8),
+    /// Candidate ids, of which the first `len` are used, and the hedge
+    /// delay in microseconds when the router asked for one.
+    Few([u32; 4], u8, Option<u32>),
     Full(wit::Decision),
+}
+
+impl Answer {
+    /// The compact answer of a choice's four slots, unused ones last.
+    pub fn few(ids: [u32; 4], hedge_after_us: Option<u32>) -> Answer {
+        let len = ids.iter().position(|&id| id == NO_BACKEND).unwrap_or(4);
+        Answer::Few(ids, len as u8, hedge_after_us)
+    }
 }
 
 /// Words per backend in the loads passed to `route`: one per `load-word` case.

@@ -5,6 +5,7 @@
 use super::body::{Exchange, ProxiedBody, UsageMeter};
 use super::fallback::Exhausted;
 use super::headers::{X_SWITCHYARD_BACKEND, strip_hop_by_hop};
+use super::hedge::Leg;
 use super::job::JobTicket;
 use super::outgoing::Outgoing;
 use super::reply::{body_failed, reply};
@@ -23,7 +24,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What one request needs while it is forwarded.
 pub struct Dispatch<'a> {
@@ -40,6 +41,8 @@ pub struct Dispatch<'a> {
     /// Follows a canaried or recorded request; the exchange that answers
     /// takes it, to report the outcome when the body ends.
     pub watch: std::cell::Cell<Option<Box<crate::rollout::Watch>>>,
+    /// When to hedge the first candidate, as the router asked.
+    pub hedge: Option<Duration>,
 }
 
 /// How one attempt on one backend ended. Returned at once, never stored,
@@ -84,7 +87,13 @@ impl Dispatch<'_> {
         };
         let mut permit = permit;
         match self
-            .attempt(&self.route.pool, candidates, &mut out, &mut permit)
+            .attempt(
+                &self.route.pool,
+                candidates,
+                &mut out,
+                &mut permit,
+                self.hedge,
+            )
             .await
         {
             Ok(resp) => resp,
@@ -92,14 +101,16 @@ impl Dispatch<'_> {
         }
     }
 
-    /// Tries `candidates` of `pool` in order. Returns the response to send,
-    /// or how the attempts ran out.
+    /// Tries `candidates` of `pool` in order, the first hedged after
+    /// `hedge` when the request is held whole. Returns the response to
+    /// send, or how the attempts ran out.
     pub(super) async fn attempt(
         &self,
         pool: &Arc<Pool>,
         candidates: &[u32],
         out: &mut Outgoing,
         permit: &mut Option<Permit>,
+        hedge: Option<Duration>,
     ) -> Result<Response<ResponseBody>, Exhausted> {
         let policy = RetryPolicy::of(self.route);
         let deadlines = &self.route.deadlines;
@@ -107,10 +118,14 @@ impl Dispatch<'_> {
         let own = Arc::ptr_eq(pool, &self.route.pool);
         let mut attempts = 0;
         let mut previous: Option<RetryReason> = None;
+        let mut hedged: Option<u32> = None;
         for (i, &id) in candidates.iter().enumerate() {
             let backend = &pool.backends[id as usize];
             if attempts == policy.attempts() {
                 break;
+            }
+            if hedged == Some(id) {
+                continue;
             }
             let Some(mut guard) = backend.state.try_start(pool.max_in_flight) else {
                 exhausted.saw_full |=
@@ -126,24 +141,51 @@ impl Dispatch<'_> {
             attempts += 1;
             exhausted.tried = true;
             guard.sent();
-            let started = Instant::now();
-            let sent = self
-                .worker
-                .upstream
-                .send(backend, req, out.replay.as_ref(), deadlines)
-                .await;
-            let more = attempts < policy.attempts()
-                && candidates[i + 1..]
-                    .iter()
-                    .any(|&n| pool.backends[n as usize].state.is_usable());
-            let attempt = Attempt {
-                pool,
+            let leg = Leg {
                 id,
                 backend,
-                own,
-                started,
-                more,
                 guard,
+                started: Instant::now(),
+            };
+            let rest = &candidates[i + 1..];
+            let (leg, sent) = match (hedge, out.replay.take()) {
+                // One hedge per request, only for a request held whole
+                // that is not an upgrade, and only while a retry is left.
+                (Some(after), Some(replay))
+                    if attempts == 1 && out.upgrade.is_none() && policy.attempts() > 1 =>
+                {
+                    let raced = self
+                        .race(pool, own, leg, req, &replay, after, rest, &policy)
+                        .await;
+                    out.replay = Some(replay);
+                    if raced.hedged.is_some() {
+                        attempts += 1;
+                        hedged = raced.hedged;
+                    }
+                    (raced.leg, raced.sent)
+                }
+                (_, replay) => {
+                    out.replay = replay;
+                    let sent = self
+                        .worker
+                        .upstream
+                        .send(backend, req, out.replay.as_ref(), deadlines)
+                        .await;
+                    (leg, sent)
+                }
+            };
+            let more = attempts < policy.attempts()
+                && rest
+                    .iter()
+                    .any(|&n| hedged != Some(n) && pool.backends[n as usize].state.is_usable());
+            let attempt = Attempt {
+                pool,
+                id: leg.id,
+                backend: leg.backend,
+                own,
+                started: leg.started,
+                more,
+                guard: leg.guard,
             };
             let outcome = match sent {
                 Ok((resp, lease)) => self.answered(

@@ -64,7 +64,7 @@ impl Dispatch<'_> {
                     .increment(1);
                 let (ids, len) = least_outstanding(pool);
                 if let Ok(resp) = self
-                    .attempt(pool, &ids[..usize::from(len)], out, permit)
+                    .attempt(pool, &ids[..usize::from(len)], out, permit, None)
                     .await
                 {
                     return resp;

@@ -42,6 +42,65 @@ pub fn top_level_field(text: &[u8], name: &str) -> Option<String> {
     }
 }
 
+/// Where the value of the first top-level key among `names` lies in the
+/// JSON object `text` begins: its start, and its end when `text` holds all
+/// of it. Keys are unescaped; unlike [`find_field`] the first match counts,
+/// for hints (such as prompt-prefix hashes) that need only the value's
+/// beginning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    At {
+        start: usize,
+        end: Option<usize>,
+    },
+    /// The object ended without such a key, or `text` is not an object.
+    Absent,
+    /// `text` ended before such a key's value started.
+    Cut,
+}
+
+/// The [`Span`] of the first of `names` in the object `text` begins.
+pub fn first_value(text: &[u8], names: &[&str]) -> Span {
+    let mut c = Cursor { text, at: 0 };
+    let found = (|| {
+        c.space();
+        c.eat(b'{')?;
+        c.space();
+        if c.peek()? == b'}' {
+            return Some(None);
+        }
+        loop {
+            c.space();
+            let key = c.string()?;
+            c.space();
+            c.eat(b':')?;
+            c.space();
+            c.peek()?;
+            if names.contains(&key.as_str()) {
+                return Some(Some(c.at));
+            }
+            c.skip_value()?;
+            c.space();
+            match c.next()? {
+                b',' => continue,
+                b'}' => return Some(None),
+                _ => return None,
+            }
+        }
+    })();
+    match found {
+        Some(Some(start)) => {
+            let end = c.skip_value().map(|()| c.at);
+            // A number or literal running into the end may be cut.
+            let end = end.filter(|&e| e < text.len() || matches!(text[start], b'"' | b'[' | b'{'));
+            Span::At { start, end }
+        }
+        Some(None) => Span::Absent,
+        None if c.at >= text.len() => Span::Cut,
+        None => Span::Absent,
+    }
+}
+
 /// Reads the object: `Some(found)` once it closed, `None` where it broke
 /// off or is malformed (the cursor shows which).
 fn scan(c: &mut Cursor<'_>, name: &str) -> Option<Option<String>> {
@@ -269,6 +328,38 @@ mod tests {
         assert_eq!(
             find_field(br#"{"model":"b"}"#, "model"),
             Field::Value("b".into())
+        );
+    }
+
+    #[test]
+    fn the_first_of_several_keys_is_located() {
+        use super::{Span, first_value};
+        let names = ["messages", "prompt"];
+        let body = br#"{"model":"m", "mess\u0061ges" : [{"c":"x"}], "prompt":"p"}"#;
+        let start = body.iter().position(|&b| b == b'[').unwrap();
+        let end = body.iter().position(|&b| b == b']').unwrap() + 1;
+        assert_eq!(
+            first_value(body, &names),
+            Span::At {
+                start,
+                end: Some(end)
+            }
+        );
+        // Cut inside the value: its start is known, its end is not.
+        assert_eq!(
+            first_value(&body[..start + 3], &names),
+            Span::At { start, end: None }
+        );
+        // Cut before it starts, or no such key at all.
+        assert_eq!(first_value(&body[..start - 2], &names), Span::Cut);
+        assert_eq!(first_value(br#"{"model":"m"}"#, &names), Span::Absent);
+        assert_eq!(first_value(b"[1]", &names), Span::Absent);
+        assert_eq!(
+            first_value(br#"{"prompt":12"#, &names),
+            Span::At {
+                start: 10,
+                end: None
+            }
         );
     }
 

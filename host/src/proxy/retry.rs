@@ -20,6 +20,8 @@ pub enum RetryReason {
     RateLimited,
     /// The backend answered 502, 503 or 504.
     ServerError,
+    /// The router asked to hedge and the first candidate was slow to answer.
+    Hedge,
 }
 
 impl RetryReason {
@@ -31,6 +33,7 @@ impl RetryReason {
             RetryReason::Reset => "reset",
             RetryReason::RateLimited => "429",
             RetryReason::ServerError => "5xx",
+            RetryReason::Hedge => "hedge",
         }
     }
 }
@@ -69,7 +72,7 @@ impl<'a> RetryPolicy<'a> {
             RetryReason::RateLimited | RetryReason::ServerError => {
                 out.retry_answers && out.replay.is_some()
             }
-            RetryReason::Timeout | RetryReason::Reset => {
+            RetryReason::Timeout | RetryReason::Reset | RetryReason::Hedge => {
                 self.route.retries.on_5xx && out.retry_answers && out.replay.is_some()
             }
         }

@@ -180,6 +180,7 @@ pub async fn serve(
         Choice::Forward {
             candidates,
             add_headers,
+            hedge,
         } => {
             let dispatch = Dispatch {
                 worker: &worker,
@@ -190,6 +191,7 @@ pub async fn serve(
                 run,
                 runs: table.runs.clone(),
                 watch: std::cell::Cell::new(watch.take()),
+                hedge,
             };
             let resp = dispatch
                 .forward(

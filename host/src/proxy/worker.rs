@@ -224,6 +224,7 @@ fn builtin(pool: &Pool) -> Choice {
     Choice::Forward {
         candidates: Candidates::Few(ids, len),
         add_headers: Vec::new(),
+        hedge: None,
     }
 }
 
@@ -290,6 +291,20 @@ pub fn attribute<B>(
                 super::json_field::Field::Absent => Absent,
                 super::json_field::Field::Cut if body.whole => Absent,
                 super::json_field::Field::Cut => NotSeen,
+            }
+        }
+        Interest::PromptPrefix { block, max_bytes } => {
+            let Some(body) = body else { return Absent };
+            use super::prompt_prefix::{Prefix, prefix_hashes};
+            match prefix_hashes(
+                body.prefix,
+                body.whole,
+                *block as usize,
+                *max_bytes as usize,
+            ) {
+                Prefix::Hashes(h) => Value(h),
+                Prefix::Absent => Absent,
+                Prefix::NotSeen => NotSeen,
             }
         }
         Interest::BodySize => {

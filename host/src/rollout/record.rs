@@ -111,9 +111,7 @@ impl Recorder {
 
     /// Whether a recorded attribute is a body field.
     pub fn reads_body(&self) -> bool {
-        self.interest
-            .iter()
-            .any(|i| matches!(i, Interest::JsonBody(_)))
+        self.interest.iter().any(Interest::reads_body)
     }
 
     /// An empty capture for the decision to fill.

@@ -3,10 +3,12 @@
 //! that served that beginning, where the prefill is mostly cached.
 //!
 //! The prompt is the JSON body's `messages` (chat) or `prompt`
-//! (completions), as the client wrote it. It is cut into blocks of `block`
-//! bytes, up to `prefix_bytes`, and each block boundary gets a cumulative
-//! hash, so a conversation that grew by a turn still matches its earlier
-//! requests on every block they share. The backend of the longest known
+//! (completions), as the client wrote it. The host cuts it into blocks of
+//! `block` bytes, up to `prefix_bytes`, and hands over a cumulative hash at
+//! each block boundary (the `prompt-prefix` attribute), so a conversation
+//! that grew by a turn still matches its earlier requests on every block
+//! they share. Only the prompt's beginning must lie within the route's
+//! `body_peek`. The backend of the longest known
 //! prefix wins when it covers at least `min_match` (default half) of the
 //! prompt's blocks, as long as it is under its load bound: at most
 //! `load_factor` times the pool's mean in flight with this request (plus
@@ -20,17 +22,19 @@
 //!
 //! Prefixes are remembered in a table of `table_size` entries per worker
 //! thread (direct-mapped: a newer prefix takes an older one's slot).
+//!
+//! Optionally hedged (`hedge_after` or `hedge_ttfb_factor`, see
+//! [`switchyard_sdk::hedge`]).
 #![cfg_attr(not(test), no_std)]
 
-use switchyard_sdk::hash::{combine, hash_bytes, name_hashes};
+use switchyard_sdk::hash::{combine, name_hashes};
+use switchyard_sdk::hedge::Hedge;
 use switchyard_sdk::prelude::*;
 
 pub struct PrefixAffinity {
     interest: Interest,
-    messages: AttributeKey,
-    prompt: AttributeKey,
-    block: usize,
-    prefix_bytes: usize,
+    prefix: AttributeKey,
+    hedge: Option<Hedge>,
     load_factor: f64,
     max_load_score: u32,
     /// Share of a prompt's blocks a known prefix must cover to count.
@@ -42,25 +46,28 @@ pub struct PrefixAffinity {
 
 impl Router for PrefixAffinity {
     fn init(_route: &str, config: &Config) -> Result<Self, String> {
-        let mut interest = Interest::new();
-        let messages = interest.add(Attribute::JsonBody("messages".into()));
-        let prompt = interest.add(Attribute::JsonBody("prompt".into()));
-        let block: usize = config.parse("block")?.unwrap_or(256);
-        let prefix_bytes: usize = config.parse("prefix_bytes")?.unwrap_or(8192);
+        let block: u32 = config.parse("block")?.unwrap_or(256);
+        let max_bytes: u32 = config.parse("prefix_bytes")?.unwrap_or(8192);
         let table_size: usize = config.parse("table_size")?.unwrap_or(4096);
         let load_factor: f64 = config.parse("load_factor")?.unwrap_or(1.25);
-        if block == 0 || prefix_bytes < block || prefix_bytes / block > 256 {
-            return Err("need block > 0 and block <= prefix_bytes <= 256 blocks".into());
+        if !(16..=65536).contains(&block)
+            || !block.is_multiple_of(8)
+            || !(block..=1 << 20).contains(&max_bytes)
+        {
+            return Err(
+                "need a block of 16 to 65536 bytes, a multiple of 8, and block <= prefix_bytes <= 1048576"
+                    .into(),
+            );
         }
+        let mut interest = Interest::new();
+        let prefix = interest.add(Attribute::PromptPrefix(PrefixBlocks { block, max_bytes }));
         if !(1..=1 << 20).contains(&table_size) || load_factor < 1.0 {
             return Err("table_size must be 1 to 1048576 and load_factor at least 1".into());
         }
         Ok(PrefixAffinity {
             interest,
-            messages,
-            prompt,
-            block,
-            prefix_bytes,
+            prefix,
+            hedge: Hedge::from_config(config)?,
             load_factor,
             max_load_score: config.parse("max_load_score")?.unwrap_or(900),
             min_match: config.parse("min_match")?.unwrap_or(0.5),
@@ -92,11 +99,9 @@ impl Router for PrefixAffinity {
         // `ceil`, which `core` lacks.
         let bound = share as u32 + u32::from(f64::from(share as u32) < share) + 1;
         let fits = |b: &BackendLoad| b.in_flight < bound && b.load_score < self.max_load_score;
-        let prompt = request
-            .get(self.messages)
-            .or_else(|| request.get(self.prompt));
-        let hashes = prompt
-            .map(|p| self.block_hashes(p.as_bytes()))
+        let hashes = request
+            .get(self.prefix)
+            .map(|h| parse_hashes(&h))
             .unwrap_or_default();
         // The longest prefix seen before, on a backend under its bound; it
         // counts only when it covers `min_match` of the prompt's blocks, so
@@ -138,27 +143,24 @@ impl Router for PrefixAffinity {
             }
         }
         candidates.extend_lowest_by_key(usable.iter().copied(), 3, |b| (b.in_flight, b.load_score));
-        candidates.into_decision()
+        let decision = candidates.into_decision();
+        match &self.hedge {
+            Some(hedge) => hedge.apply(decision, backends),
+            None => decision,
+        }
     }
 }
 
-impl PrefixAffinity {
-    /// The cumulative hash at each whole block of the prompt's first
-    /// `prefix_bytes` (a prompt shorter than one block: its whole length).
-    fn block_hashes(&self, prompt: &[u8]) -> Vec<u64> {
-        let cut = &prompt[..prompt.len().min(self.prefix_bytes)];
-        let mut out = Vec::new();
-        let mut h = 0u64;
-        for chunk in cut.chunks(self.block) {
-            if chunk.len() < self.block && !out.is_empty() {
-                break; // a partial last block would change with every token
-            }
-            h = combine(h, hash_bytes(chunk));
-            out.push(h | 1); // never 0, the empty slot
-        }
-        out
-    }
+/// The host's comma-separated hex hashes, made non-zero (0 marks an empty
+/// slot); anything unreadable is left out.
+fn parse_hashes(text: &str) -> Vec<u64> {
+    text.split(',')
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
+        .map(|h| h | 1)
+        .collect()
+}
 
+impl PrefixAffinity {
     fn slot(&self, h: u64) -> usize {
         (h % self.table.len() as u64) as usize
     }
@@ -179,11 +181,25 @@ mod tests {
         (r, (0..n).map(BackendLoad::idle).collect())
     }
 
+    /// The request as the host hands it over: the `prompt-prefix` hashes
+    /// of `text` in blocks of `block` bytes (a stand-in hash with the same
+    /// prefix property as the host's).
+    fn chat_in(block: usize, text: &str) -> Request {
+        use switchyard_sdk::hash::hash_bytes;
+        let mut h = 0u64;
+        let mut hashes = Vec::new();
+        for chunk in text.as_bytes().chunks(block) {
+            if chunk.len() < block && !hashes.is_empty() {
+                break;
+            }
+            h = combine(h, hash_bytes(chunk));
+            hashes.push(format!("{h:016x}"));
+        }
+        Request::with_values(vec![AttributeValue::Value(hashes.join(","))])
+    }
+
     fn chat(text: &str) -> Request {
-        Request::with_values(vec![
-            AttributeValue::Value(text.into()),
-            AttributeValue::Absent,
-        ])
+        chat_in(64, text)
     }
 
     fn conversation(system: &str, turns: usize) -> String {
@@ -243,7 +259,7 @@ mod tests {
 
     #[test]
     fn an_overloaded_or_full_backend_spills() {
-        let (mut r, mut loads) = router(&[], 4);
+        let (mut r, mut loads) = router(&[("block", "64")], 4);
         let convo = conversation(&"Long system prompt. ".repeat(50), 2);
         let home = first(&mut r, &chat(&convo), &loads);
         loads[home as usize].in_flight = 5; // mean 1.25, bound 2
@@ -255,12 +271,32 @@ mod tests {
     }
 
     #[test]
+    fn hedges_when_configured() {
+        let (mut r, mut loads) = router(&[("block", "64"), ("hedge_after", "300ms")], 2);
+        loads[1].in_flight = 2;
+        let d = r.route(&chat("a prompt"), &loads);
+        assert_eq!(d.hedge_after_us(), Some(300_000));
+        assert_eq!(parse_hashes("00000000000000a0,zz,ff"), [0xa1, 0xff]);
+    }
+
+    #[test]
     fn no_prompt_is_least_loaded() {
         let (mut r, mut loads) = router(&[], 3);
         loads[0].in_flight = 3;
         loads[1].in_flight = 1;
-        let none = Request::with_values(vec![AttributeValue::Absent, AttributeValue::NotSeen]);
-        assert_eq!(first(&mut r, &none, &loads), 2);
-        assert!(PrefixAffinity::init("r", &Config::from_pairs(&[("block", "0")])).is_err());
+        for none in [AttributeValue::Absent, AttributeValue::NotSeen] {
+            assert_eq!(first(&mut r, &Request::with_values(vec![none]), &loads), 2);
+        }
+        for bad in ["0", "12", "100000"] {
+            assert!(PrefixAffinity::init("r", &Config::from_pairs(&[("block", bad)])).is_err());
+        }
+        let r = PrefixAffinity::init("r", &Config::from_pairs(&[("block", "512")])).unwrap();
+        assert_eq!(
+            r.interest(),
+            [Attribute::PromptPrefix(PrefixBlocks {
+                block: 512,
+                max_bytes: 8192
+            })]
+        );
     }
 }

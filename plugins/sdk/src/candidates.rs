@@ -110,10 +110,7 @@ impl Candidates {
 
     /// This list as a forward decision without added headers.
     pub fn into_decision(self) -> crate::Decision {
-        crate::Decision::Forward {
-            candidates: self,
-            add_headers: Vec::new(),
-        }
+        crate::Decision::forward_to(self)
     }
 }
 

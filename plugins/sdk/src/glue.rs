@@ -146,12 +146,14 @@ pub fn decision<R: Router>(slot: &Slot<R>) -> WitDecision {
         Some(Decision::Forward {
             candidates,
             add_headers,
+            hedge_after_us,
         }) => WitDecision::Forward(Forward {
             candidates: match candidates {
                 crate::Candidates::Many(v) => v,
                 few => few.as_slice().to_vec(),
             },
             add_headers,
+            hedge_after_us,
         }),
         Some(Decision::Reject { status, body }) => WitDecision::Reject(Reject { status, body }),
         None => WitDecision::Reject(Reject {
@@ -162,17 +164,22 @@ pub fn decision<R: Router>(slot: &Slot<R>) -> WitDecision {
 }
 
 /// The compact form of a forward decision with at most four candidates and
-/// no added headers.
+/// no added headers, hedged or not.
 #[cfg(any(target_arch = "wasm32", test))]
 fn compact(decision: &Decision) -> Option<Choice> {
     match decision {
         Decision::Forward {
             candidates,
             add_headers,
+            hedge_after_us,
         } if candidates.len() <= 4 && add_headers.is_empty() => {
             let ids = candidates.as_slice();
             let slot = |i: usize| ids.get(i).copied().unwrap_or(NO_BACKEND);
-            Some(Choice::Forward((slot(0), slot(1), slot(2), slot(3))))
+            let slots = (slot(0), slot(1), slot(2), slot(3));
+            Some(match hedge_after_us {
+                None => Choice::Forward(slots),
+                Some(us) => Choice::Hedged((slots, *us)),
+            })
         }
         _ => None,
     }
@@ -192,6 +199,11 @@ mod tests {
         assert_eq!(compact(&Decision::reject(429, "slow down")), None);
         let with_header = Decision::forward([1]).with_header("x-a", "b");
         assert_eq!(compact(&with_header), None);
+        assert_eq!(
+            compact(&Decision::forward([3, 1]).hedged(40_000)),
+            Some(Choice::Hedged(((3, 1, NO_BACKEND, NO_BACKEND), 40_000)))
+        );
+        assert_eq!(compact(&Decision::reject(503, "x").hedged(5)), None);
     }
 
     #[test]

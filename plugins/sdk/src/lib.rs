@@ -41,6 +41,7 @@ extern crate alloc;
 mod candidates;
 mod config;
 pub mod hash;
+pub mod hedge;
 pub mod host;
 pub mod json;
 pub mod policy;
@@ -55,7 +56,7 @@ pub use config::Config;
 pub use types::*;
 
 /// The interface version this SDK builds plugins for.
-pub const INTERFACE_VERSION: &str = "0.2.0";
+pub const INTERFACE_VERSION: &str = "0.3.0";
 
 /// The interface version, recorded in the component's
 /// `switchyard:policy-version` custom section: the host reads it before
@@ -66,15 +67,15 @@ pub const INTERFACE_VERSION: &str = "0.2.0";
 #[allow(unsafe_code)]
 #[used]
 #[unsafe(link_section = "switchyard:policy-version")]
-static VERSION_STAMP: [u8; INTERFACE_VERSION.len()] = *b"0.2.0";
+static VERSION_STAMP: [u8; INTERFACE_VERSION.len()] = *b"0.3.0";
 
-const _: () = assert!(matches!(INTERFACE_VERSION.as_bytes(), b"0.2.0"));
+const _: () = assert!(matches!(INTERFACE_VERSION.as_bytes(), b"0.3.0"));
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "router-plugin",
-        path: "wit/policy@0.2.0",
+        path: "wit/policy@0.3.0",
         pub_export_macro: true,
         export_macro_name: "__export_router_bindings",
         default_bindings_module: "switchyard_sdk::bindings",
@@ -86,14 +87,14 @@ pub mod bindings {
 pub mod health_bindings {
     wit_bindgen::generate!({
         world: "health-plugin",
-        path: "wit/policy@0.2.0",
+        path: "wit/policy@0.3.0",
         pub_export_macro: true,
         export_macro_name: "__export_health_bindings",
         default_bindings_module: "switchyard_sdk::health_bindings",
         with: {
-            "switchyard:policy/types@0.2.0": crate::bindings::switchyard::policy::types,
-            "switchyard:policy/host@0.2.0": crate::bindings::switchyard::policy::host,
-            "switchyard:policy/shared@0.2.0": crate::bindings::switchyard::policy::shared,
+            "switchyard:policy/types@0.3.0": crate::bindings::switchyard::policy::types,
+            "switchyard:policy/host@0.3.0": crate::bindings::switchyard::policy::host,
+            "switchyard:policy/shared@0.3.0": crate::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -102,14 +103,14 @@ pub mod health_bindings {
 pub mod breaker_bindings {
     wit_bindgen::generate!({
         world: "breaker-plugin",
-        path: "wit/policy@0.2.0",
+        path: "wit/policy@0.3.0",
         pub_export_macro: true,
         export_macro_name: "__export_breaker_bindings",
         default_bindings_module: "switchyard_sdk::breaker_bindings",
         with: {
-            "switchyard:policy/types@0.2.0": crate::bindings::switchyard::policy::types,
-            "switchyard:policy/host@0.2.0": crate::bindings::switchyard::policy::host,
-            "switchyard:policy/shared@0.2.0": crate::bindings::switchyard::policy::shared,
+            "switchyard:policy/types@0.3.0": crate::bindings::switchyard::policy::types,
+            "switchyard:policy/host@0.3.0": crate::bindings::switchyard::policy::host,
+            "switchyard:policy/shared@0.3.0": crate::bindings::switchyard::policy::shared,
         },
     });
 }
@@ -121,8 +122,8 @@ pub mod prelude {
     };
     pub use crate::{
         Attribute, AttributeKey, AttributeValue, BackendInfo, BackendLoad, BreakerState,
-        Candidates, Config, Decision, Header, Health, Interest, IpAddress, Method, Request, Router,
-        export_breaker, export_health_check, export_router, host, shared,
+        Candidates, Config, Decision, Header, Health, Interest, IpAddress, Method, PrefixBlocks,
+        Request, Router, export_breaker, export_health_check, export_router, host, shared,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use crate::bindings::switchyard::policy::types::LoadWord;
 pub use crate::bindings::switchyard::policy::types::{
     Attribute, AttributeValue, BackendInfo, BreakerState, Header, Health, IpAddress, Method,
+    PrefixBlocks,
 };
 pub use crate::candidates::Candidates;
 
@@ -19,10 +20,17 @@ const UNKNOWN: u64 = u64::MAX;
 pub enum Decision {
     /// Send the request to the first usable candidate; the host tries the
     /// next ones when an earlier one fails before the response starts.
+    /// Built with [`Decision::forward`] or [`Decision::forward_to`] and
+    /// the `with_*` methods, so a field a later interface adds (as 0.3.0
+    /// added the hedge) does not break plugin code.
+    #[non_exhaustive]
     Forward {
         candidates: Candidates,
         /// Headers added to the upstream request.
         add_headers: Vec<Header>,
+        /// Hedge the first candidate with the next after this many
+        /// microseconds without response headers; see [`Decision::hedged`].
+        hedge_after_us: Option<u32>,
     },
     /// Answer directly with `status` and `body`, without an upstream.
     Reject { status: u16, body: String },
@@ -36,6 +44,7 @@ impl Decision {
         Decision::Forward {
             candidates: candidates.into_iter().collect(),
             add_headers: Vec::new(),
+            hedge_after_us: None,
         }
     }
 
@@ -44,6 +53,7 @@ impl Decision {
         Decision::Forward {
             candidates,
             add_headers: Vec::new(),
+            hedge_after_us: None,
         }
     }
 
@@ -64,6 +74,27 @@ impl Decision {
             });
         }
         self
+    }
+
+    /// Asks the host to hedge a forward decision: when the first candidate
+    /// has sent no response headers `after_us` microseconds after the
+    /// request went out, the host sends the same request to the next usable
+    /// candidate too and keeps whichever answers first. The host hedges only
+    /// requests it holds whole, once per request, within the route's retry
+    /// budget; a request with side effects should not be hedged.
+    pub fn hedged(mut self, after_us: u32) -> Self {
+        if let Decision::Forward { hedge_after_us, .. } = &mut self {
+            *hedge_after_us = Some(after_us);
+        }
+        self
+    }
+
+    /// The hedge delay of a forward decision, if it asks for one.
+    pub fn hedge_after_us(&self) -> Option<u32> {
+        match self {
+            Decision::Forward { hedge_after_us, .. } => *hedge_after_us,
+            Decision::Reject { .. } => None,
+        }
     }
 
     /// The candidates of a forward decision, or `None` for a reject.

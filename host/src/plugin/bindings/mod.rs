@@ -5,8 +5,10 @@
 //! version by the version its SDK stamped in it, or else by the names of
 //! its exports, before it is linked.
 
+mod older;
 mod v0_1;
 mod v0_2;
+mod v0_3;
 mod worlds;
 
 pub use worlds::{Breaker, BreakerPre, HealthCheck, HealthPre, Router, RouterPre};
@@ -16,8 +18,8 @@ use wasmtime::component::Linker;
 
 /// The interface's types as the host sees them: the newest version's.
 pub mod wit {
-    pub use super::v0_2::Level;
-    pub use super::v0_2::types::*;
+    pub use super::v0_3::Level;
+    pub use super::v0_3::types::*;
 }
 
 /// The WIT package plugins are built against.
@@ -32,19 +34,21 @@ pub const VERSION_SECTION: &str = "switchyard:policy-version";
 pub enum Version {
     V0_1,
     V0_2,
+    V0_3,
 }
 
 impl Version {
     /// Every version this host loads, oldest first.
-    pub const SUPPORTED: [Version; 2] = [Version::V0_1, Version::V0_2];
+    pub const SUPPORTED: [Version; 3] = [Version::V0_1, Version::V0_2, Version::V0_3];
     /// The version the SDK and new plugins target.
-    pub const NEWEST: Version = Version::V0_2;
+    pub const NEWEST: Version = Version::V0_3;
 
     /// `0.1.0`, as in the WIT package.
     pub fn as_str(self) -> &'static str {
         match self {
             Version::V0_1 => "0.1.0",
             Version::V0_2 => "0.2.0",
+            Version::V0_3 => "0.3.0",
         }
     }
 
@@ -53,7 +57,7 @@ impl Version {
         Version::SUPPORTED.into_iter().find(|v| v.as_str() == text)
     }
 
-    /// What this host speaks, for messages: `0.1.0–0.2.0`.
+    /// What this host speaks, for messages: `0.1.0–0.3.0`.
     pub fn range() -> String {
         format!(
             "{}–{}",
@@ -158,7 +162,8 @@ use host_imports;
 /// by version, so they live side by side.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     v0_1::add_to_linker(linker)?;
-    v0_2::add_to_linker(linker)
+    v0_2::add_to_linker(linker)?;
+    v0_3::add_to_linker(linker)
 }
 
 /// The version stamped in a component's [`VERSION_SECTION`], searched in the
@@ -219,6 +224,10 @@ mod tests {
         (
             "policy@0.2.0/policy.wit",
             "25a0153be8482284f602a62a20773d555d1395267b9f2f736892b89ad0ce0adb",
+        ),
+        (
+            "policy@0.3.0/policy.wit",
+            "873333f8918a0564f1399df722a75ab7daeea9a12880a5260c1cf31ccbfd2179",
         ),
     ];
 
@@ -287,7 +296,7 @@ mod tests {
         for v in Version::SUPPORTED {
             assert!(wit.join(format!("policy@{}", v.as_str())).is_dir(), "{v}");
         }
-        assert_eq!(Version::range(), "0.1.0–0.2.0");
+        assert_eq!(Version::range(), "0.1.0–0.3.0");
         assert_eq!(Version::parse("0.1.0"), Some(Version::V0_1));
         assert_eq!(Version::parse("9.0.0"), None);
     }

@@ -2,7 +2,7 @@
 //! host calls them: one variant per interface version, each call converting
 //! into and out of the host's types.
 
-use super::{HostState, Version, v0_1, v0_2, wit};
+use super::{HostState, Version, v0_1, v0_2, v0_3, wit};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
@@ -14,12 +14,14 @@ macro_rules! versioned_world {
         pub enum $pre {
             V0_1(v0_1::$bindings_pre<HostState>),
             V0_2(v0_2::$bindings_pre<HostState>),
+            V0_3(v0_3::$bindings_pre<HostState>),
         }
 
         $(#[$inst_doc])*
         pub enum $inst {
             V0_1(v0_1::$bindings),
             V0_2(v0_2::$bindings),
+            V0_3(v0_3::$bindings),
         }
 
         impl $pre {
@@ -27,6 +29,7 @@ macro_rules! versioned_world {
                 Ok(match version {
                     Version::V0_1 => $pre::V0_1(v0_1::$bindings_pre::new(pre)?),
                     Version::V0_2 => $pre::V0_2(v0_2::$bindings_pre::new(pre)?),
+                    Version::V0_3 => $pre::V0_3(v0_3::$bindings_pre::new(pre)?),
                 })
             }
 
@@ -34,6 +37,7 @@ macro_rules! versioned_world {
                 match self {
                     $pre::V0_1(p) => p.engine(),
                     $pre::V0_2(p) => p.engine(),
+                    $pre::V0_3(p) => p.engine(),
                 }
             }
 
@@ -41,6 +45,7 @@ macro_rules! versioned_world {
                 Ok(match self {
                     $pre::V0_1(p) => $inst::V0_1(p.instantiate(store)?),
                     $pre::V0_2(p) => $inst::V0_2(p.instantiate(store)?),
+                    $pre::V0_3(p) => $inst::V0_3(p.instantiate(store)?),
                 })
             }
         }
@@ -54,7 +59,8 @@ macro_rules! versioned_world {
             ) -> wasmtime::Result<()> {
                 match self {
                     $inst::V0_1(b) => b.$exports().call_set_backends(store, &v0_1::backends(backends)),
-                    $inst::V0_2(b) => b.$exports().call_set_backends(store, backends),
+                    $inst::V0_2(b) => b.$exports().call_set_backends(store, &v0_2::backends(backends)),
+                    $inst::V0_3(b) => b.$exports().call_set_backends(store, backends),
                 }
             }
         }
@@ -75,6 +81,7 @@ macro_rules! pool_init {
                 match self {
                     $inst::V0_1(p) => p.$exports().call_init(store, pool, config),
                     $inst::V0_2(p) => p.$exports().call_init(store, pool, config),
+                    $inst::V0_3(p) => p.$exports().call_init(store, pool, config),
                 }
             }
         }
@@ -107,6 +114,10 @@ impl Router {
                 .map(|list| list.into_iter().map(Into::into).collect()),
             Router::V0_2(r) => r
                 .switchyard_policy_router()
+                .call_init(store, route, config)?
+                .map(|list| list.into_iter().map(Into::into).collect()),
+            Router::V0_3(r) => r
+                .switchyard_policy_router()
                 .call_init(store, route, config)?,
         })
     }
@@ -124,6 +135,10 @@ impl Router {
                 .map(Into::into),
             Router::V0_2(r) => r
                 .switchyard_policy_router()
+                .call_route(store, request.into(), loads)
+                .map(Into::into),
+            Router::V0_3(r) => r
+                .switchyard_policy_router()
                 .call_route(store, request, loads),
         }
     }
@@ -137,7 +152,11 @@ impl Router {
                 .switchyard_policy_router()
                 .call_detailed_decision(store)
                 .map(Into::into),
-            Router::V0_2(r) => r.switchyard_policy_router().call_detailed_decision(store),
+            Router::V0_2(r) => r
+                .switchyard_policy_router()
+                .call_detailed_decision(store)
+                .map(Into::into),
+            Router::V0_3(r) => r.switchyard_policy_router().call_detailed_decision(store),
         }
     }
 }
@@ -166,7 +185,11 @@ impl HealthCheck {
                 .switchyard_policy_health_check()
                 .call_check(store, &probe.into())
                 .map(Into::into),
-            HealthCheck::V0_2(h) => h.switchyard_policy_health_check().call_check(store, probe),
+            HealthCheck::V0_2(h) => h
+                .switchyard_policy_health_check()
+                .call_check(store, &probe.into())
+                .map(Into::into),
+            HealthCheck::V0_3(h) => h.switchyard_policy_health_check().call_check(store, probe),
         }
     }
 }
@@ -197,6 +220,10 @@ impl Breaker {
                 .map(|u| u.map(Into::into)),
             Breaker::V0_2(b) => b
                 .switchyard_policy_circuit_breaker()
+                .call_record_outcome(store, outcome.into())
+                .map(|u| u.map(Into::into)),
+            Breaker::V0_3(b) => b
+                .switchyard_policy_circuit_breaker()
                 .call_record_outcome(store, outcome),
         }
     }
@@ -212,6 +239,10 @@ impl Breaker {
                 .call_cool_down_ended(store, backend)
                 .map(Into::into),
             Breaker::V0_2(b) => b
+                .switchyard_policy_circuit_breaker()
+                .call_cool_down_ended(store, backend)
+                .map(Into::into),
+            Breaker::V0_3(b) => b
                 .switchyard_policy_circuit_breaker()
                 .call_cool_down_ended(store, backend),
         }

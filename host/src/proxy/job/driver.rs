@@ -80,9 +80,11 @@ pub(super) async fn drive(
             let _ = store.append(id, kind::ERROR, &data, ttl).await;
             return JobEnd::Failed;
         }
+        // A job is never hedged: a second worker would run it twice.
         Choice::Forward {
             candidates,
             add_headers,
+            ..
         } => (candidates, add_headers),
     };
     let header = |v: &str| HeaderValue::from_str(v).expect("ids and keys are header-safe");
@@ -98,6 +100,7 @@ pub(super) async fn drive(
         run: run.clone(),
         runs: call.table.runs.clone(),
         watch: Default::default(),
+        hedge: None,
     };
     let resp = dispatch
         .forward(

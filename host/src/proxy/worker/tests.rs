@@ -73,17 +73,18 @@ fn decisions_outside_the_pool_are_refused() {
     let bad = wit::Decision::Forward(wit::Forward {
         candidates: vec![0, 7],
         add_headers: vec![],
+        hedge_after_us: None,
     });
     assert!(matches!(
         check(Answer::Full(bad), 2),
         Err(CallFailure::Invalid(_))
     ));
     assert!(matches!(
-        check(Answer::Few([1, 2, 0, 0], 2), 2),
+        check(Answer::Few([1, 2, 0, 0], 2, None), 2),
         Err(CallFailure::Invalid(_))
     ));
     assert!(matches!(
-        check(Answer::Few([1, 0, 9, 9], 2), 2),
+        check(Answer::Few([1, 0, 9, 9], 2, None), 2),
         Ok(Choice::Forward { .. })
     ));
     let header = |name: &str, value: &str| wit::Header {
@@ -94,6 +95,7 @@ fn decisions_outside_the_pool_are_refused() {
         Answer::Full(wit::Decision::Forward(wit::Forward {
             candidates: vec![0],
             add_headers: headers,
+            hedge_after_us: None,
         }))
     };
     for forbidden in [
@@ -126,12 +128,13 @@ fn decisions_outside_the_pool_are_refused() {
         Err(CallFailure::Invalid(_))
     ));
     assert!(matches!(
-        check(Answer::Few([0; 4], 0), 2),
+        check(Answer::Few([0; 4], 0, None), 2),
         Err(CallFailure::Invalid(_))
     ));
     let none = wit::Decision::Forward(wit::Forward {
         candidates: vec![],
         add_headers: vec![],
+        hedge_after_us: None,
     });
     assert!(matches!(
         check(Answer::Full(none), 2),
