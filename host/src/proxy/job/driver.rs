@@ -50,6 +50,29 @@ impl JobTicket {
     }
 }
 
+/// How a job ended, and the terminal event the proxy still has to write
+/// for it (none when the worker wrote its own).
+///
+/// The caller counts the end before it writes the event, so whoever sees
+/// the event in the log also sees the job counted in `/status`.
+pub(super) struct Ending {
+    pub end: JobEnd,
+    pub event: Option<(&'static str, String)>,
+}
+
+impl Ending {
+    fn written(end: JobEnd) -> Self {
+        Ending { end, event: None }
+    }
+
+    fn to_write(end: JobEnd, kind: &'static str, data: String) -> Self {
+        Ending {
+            end,
+            event: Some((kind, data)),
+        }
+    }
+}
+
 /// Runs one job from its routing decision to its end.
 pub(super) async fn drive(
     call: &JobCall,
@@ -57,7 +80,7 @@ pub(super) async fn drive(
     accepted: EventId,
     parts: http::request::Parts,
     body: Bytes,
-) -> JobEnd {
+) -> Ending {
     let started = Instant::now();
     let route = call.route();
     let jobs = call.jobs();
@@ -77,8 +100,7 @@ pub(super) async fn drive(
     let (candidates, mut add_headers) = match choice {
         Choice::Reply { status, body } => {
             let data = json!({"status": status, "message": body.trim_end()}).to_string();
-            let _ = store.append(id, kind::ERROR, &data, ttl).await;
-            return JobEnd::Failed;
+            return Ending::to_write(JobEnd::Failed, kind::ERROR, data);
         }
         // A job is never hedged: a second worker would run it twice.
         Choice::Forward {
@@ -130,7 +152,10 @@ pub(super) async fn drive(
                 let _ = store.keep(id, ttl).await;
             }
             drop(reached.guard);
-            end.end
+            match end.timeout {
+                Some(data) => Ending::to_write(end.end, kind::ERROR, data),
+                None => Ending::written(end.end),
+            }
         }
         _ => {
             // A direct answer: the job's end. Its exchange was recorded as
@@ -150,14 +175,12 @@ pub(super) async fn drive(
                         .to_string(),
                 ),
             };
-            if let Err(e) = store.append(id, event, &data, ttl).await {
-                tracing::warn!(job = %id, "cannot record the job's end: {e}");
-            }
-            if event == kind::RESULT {
+            let end = if event == kind::RESULT {
                 JobEnd::Done
             } else {
                 JobEnd::Failed
-            }
+            };
+            Ending::to_write(end, event, data)
         }
     }
 }
@@ -213,6 +236,8 @@ struct Watched {
     ended_by_worker: bool,
     /// The `result` or `error` data.
     data: String,
+    /// The proxy's own `error` event for a silent worker, not yet written.
+    timeout: Option<String>,
 }
 
 impl Watched {
@@ -272,12 +297,13 @@ async fn watch(
                         end: if e.kind == kind::RESULT { JobEnd::Done } else if by_proxy { JobEnd::TimedOut } else { JobEnd::Failed },
                         ended_by_worker: !by_proxy,
                         data: e.data,
+                        timeout: None,
                     };
                 }
                 Some(Delivery::Event(_)) => last = TokioInstant::now(),
                 Some(Delivery::Down(_) | Delivery::Up) => {}
                 None => {
-                    return Watched { end: JobEnd::Failed, ended_by_worker: false, data: String::new() };
+                    return Watched { end: JobEnd::Failed, ended_by_worker: false, data: String::new(), timeout: None };
                 }
             },
             () = tokio::time::sleep_until(silent) => {
@@ -287,10 +313,7 @@ async fn watch(
                     format!("worker {backend} sent no event for {:?}", settings.job_timeout)
                 };
                 let data = timeout_data(&message);
-                if let Err(e) = store.append(id, kind::ERROR, &data, settings.ttl).await {
-                    tracing::warn!(job = %id, "cannot record the job's timeout: {e}");
-                }
-                return Watched { end: JobEnd::TimedOut, ended_by_worker: false, data };
+                return Watched { end: JobEnd::TimedOut, ended_by_worker: false, timeout: Some(data.clone()), data };
             }
         }
     }

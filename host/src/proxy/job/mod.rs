@@ -20,7 +20,7 @@ use super::worker::Worker;
 use crate::jobs::{EventId, JobId, kind};
 use crate::route::{JobRoute, Permit, Route, RouteTable};
 use bytes::Bytes;
-use driver::drive;
+use driver::{Ending, drive};
 use edge::{
     insert, job_request, json_reply, last_event_id, query, read_body, store_unavailable,
     websocket_accepted,
@@ -357,8 +357,17 @@ async fn start(
     tracing::debug!(route = %route, job = %id, "job started");
     let job = id.clone();
     tokio::task::spawn_local(async move {
-        let end = drive(&call, &job, accepted, parts, body).await;
-        call.jobs().counts.end(&route, end);
+        let Ending { end, event } = drive(&call, &job, accepted, parts, body).await;
+        let jobs = call.jobs();
+        jobs.counts.end(&route, end);
+        if let Some((kind, data)) = event
+            && let Err(e) = jobs
+                .store
+                .append(&job, kind, &data, jobs.settings.ttl)
+                .await
+        {
+            tracing::warn!(job = %job, "cannot record the job's end: {e}");
+        }
         // The admission slot, if the route has one, is free only now.
         drop(call.permit);
         tracing::debug!(route = %route, job = %job, ?end, "job ended");
