@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+#[path = "chart.rs"]
+mod chart;
 #[path = "nginx.rs"]
 mod nginx;
 use nginx::Nginx;
@@ -427,95 +429,18 @@ fn report(root: &Path, all: &[(Scenario, Vec<Outcome>)], jobs: &[Job], rate: f64
 /// CDFs on a log scale, one line per policy: short requests' latency on
 /// the left, every request's waiting time on the right.
 fn svg(outcomes: &[Outcome]) -> String {
-    const W: f64 = 440.0;
-    const H: f64 = 300.0;
-    const PAD: f64 = 50.0;
-    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#7f7f7f"];
-    let (lo, hi) = (0.0f64, 10_000.0f64.log10());
-    let x = |ms: f64| PAD + (ms.clamp(1.0, 10_000.0).log10() - lo) / (hi - lo) * (W - PAD - 10.0);
-    let y = |q: f64| H - PAD + 10.0 - q * (H - PAD - 20.0);
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
-        W * 2.0 + 20.0,
-        H + 30.0
-    );
-    for (panel, title) in ["latency of short requests", "waiting time of all requests"]
-        .iter()
-        .enumerate()
-    {
-        let dx = panel as f64 * (W + 20.0);
-        let _ = write!(out, "<g transform=\"translate({dx},0)\">");
-        let _ = write!(
-            out,
-            "<text x=\"{}\" y=\"16\" font-size=\"13\" font-weight=\"bold\">CDF, {title} (ms, log)</text>",
-            PAD
-        );
-        for decade in [1.0, 10.0, 100.0, 1000.0, 10_000.0] {
-            let gx = x(decade);
-            let label = if decade >= 1000.0 {
-                format!("{} s", decade / 1000.0)
-            } else {
-                format!("{decade} ms")
-            };
-            let _ = write!(
-                out,
-                "<line x1=\"{gx}\" y1=\"{}\" x2=\"{gx}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{gx}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
-                y(1.0),
-                y(0.0),
-                y(0.0) + 14.0
-            );
-        }
-        for q in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
-            let gy = y(q);
-            let _ = write!(
-                out,
-                "<line x1=\"{PAD}\" y1=\"{gy}\" x2=\"{}\" y2=\"{gy}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{q}</text>",
-                W - 10.0,
-                PAD - 4.0,
-                gy + 4.0
-            );
-        }
-        for (i, o) in outcomes.iter().enumerate() {
-            let mut data: Vec<f64> = if panel == 0 {
-                o.short.clone()
-            } else {
-                o.wait.clone()
-            };
-            data.sort_by(f64::total_cmp);
-            let n = data.len().max(1) as f64;
-            let points: Vec<String> = data
-                .iter()
-                .enumerate()
-                .map(|(k, ms)| format!("{:.1},{:.1}", x(*ms), y((k + 1) as f64 / n)))
-                .collect();
-            let color = colors[i % colors.len()];
-            // Peers dashed, so a Switchyard line they coincide with shows.
-            let dash = if o.name.starts_with("nginx") {
-                " stroke-dasharray=\"6 4\""
-            } else {
-                ""
-            };
-            let _ = write!(
-                out,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{dash} points=\"{}\"/>",
-                points.join(" ")
-            );
-            let ly = y(0.0) - 75.0 + i as f64 * 15.0;
-            let _ = write!(
-                out,
-                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>",
-                W - 150.0,
-                W - 132.0,
-                W - 127.0,
-                ly + 4.0,
-                o.name
-            );
-        }
-        out.push_str("</g>");
-    }
-    out.push_str("</svg>\n");
-    out
+    let panel = |title: &str, pick: fn(&Outcome) -> &Vec<f64>| chart::Panel {
+        title: title.to_string(),
+        lines: outcomes
+            .iter()
+            .map(|o| (o.name.as_str(), pick(o).as_slice()))
+            .collect(),
+    };
+    chart::cdf_svg(
+        &[
+            panel("latency of short requests", |o| &o.short),
+            panel("waiting time of all requests", |o| &o.wait),
+        ],
+        (1.0, 10_000.0),
+    )
 }

@@ -12,7 +12,7 @@
 //! nginx is installed. Prints time to first byte per policy and writes the
 //! table to `benches/results/model-servers.md`.
 //!
-//! A second scenario makes one server stall at random (a tenth of its
+//! A second scenario makes one server stall at random (a quarter of its
 //! requests wait `STALL` before prefill, as a preempted or paused server
 //! does) and compares least-outstanding with and without hedged first
 //! tokens: p99 time to first byte, and the extra requests the servers got.
@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+#[path = "chart.rs"]
+mod chart;
 #[path = "nginx.rs"]
 mod nginx;
 
@@ -43,7 +45,7 @@ const BATCH: usize = 4;
 /// Prompt bytes per KV-cache block.
 const BLOCK: usize = 64;
 /// Blocks a server's KV cache holds.
-const CACHE_BLOCKS: usize = 400;
+const CACHE_BLOCKS: usize = 600;
 /// Prefill time of an uncached and of a cached block.
 const PREFILL_MS: (f64, f64) = (4.0, 0.1);
 /// Decode time after the first byte.
@@ -56,7 +58,7 @@ const TURNS: usize = 6;
 const CLIENTS: usize = 12;
 /// How long the stalling server holds a stalled request, and how often.
 const STALL: Duration = Duration::from_millis(1500);
-const STALL_SHARE: f64 = 0.1;
+const STALL_SHARE: f64 = 0.25;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -358,6 +360,17 @@ async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
     }
 }
 
+/// A chart panel of the outcomes' times to first byte.
+fn ttfb_panel<'a>(title: &str, outcomes: &'a [Outcome]) -> chart::Panel<'a> {
+    chart::Panel {
+        title: title.to_string(),
+        lines: outcomes
+            .iter()
+            .map(|o| (o.name.as_str(), o.ttfb.as_slice()))
+            .collect(),
+    }
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -581,8 +594,18 @@ fn report(root: &Path, outcomes: &[Outcome], stalls: &[Outcome]) {
             );
         }
     }
+    let _ = writeln!(t, "\n![Time to first byte per policy](model-servers.svg)");
     print!("{t}");
     let results = root.join("benches/results");
     let _ = std::fs::create_dir_all(&results);
     let _ = std::fs::write(results.join("model-servers.md"), &t);
+    let svg = chart::cdf_svg(
+        &[
+            ttfb_panel("time to first byte", outcomes),
+            ttfb_panel("TTFB, one server stalling", stalls),
+        ],
+        (10.0, 10_000.0),
+    );
+    let _ = std::fs::write(results.join("model-servers.svg"), svg);
+    eprintln!("wrote benches/results/model-servers.md and model-servers.svg");
 }
