@@ -463,7 +463,10 @@ async fn a_plugin_init_that_hangs_later_never_stalls_a_worker() {
 }
 
 /// Reads until the peer closes, up to `limit`; `None` if it stayed open.
-async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+async fn read_to_close<R: tokio::io::AsyncRead + Unpin>(
+    s: &mut R,
+    limit: Duration,
+) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -588,6 +591,130 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
             .any(|l| l.starts_with("switchyard_timeouts_total")
                 && l.contains("kind=\"client_idle\"")
                 && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+/// Writes `bytes` one at a time, `gap` apart, until they are all out or
+/// the proxy closes; returns when it stopped.
+/// The first bytes of an answer, read within 5 s.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+async fn trickle<W: tokio::io::AsyncWrite + Unpin>(
+    s: &mut W,
+    bytes: &[u8],
+    gap: Duration,
+) -> Instant {
+    use tokio::io::AsyncWriteExt;
+    for b in bytes {
+        if s.write_all(std::slice::from_ref(b)).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_must_arrive_within_header_read_timeout_on_any_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(&b, "")
+    );
+    let proxy = TestProxy::start_full(
+        &config,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"20s\"",
+        None,
+    );
+    let head = b"GET /ok HTTP/1.1\r\nhost: x\r\nx-filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+
+    // The first head, a byte every 100 ms: cut off about a second after
+    // its first byte, long before the whole head (about 8 s) is out.
+    let mut first = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let (mut r, mut w) = first.split();
+    let (_, read) = tokio::join!(
+        trickle(&mut w, head, Duration::from_millis(100)),
+        read_to_close(&mut r, Duration::from_secs(6))
+    );
+    let out = read.expect("a trickled head was still open after 6 s");
+    let took = started.elapsed();
+    assert!(out.is_empty() || String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+
+    // A kept-alive connection idle for longer than the header timeout is
+    // not late: its next head, sent whole, is served.
+    let mut kept = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    kept.write_all(head).await.expect("write");
+    assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    kept.write_all(head).await.expect("write");
+    assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    // Its third head trickled: timed from that head's first byte.
+    let started = Instant::now();
+    let (mut r, mut w) = kept.split();
+    let (_, read) = tokio::join!(
+        trickle(&mut w, head, Duration::from_millis(100)),
+        read_to_close(&mut r, Duration::from_secs(6))
+    );
+    read.expect("a trickled second head was still open after 6 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+
+    // HTTP/2 has no heads to time: pings for longer than the header
+    // timeout keep the connection open.
+    let mut h2 = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        h2.write_all(b"\0\0\x08\x06\0\0\0\0\0pingpong")
+            .await
+            .expect("an HTTP/2 connection closed while pinging");
+    }
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while h2_frame_types(&seen).iter().filter(|&&t| t == 6).count() < 8 {
+        match tokio::time::timeout(Duration::from_secs(2), h2.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "HTTP/2 connection ended: {other:?}, frames {:?}",
+                h2_frame_types(&seen)
+            ),
+        }
+    }
+
+    let metrics = scrape(&proxy).await;
+    assert!(
+        metric(
+            &metrics,
+            "switchyard_timeouts_total",
+            &[("kind", "client_header")]
+        ) >= 2.0,
         "{metrics}"
     );
 }

@@ -1,16 +1,26 @@
 //! One client connection's life after accept: served by hyper until it
 //! ends, closed gracefully when it has been idle too long (no request in
 //! progress for `server.idle_timeout`, HTTP/1.1 keep-alive and HTTP/2
-//! alike) or when the proxy drains.
+//! alike) or when the proxy drains, and closed when an HTTP/1 request
+//! head takes longer than `server.header_read_timeout` to arrive.
+//!
+//! Both guards share one timer per connection that is re-armed only when
+//! it fires (at most every `header_read_timeout`), not per request: the
+//! connection's reads note when a request head starts, and the timer,
+//! never further out than one header timeout, finds a head that is late.
+//! hyper's own header timer would arm and box a sleep for every request.
 
 use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 /// Requests in progress on one connection and when the last one ended, so
@@ -20,6 +30,23 @@ pub struct Activity {
     open: Cell<u32>,
     /// `clock::millis()` when the connection last became idle.
     idle_since: Cell<u64>,
+    heads: Arc<Heads>,
+}
+
+/// What the connection's stream notes about request heads. Shared with the
+/// stream, which hyper requires to be `Send`; only the connection's own
+/// thread touches it, so relaxed loads and stores suffice.
+#[derive(Debug)]
+struct Heads {
+    /// `clock::millis()` (at least 1) of the first bytes read since the
+    /// last request started, with none in progress: a request head being
+    /// read. 0 when there is none.
+    since: AtomicU64,
+    /// A request is in progress (its head is in).
+    busy: AtomicBool,
+    /// Whether heads are timed: HTTP/1 connections only (an HTTP/2 client
+    /// sends pings and settings between streams).
+    timed: AtomicBool,
 }
 
 impl Activity {
@@ -27,29 +54,126 @@ impl Activity {
         Rc::new(Activity {
             open: Cell::new(0),
             idle_since: Cell::new(crate::clock::millis()),
+            heads: Arc::new(Heads {
+                since: AtomicU64::new(0),
+                busy: AtomicBool::new(false),
+                timed: AtomicBool::new(true),
+            }),
         })
     }
 
-    /// Marks a request started; it ends when the returned guard drops.
-    pub fn start(self: &Rc<Self>) -> InProgress {
+    /// Marks a request started (its head is in); it ends when the returned
+    /// guard drops.
+    pub fn start(self: &Rc<Self>, version: http::Version) -> InProgress {
         self.open.set(self.open.get() + 1);
+        self.heads.busy.store(true, Relaxed);
+        self.heads.since.store(0, Relaxed);
+        if version == http::Version::HTTP_2 {
+            self.untime_heads();
+        }
         InProgress(self.clone())
+    }
+
+    /// Stops timing request heads: the connection speaks HTTP/2.
+    pub fn untime_heads(&self) {
+        self.heads.timed.store(false, Relaxed);
     }
 
     fn end(&self) {
         let open = self.open.get().saturating_sub(1);
         self.open.set(open);
         if open == 0 {
+            self.heads.busy.store(false, Relaxed);
             self.idle_since.set(crate::clock::millis());
         }
     }
 
+    fn heads_timed(&self) -> bool {
+        self.heads.timed.load(Relaxed)
+    }
+
+    /// How long the current request head has been arriving, if one is.
+    fn head_for(&self, now: u64) -> Option<Duration> {
+        let since = self.heads.since.load(Relaxed);
+        (since != 0 && self.heads_timed()).then(|| Duration::from_millis(now.saturating_sub(since)))
+    }
+
     /// How long the connection has had no request in progress; `None`
     /// while one is.
-    fn idle_for(&self) -> Option<Duration> {
-        (self.open.get() == 0).then(|| {
-            Duration::from_millis(crate::clock::millis().saturating_sub(self.idle_since.get()))
-        })
+    fn idle_for(&self, now: u64) -> Option<Duration> {
+        (self.open.get() == 0)
+            .then(|| Duration::from_millis(now.saturating_sub(self.idle_since.get())))
+    }
+}
+
+impl Heads {
+    /// Bytes came in: with no request in progress, a head has started.
+    fn note_read(&self) {
+        if !self.busy.load(Relaxed) && self.since.load(Relaxed) == 0 && self.timed.load(Relaxed) {
+            self.since.store(crate::clock::millis().max(1), Relaxed);
+        }
+    }
+}
+
+/// A client connection's stream, noting when a request head starts to
+/// arrive.
+pub struct Watched<S> {
+    inner: S,
+    heads: Arc<Heads>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: &Activity) -> Self {
+        Watched {
+            inner,
+            heads: activity.heads.clone(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.heads.note_read();
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -110,21 +234,36 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 /// is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// The connection-level limits [`drive`] enforces; zero turns one off.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `server.idle_timeout`.
+    pub idle: Duration,
+    /// `server.header_read_timeout`, from a head's first byte.
+    pub head: Duration,
+}
+
 /// Drives `conn` to its end: shut down gracefully (HTTP/2 `GOAWAY`, or
-/// close between HTTP/1.1 requests) once it has been idle for `idle`
-/// (never when zero), or when `stopped` turns true.
+/// close between HTTP/1.1 requests) once it has been idle for
+/// `limits.idle`, or when `stopped` turns true; closed at once when a
+/// request head has been arriving for `limits.head`.
 pub async fn drive<C>(
     conn: C,
     activity: Rc<Activity>,
-    idle: Duration,
+    limits: Limits,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), C::Error>
 where
     C: GracefulConnection,
 {
     let mut conn = std::pin::pin!(conn);
-    let never = Duration::from_secs(365 * 24 * 3600);
-    let timer = tokio::time::sleep(if idle.is_zero() { never } else { idle });
+    let first = next_check(
+        &activity,
+        limits,
+        crate::clock::millis(),
+        tokio::time::Instant::now(),
+    );
+    let timer = tokio::time::sleep_until(first);
     let mut timer = std::pin::pin!(timer);
     let mut closing = *stopped.borrow();
     if closing {
@@ -140,25 +279,54 @@ where
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            () = timer.as_mut(), if idle_closed || (!closing && !idle.is_zero()) => {
+            () = timer.as_mut() => {
                 if idle_closed {
                     return Ok(());
                 }
-                match activity.idle_for() {
-                    Some(d) if d >= idle => {
-                        metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_idle")
-                            .increment(1);
-                        closing = true;
-                        idle_closed = true;
-                        conn.as_mut().graceful_shutdown();
-                        timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
-                    }
-                    left => {
-                        let wait = idle - left.unwrap_or_default();
-                        timer.as_mut().reset(tokio::time::Instant::now() + wait);
-                    }
+                let now = crate::clock::millis();
+                if activity.head_for(now).is_some_and(|d| !limits.head.is_zero() && d >= limits.head) {
+                    metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_header")
+                        .increment(1);
+                    return Ok(());
                 }
+                let idle = activity.idle_for(now);
+                if !closing && !limits.idle.is_zero() && idle.is_some_and(|d| d >= limits.idle) {
+                    metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_idle")
+                        .increment(1);
+                    closing = true;
+                    idle_closed = true;
+                    conn.as_mut().graceful_shutdown();
+                    timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
+                let next = next_check(&activity, limits, now, tokio::time::Instant::now());
+                timer.as_mut().reset(next);
             }
         }
     }
+}
+
+/// When the connection's timer must next look: the idle deadline, the
+/// current head's deadline, or, with no head arriving, one header timeout
+/// from now (no later head can be due sooner).
+fn next_check(
+    activity: &Activity,
+    limits: Limits,
+    now_ms: u64,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let never = Duration::from_secs(365 * 24 * 3600);
+    let mut wait = never;
+    if !limits.idle.is_zero()
+        && let Some(idle) = activity.idle_for(now_ms)
+    {
+        wait = wait.min(limits.idle.saturating_sub(idle));
+    }
+    if !limits.head.is_zero() && activity.heads_timed() {
+        let arriving = activity.head_for(now_ms).unwrap_or_default();
+        wait = wait.min(limits.head.saturating_sub(arriving));
+    }
+    // A millisecond at least, so a deadline reached within the clock's
+    // rounding does not spin.
+    now + wait.max(Duration::from_millis(1))
 }

@@ -250,11 +250,9 @@ async fn serve(
     };
     let drain = shared.server.drain_timeout;
     let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .writev(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.server.header_read_timeout);
+    // Request heads are timed by `connection::drive`, with one timer per
+    // connection rather than one per request.
+    builder.http1().writev(false).header_read_timeout(None);
     // Pings find HTTP/2 clients that vanished without closing.
     builder
         .http2()
@@ -262,7 +260,10 @@ async fn serve(
         .keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let start_timeout = shared.server.header_read_timeout;
-    let idle = shared.server.idle_timeout;
+    let limits = connection::Limits {
+        idle: shared.server.idle_timeout,
+        head: start_timeout,
+    };
     let builder = Rc::new(builder);
     let worker = Rc::new(Worker::new(shared.clone()));
     // Each connection task holds a sender; the drain waits until all are gone.
@@ -297,7 +298,7 @@ async fn serve(
                     if req.headers().contains_key(http::header::UPGRADE) {
                         req.extensions_mut().insert(upgrade_slot.clone());
                     }
-                    let request = requests.start();
+                    let request = requests.start(req.version());
                     let served = service::serve(worker.clone(), client.clone(), req);
                     async move {
                         let resp = served.await?;
@@ -311,14 +312,19 @@ async fn serve(
                     // hyper's header timer starts at the first byte, and its
                     // HTTP version detection has none: a client that sends
                     // nothing, or a partial HTTP/2 preface, is closed here.
-                    if !request_starts(&stream, start_timeout, acceptor.is_some()).await {
+                    let start = request_starts(&stream, start_timeout, acceptor.is_some()).await;
+                    if start == Start::Silent {
                         metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_silent")
                             .increment(1);
                         return;
                     }
+                    if start == Start::Http2 {
+                        activity.untime_heads();
+                    }
                     let Some(acceptor) = acceptor else {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                        if let Err(e) = connection::drive(conn, activity, idle, stopped).await {
+                        let io = TokioIo::new(connection::Watched::new(stream, &activity));
+                        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+                        if let Err(e) = connection::drive(conn, activity, limits, stopped).await {
                             tracing::debug!("client connection ended: {e}");
                         }
                         return;
@@ -334,8 +340,12 @@ async fn serve(
                             return tracing::debug!("TLS handshake timed out");
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    if let Err(e) = connection::drive(conn, activity, idle, stopped).await {
+                    if stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]) {
+                        activity.untime_heads();
+                    }
+                    let io = TokioIo::new(connection::Watched::new(stream, &activity));
+                    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+                    if let Err(e) = connection::drive(conn, activity, limits, stopped).await {
                         tracing::debug!("client connection ended: {e}");
                     }
                 });
@@ -359,29 +369,45 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Waits, up to `limit`, until a new connection has sent something worth
 /// serving: for TLS, any byte (the handshake has its own timer); for plain
 /// HTTP, a byte that is not the start of the HTTP/2 preface, or the whole
-/// preface. `false`: close it.
+/// preface. [`Start::Silent`]: close it.
 async fn request_starts(
     stream: &tokio::net::TcpStream,
     limit: std::time::Duration,
     tls: bool,
-) -> bool {
+) -> Start {
     let wait = async {
         let mut buf = [0u8; H2_PREFACE.len()];
         loop {
             if stream.readable().await.is_err() {
-                return false;
+                return Start::Silent;
             }
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(_) if tls => return true,
-                Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => return true,
+                Ok(0) | Err(_) => return Start::Silent,
+                Ok(_) if tls => return Start::Http1,
+                Ok(n) if n == buf.len() && buf[..] == *H2_PREFACE => return Start::Http2,
+                Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
+                    return Start::Http1;
+                }
                 // Part of the preface so far: look again shortly (the bytes
                 // stay readable, so `readable` alone would spin).
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
         }
     };
-    matches!(tokio::time::timeout(limit, wait).await, Ok(true))
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or(Start::Silent)
+}
+
+/// How a client connection began, seen before hyper reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Nothing, or part of an HTTP/2 preface, within the time allowed.
+    Silent,
+    /// Anything else over plain TCP, or any TLS handshake.
+    Http1,
+    /// A whole HTTP/2 preface.
+    Http2,
 }
 
 /// Connections over `max_connections`: a plain-HTTP client is told so with
