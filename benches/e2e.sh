@@ -16,6 +16,10 @@
 # its least-outstanding.wasm when the interface changed since (built with
 # that version's SDK).
 #
+# BREAKER=1 (the default) gives Switchyard's pool an error-rate breaker, so
+# every outcome feeds it as in a production config; BREAKER=0 leaves it out.
+# BASELINE_BREAKER names the baseline's error-rate-breaker.wasm when needed.
+#
 # TLS=1 puts the backends behind TLS (a private CA made with openssl) and
 # every proxy speaks TLS to them over warm connections: Switchyard with the
 # Wasm router over HTTP/2 by ALPN (`wasm`) and over HTTP/1.1 (`wasm-h1`, in
@@ -34,6 +38,7 @@ ROUNDS=${ROUNDS:-3}
 PROFILE=${PROFILE:-release}
 BASE_PORT=${BASE_PORT:-18500}
 TLS=${TLS:-0}
+BREAKER=${BREAKER:-1}
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -85,7 +90,10 @@ done
 
 p_builtin=$((BASE_PORT + 10)); p_wasm=$((BASE_PORT + 11)); p_nginx=$((BASE_PORT + 12)); p_haproxy=$((BASE_PORT + 13))
 mkdir -p "$work/plugins"
-cp target/plugins/least-outstanding.wasm "$work/plugins/"
+cp target/plugins/least-outstanding.wasm target/plugins/error-rate-breaker.wasm "$work/plugins/"
+# A production pool has a circuit breaker: every outcome feeds it.
+breaker=""
+[ "$BREAKER" = 1 ] && breaker='breaker = { plugin = "error-rate-breaker.wasm" }'
 for variant in builtin wasm; do
   port=$p_builtin; router=""; upstream=""
   if [ $variant = wasm ]; then port=$p_wasm; router='router = { plugin = "least-outstanding.wasm" }'; fi
@@ -104,6 +112,7 @@ dir = "$work/plugins"
 watch = false
 [pools.p]
 $upstream
+$breaker
 backends = [{ name = "b1", address = "127.0.0.1:$b1" }, { name = "b2", address = "127.0.0.1:$b2" }]
 [[routes]]
 name = "r"
@@ -189,6 +198,7 @@ if [ -n "${BASELINE:-}" ]; then
   p_base=$((BASE_PORT + 14))
   mkdir -p "$work/baseline-plugins"
   cp "${BASELINE_PLUGIN:-target/plugins/least-outstanding.wasm}" "$work/baseline-plugins/least-outstanding.wasm"
+  cp "${BASELINE_BREAKER:-target/plugins/error-rate-breaker.wasm}" "$work/baseline-plugins/error-rate-breaker.wasm"
   sed -e "s/127.0.0.1:$p_wasm/127.0.0.1:$p_base/" -e "s|$work/plugins|$work/baseline-plugins|" \
     "$work/wasm.toml" > "$work/baseline.toml"
   RUST_LOG=warn taskset -c "$proxy_cpus" "$BASELINE" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
@@ -254,7 +264,7 @@ file="benches/results/e2e-${tls_tag}${THREADS}t${BASELINE:+-vs-baseline}.md"
 {
   echo "# End-to-end$tls_title, $THREADS proxy thread(s)/worker(s)"
   echo
-  echo "\`TLS=$TLS THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
+  echo "\`BREAKER=$BREAKER TLS=$TLS THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
   echo "wrk -t1 -c$CONNS -d${DURATION}s, GET /ok, two single-threaded backends; medians of $ROUNDS alternating rounds."
   echo "CPU/req is the proxy's user+system time per request (the backend's own for \`direct\`)."
   echo

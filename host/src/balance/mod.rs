@@ -4,10 +4,12 @@
 //! and their policies are in `pool`.
 
 mod ewma;
+pub mod outbox;
 mod quota;
 mod state;
 mod window;
 
+pub use outbox::OutcomeBatch;
 pub use quota::QuotaReport;
 pub use state::{BackendState, Breaker, Health, InFlightGuard, LoadSnapshot, Outcome};
 pub use window::RollingWindow;
@@ -31,12 +33,12 @@ pub struct LiveRegistry {
     next_connection_key: usize,
     /// What each pool's `discover` name last resolved to, sorted.
     discovered: HashMap<String, Vec<SocketAddr>>,
-    control: Option<tokio::sync::mpsc::Sender<OutcomeReport>>,
+    control: Option<tokio::sync::mpsc::Sender<OutcomeBatch>>,
 }
 
 impl LiveRegistry {
     /// A registry whose pools report outcomes to `control`.
-    pub fn with_control(control: tokio::sync::mpsc::Sender<OutcomeReport>) -> LiveRegistry {
+    pub fn with_control(control: tokio::sync::mpsc::Sender<OutcomeBatch>) -> LiveRegistry {
         LiveRegistry {
             control: Some(control),
             ..LiveRegistry::default()
@@ -44,7 +46,7 @@ impl LiveRegistry {
     }
 
     /// The control thread's inbox, if one runs.
-    pub fn control(&self) -> Option<tokio::sync::mpsc::Sender<OutcomeReport>> {
+    pub fn control(&self) -> Option<tokio::sync::mpsc::Sender<OutcomeBatch>> {
         self.control.clone()
     }
 

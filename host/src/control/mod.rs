@@ -12,7 +12,7 @@ mod probe;
 
 use breakers::{BreakerSlot, Want, on_breaker_due, on_outcome, reset_breakers, start_breaker};
 
-use crate::balance::OutcomeReport;
+use crate::balance::{OutcomeBatch, OutcomeReport};
 use crate::plugin::BreakerPolicy;
 use crate::pool::Pool;
 use std::collections::HashMap;
@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Outcomes that may wait for the control thread before new ones are dropped.
-const QUEUE: usize = 65_536;
+/// Batches of outcomes (each at most a few hundred) that may wait for the
+/// control thread before new ones are dropped.
+const QUEUE: usize = 4096;
 /// A half-open backend whose trial requests brought no verdict within this
 /// long is handed back to the breaker's `cool-down-ended`.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +38,7 @@ pub enum ControlCommand {
 /// The control thread's handle: its inbox, and the thread to join.
 pub struct Control {
     /// Outcomes, bounded: workers never wait on it.
-    tx: mpsc::Sender<OutcomeReport>,
+    tx: mpsc::Sender<OutcomeBatch>,
     /// Table changes and stop, unbounded: never lost, never blocking.
     commands: mpsc::UnboundedSender<ControlCommand>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -74,7 +75,7 @@ impl Control {
     }
 
     /// The inbox pools post their outcomes to.
-    pub fn sender(&self) -> mpsc::Sender<OutcomeReport> {
+    pub fn sender(&self) -> mpsc::Sender<OutcomeBatch> {
         self.tx.clone()
     }
 
@@ -141,7 +142,7 @@ struct Controlled {
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<OutcomeReport>,
+    mut rx: mpsc::Receiver<OutcomeBatch>,
     mut commands: mpsc::UnboundedReceiver<ControlCommand>,
 ) {
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer>();
@@ -155,9 +156,11 @@ async fn run(
             },
             event = rx.recv() => match event {
                 None => break,
-                Some(OutcomeReport { pool, state, outcome, timing }) => {
-                    if let Some(c) = pools.get_mut(&pool) {
-                        on_outcome(c, &state, outcome, timing, &timer_tx);
+                Some(batch) => {
+                    for OutcomeReport { pool, state, outcome, timing } in batch {
+                        if let Some(c) = pools.get_mut(&pool) {
+                            on_outcome(c, &state, outcome, timing, &timer_tx);
+                        }
                     }
                 }
             },

@@ -9,7 +9,7 @@ mod loads;
 pub use builtin::{BUILTIN_CANDIDATES, least_outstanding};
 pub use loads::push_load_words;
 
-use crate::balance::{BackendState, LiveRegistry, Outcome, OutcomeReport, Timing};
+use crate::balance::{BackendState, LiveRegistry, Outcome, OutcomeBatch, OutcomeReport, Timing};
 use crate::config::{BackendConfig, HealthConfig, PoolConfig, TlsOption, scalar_text};
 use crate::endpoint::{Endpoint, EndpointSpec, RequestRules};
 use crate::plugin::{BreakerPolicy, HealthPolicy};
@@ -69,7 +69,7 @@ pub struct PoolHealth {
 /// dropped and counted rather than slowing requests down.
 #[derive(Clone)]
 pub struct OutcomeFeed {
-    pub tx: tokio::sync::mpsc::Sender<OutcomeReport>,
+    pub tx: tokio::sync::mpsc::Sender<OutcomeBatch>,
     pub pool: Arc<str>,
 }
 
@@ -168,9 +168,7 @@ impl Pool {
                 outcome,
                 timing,
             };
-            if feed.tx.try_send(event).is_err() {
-                metrics::counter!("switchyard_breaker_outcomes_dropped_total").increment(1);
-            }
+            crate::balance::outbox::post(&feed.tx, event);
         }
     }
 }

@@ -191,6 +191,8 @@ pub fn start(
                     Err(e) => return tracing::error!("worker {i}: cannot start runtime: {e}"),
                 };
                 let local = tokio::task::LocalSet::new();
+                // Outcomes for the breakers leave in one batch per pass.
+                local.spawn_local(crate::balance::outbox::flusher());
                 local.block_on(&runtime, serve(shared, listener, acceptor, stopped));
             })?;
         threads.push(thread);
