@@ -85,4 +85,40 @@ fn the_ticker_sleeps_when_idle_and_wakes_for_a_call() {
         0,
         "the ticker kept ticking after the calls"
     );
+
+    // Under a stream of short calls the ticker wakes only now and then,
+    // so the epoch lags the clock; a runaway call still gets its whole
+    // deadline, counted from its start, and no more than about a tick
+    // beyond it, wherever between the ticker's wakes it starts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, rr) = (stop.clone(), rr.clone());
+        std::thread::spawn(move || {
+            let mut routing = rr.instantiate().expect("instance");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(routing.route(request, &loads, Vec::new()).is_ok());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut took = Vec::new();
+    for offset_ms in [0, 3, 7, 2, 9, 5] {
+        std::thread::sleep(Duration::from_millis(offset_ms));
+        let mut spinning = spin.instantiate().expect("instance");
+        let started = Instant::now();
+        assert_eq!(
+            spinning.route(request, &loads, Vec::new()),
+            Err(CallFailure::Deadline)
+        );
+        took.push(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load thread");
+    for t in &took {
+        assert!(
+            *t >= Duration::from_millis(19) && *t < Duration::from_millis(80),
+            "a 20 ms deadline fired after {took:?}"
+        );
+    }
 }

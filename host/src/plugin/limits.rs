@@ -33,13 +33,13 @@ pub(super) fn new_store(
         if credit.is_zero() {
             return Err(wasmtime::Trap::Interrupt.into());
         }
-        Ok(wasmtime::UpdateDeadline::Continue(
+        Ok(wasmtime::UpdateDeadline::Continue(super::epoch::deadline(
             PluginRuntime::deadline_ticks(credit),
-        ))
+        )))
     });
-    store.set_epoch_deadline(
+    store.set_epoch_deadline(super::epoch::deadline(
         deadline_ticks.max(PluginRuntime::deadline_ticks(Duration::from_secs(1))),
-    );
+    ));
     store
 }
 

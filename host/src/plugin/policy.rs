@@ -151,7 +151,8 @@ impl HealthInstance {
     pub fn check(&mut self, probe: &wit::ProbeResult) -> Result<wit::Verdict, CallFailure> {
         let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store
+            .set_epoch_deadline(super::epoch::deadline(self.deadline_ticks));
         self.bindings
             .check(&mut self.store, probe)
             .map_err(|e| super::call_failure(&e))
@@ -205,7 +206,8 @@ impl BreakerInstance {
     ) -> Result<Option<wit::BreakerUpdate>, CallFailure> {
         let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store
+            .set_epoch_deadline(super::epoch::deadline(self.deadline_ticks));
         self.bindings
             .record_outcome(&mut self.store, outcome)
             .map_err(|e| super::call_failure(&e))
@@ -215,7 +217,8 @@ impl BreakerInstance {
     pub fn cool_down_ended(&mut self, backend: u32) -> Result<wit::BreakerUpdate, CallFailure> {
         let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store
+            .set_epoch_deadline(super::epoch::deadline(self.deadline_ticks));
         self.bindings
             .cool_down_ended(&mut self.store, backend)
             .map_err(|e| super::call_failure(&e))

@@ -458,7 +458,8 @@ impl RouterInstance {
     ) -> Result<Answer, CallFailure> {
         let _busy = super::epoch::busy();
         self.store.data_mut().start_call();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store
+            .set_epoch_deadline(super::epoch::deadline(self.deadline_ticks));
         if !attributes.is_empty() {
             self.store.data_mut().attributes = attributes;
         }
