@@ -301,7 +301,9 @@ async fn serve(
                         req.extensions_mut().insert(upgrade_slot.clone());
                     }
                     let request = requests.start(req.version());
-                    let served = service::serve(worker.clone(), client.clone(), req);
+                    // Boxed: hyper moves the service future into place per request,
+                    // and the whole forwarding future is kilobytes.
+                    let served = Box::pin(service::serve(worker.clone(), client.clone(), req));
                     async move {
                         let resp = served.await?;
                         Ok::<_, std::convert::Infallible>(resp.map(|b| connection::Tracked::new(b, request)))
