@@ -154,9 +154,11 @@ impl Dispatch<'_> {
                 (Some(after), Some(replay))
                     if attempts == 1 && out.upgrade.is_none() && policy.attempts() > 1 =>
                 {
-                    let raced = self
-                        .race(pool, own, leg, req, &replay, after, rest, &policy)
-                        .await;
+                    // Boxed: two exchanges' state would double every
+                    // request's future, hedged or not.
+                    let raced =
+                        Box::pin(self.race(pool, own, leg, req, &replay, after, rest, &policy))
+                            .await;
                     out.replay = Some(replay);
                     if raced.hedged.is_some() {
                         attempts += 1;
