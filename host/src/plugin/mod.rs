@@ -8,6 +8,7 @@ mod decision;
 mod epoch;
 mod error;
 mod host_api;
+mod interest;
 mod limits;
 mod policy;
 mod router;

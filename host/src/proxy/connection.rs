@@ -1,4 +1,5 @@
-//! One client connection's life after accept: served by hyper until it
+//! One client connection's life after accept: whether it starts at all
+//! ([`request_starts`]), then served by hyper until it
 //! ends, closed gracefully when it has been idle too long (no request in
 //! progress for `server.idle_timeout`, HTTP/1.1 keep-alive and HTTP/2
 //! alike) or when the proxy drains, and closed when an HTTP/1 request
@@ -329,4 +330,51 @@ fn next_check(
     // A millisecond at least, so a deadline reached within the clock's
     // rounding does not spin.
     now + wait.max(Duration::from_millis(1))
+}
+
+/// The HTTP/2 client preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, up to `limit`, until a new connection has sent something worth
+/// serving: for TLS, any byte (the handshake has its own timer); for plain
+/// HTTP, a byte that is not the start of the HTTP/2 preface, or the whole
+/// preface. [`Start::Silent`]: close it.
+pub async fn request_starts(
+    stream: &tokio::net::TcpStream,
+    limit: std::time::Duration,
+    tls: bool,
+) -> Start {
+    let wait = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            if stream.readable().await.is_err() {
+                return Start::Silent;
+            }
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return Start::Silent,
+                Ok(_) if tls => return Start::Http1,
+                Ok(n) if n == buf.len() && buf[..] == *H2_PREFACE => return Start::Http2,
+                Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
+                    return Start::Http1;
+                }
+                // Part of the preface so far: look again shortly (the bytes
+                // stay readable, so `readable` alone would spin).
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or(Start::Silent)
+}
+
+/// How a client connection began, seen before hyper reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing, or part of an HTTP/2 preface, within the time allowed.
+    Silent,
+    /// Anything else over plain TCP, or any TLS handshake.
+    Http1,
+    /// A whole HTTP/2 preface.
+    Http2,
 }

@@ -316,13 +316,13 @@ async fn serve(
                     // hyper's header timer starts at the first byte, and its
                     // HTTP version detection has none: a client that sends
                     // nothing, or a partial HTTP/2 preface, is closed here.
-                    let start = request_starts(&stream, start_timeout, acceptor.is_some()).await;
-                    if start == Start::Silent {
+                    let start = connection::request_starts(&stream, start_timeout, acceptor.is_some()).await;
+                    if start == connection::Start::Silent {
                         metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_silent")
                             .increment(1);
                         return;
                     }
-                    if start == Start::Http2 {
+                    if start == connection::Start::Http2 {
                         activity.untime_heads();
                     }
                     let Some(acceptor) = acceptor else {
@@ -365,53 +365,6 @@ async fn serve(
     {
         tracing::warn!("drain timeout {drain:?} reached; closing remaining connections");
     }
-}
-
-/// The HTTP/2 client preface.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Waits, up to `limit`, until a new connection has sent something worth
-/// serving: for TLS, any byte (the handshake has its own timer); for plain
-/// HTTP, a byte that is not the start of the HTTP/2 preface, or the whole
-/// preface. [`Start::Silent`]: close it.
-async fn request_starts(
-    stream: &tokio::net::TcpStream,
-    limit: std::time::Duration,
-    tls: bool,
-) -> Start {
-    let wait = async {
-        let mut buf = [0u8; H2_PREFACE.len()];
-        loop {
-            if stream.readable().await.is_err() {
-                return Start::Silent;
-            }
-            match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return Start::Silent,
-                Ok(_) if tls => return Start::Http1,
-                Ok(n) if n == buf.len() && buf[..] == *H2_PREFACE => return Start::Http2,
-                Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
-                    return Start::Http1;
-                }
-                // Part of the preface so far: look again shortly (the bytes
-                // stay readable, so `readable` alone would spin).
-                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        }
-    };
-    tokio::time::timeout(limit, wait)
-        .await
-        .unwrap_or(Start::Silent)
-}
-
-/// How a client connection began, seen before hyper reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// Nothing, or part of an HTTP/2 preface, within the time allowed.
-    Silent,
-    /// Anything else over plain TCP, or any TLS handshake.
-    Http1,
-    /// A whole HTTP/2 preface.
-    Http2,
 }
 
 /// Connections over `max_connections`: a plain-HTTP client is told so with
