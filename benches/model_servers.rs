@@ -14,7 +14,7 @@
 //!
 //! A second scenario makes one server stall at random (a quarter of its
 //! requests wait `STALL` before prefill, as a preempted or paused server
-//! does) and compares least-outstanding with and without hedged first
+//! does) and compares prefix-affinity with and without hedged first
 //! tokens: p99 time to first byte, and the extra requests the servers got.
 //!
 //!   cargo bench -p switchyard-benches --bench model_servers
@@ -44,8 +44,27 @@ const SERVERS: usize = 4;
 const BATCH: usize = 4;
 /// Prompt bytes per KV-cache block.
 const BLOCK: usize = 64;
-/// Blocks a server's KV cache holds.
-const CACHE_BLOCKS: usize = 600;
+/// What the clients send and how much a server's KV cache holds.
+#[derive(Clone, Copy)]
+struct Workload {
+    /// Each conversation's first turn carries a document of its own.
+    documents: bool,
+    /// Blocks a server's KV cache holds: enough for the pool's caches
+    /// together to hold the whole working set, not for one server's.
+    cache_blocks: usize,
+}
+
+/// Conversations that share system prompts and grow turn by turn.
+const SHARED: Workload = Workload {
+    documents: false,
+    cache_blocks: 600,
+};
+/// The same, each opening with a private document (a tool result or a
+/// retrieved page of about 3 KB): most of each prompt is its own.
+const DOCUMENTS: Workload = Workload {
+    documents: true,
+    cache_blocks: 1200,
+};
 /// Prefill time of an uncached and of a cached block.
 const PREFILL_MS: (f64, f64) = (4.0, 0.1);
 /// Decode time after the first byte.
@@ -81,8 +100,8 @@ struct Server {
 
 /// What a server's KV cache holds: cumulative block hashes, least
 /// recently used first (vLLM evicts the least recently used free blocks).
-#[derive(Default)]
 struct Cache {
+    capacity: usize,
     /// Block hash and the tick it was last used at, in use order; entries
     /// whose tick is older than `held`'s were used again later.
     order: VecDeque<(u64, u64)>,
@@ -107,7 +126,7 @@ impl Cache {
             self.held.insert(b, self.tick);
             self.order.push_back((b, self.tick));
         }
-        while self.held.len() > CACHE_BLOCKS {
+        while self.held.len() > self.capacity {
             let Some((old, tick)) = self.order.pop_front() else {
                 break;
             };
@@ -117,7 +136,7 @@ impl Cache {
         }
         // Stale entries (blocks used again later) are dropped as they
         // reach the front; keep the queue from growing without bound.
-        if self.order.len() > 8 * CACHE_BLOCKS {
+        if self.order.len() > 8 * self.capacity {
             let held = &self.held;
             self.order.retain(|(b, t)| held.get(b) == Some(t));
         }
@@ -147,13 +166,18 @@ fn blocks(prompt: &[u8]) -> Vec<u64> {
 
 /// Starts a mock model server; a `stalling` one holds a share of its
 /// requests for [`STALL`] before prefill, chosen by a seeded generator.
-async fn start_server(stalling: bool) -> Server {
+async fn start_server(stalling: bool, cache_blocks: usize) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let batch = Arc::new(Semaphore::new(BATCH));
-    let cache = Arc::new(Mutex::new(Cache::default()));
+    let cache = Arc::new(Mutex::new(Cache {
+        capacity: cache_blocks,
+        order: VecDeque::new(),
+        held: std::collections::HashMap::new(),
+        tick: 0,
+    }));
     let waiting = Arc::new(AtomicU64::new(0));
     let served = Arc::new(AtomicU64::new(0));
     let arrived = Arc::new(AtomicU64::new(0));
@@ -199,7 +223,7 @@ async fn start_server(stalling: bool) -> Server {
                                  # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"m\"}} {}\n\
                                  # TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{{model_name=\"m\"}} {}\n",
                                 waiting.load(Relaxed),
-                                fill as f64 / CACHE_BLOCKS as f64 * 0.5
+                                fill as f64 / cache_blocks as f64 * 0.5
                             );
                             return Ok::<_, std::convert::Infallible>(http::Response::new(
                                 Full::new(Bytes::from(page)),
@@ -259,14 +283,22 @@ fn roll(state: &AtomicU64) -> f64 {
 }
 
 /// The body of turn `turn` of conversation `c`: its system prompt (one of
-/// a few, shared), then its turns so far.
-fn request_body(c: usize, turn: usize) -> String {
+/// a few, shared), its document if the workload has them, then its turns
+/// so far.
+fn request_body(c: usize, turn: usize, workload: Workload) -> String {
     let system = format!(
         "You are agent kind {} of the research graph. {}",
         c % SYSTEM_PROMPTS,
         "Follow the plan, cite sources, keep state. ".repeat(70)
     );
     let mut messages = vec![serde_json(&[("role", "system"), ("content", &system)])];
+    if workload.documents {
+        let document = format!(
+            "document of conversation {c}: {}",
+            format!("section {c} of the source, quoted in full. ").repeat(70)
+        );
+        messages.push(serde_json(&[("role", "tool"), ("content", &document)]));
+    }
     for t in 0..=turn {
         let user = format!(
             "conversation {c} turn {t}: {}",
@@ -294,7 +326,7 @@ struct Outcome {
     extra: f64,
 }
 
-async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
+async fn drive(name: &str, url: &str, servers: &[Server], workload: Workload) -> Outcome {
     let arrived_before: u64 = servers.iter().map(|s| s.arrived.load(Relaxed)).sum();
     let before: Vec<(u64, u64, u64)> = servers
         .iter()
@@ -321,7 +353,7 @@ async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
                     let req = http::Request::post(format!("{url}/v1/chat/completions"))
                         .header("content-type", "application/json")
                         .header("x-session", format!("conversation-{c}"))
-                        .body(Full::new(Bytes::from(request_body(c, turn))))
+                        .body(Full::new(Bytes::from(request_body(c, turn, workload))))
                         .expect("request");
                     let sent = Instant::now();
                     let Ok(resp) = client.request(req).await else {
@@ -358,6 +390,42 @@ async fn drive(name: &str, url: &str, servers: &[Server]) -> Outcome {
         per_server,
         cache_hit_share: hit as f64 / total.max(1) as f64,
     }
+}
+
+/// The TTFB and cache table of `outcomes`, and prefix-affinity's ratios to
+/// least-outstanding.
+fn cache_table(t: &mut String, outcomes: &[Outcome]) {
+    let _ = writeln!(
+        t,
+        "| policy | TTFB mean | p50 | p99 | prompt blocks cached | requests per server |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---|");
+    for o in outcomes {
+        let spread: Vec<String> = o.per_server.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} % | {} |",
+            o.name,
+            mean(&o.ttfb),
+            quantile(&o.ttfb, 0.5),
+            quantile(&o.ttfb, 0.99),
+            o.cache_hit_share * 100.0,
+            spread.join(" / ")
+        );
+    }
+    let find = |name: &str| outcomes.iter().find(|o| o.name == name);
+    if let (Some(a), Some(b)) = (find("prefix-affinity"), find("least-outstanding")) {
+        let _ = writeln!(
+            t,
+            "\nprefix-affinity / least-outstanding: mean TTFB {:.2} (target at most 0.5), p99 {:.2} (target at most 1).",
+            mean(&a.ttfb) / mean(&b.ttfb),
+            quantile(&a.ttfb, 0.99) / quantile(&b.ttfb, 0.99)
+        );
+    }
+}
+
+fn mean(samples: &[f64]) -> f64 {
+    samples.iter().sum::<f64>() / samples.len().max(1) as f64
 }
 
 /// A chart panel of the outcomes' times to first byte.
@@ -400,7 +468,7 @@ async fn run() {
         (
             "prefix-affinity",
             "p",
-            "router = { plugin = \"prefix-affinity.wasm\", body_peek = \"64KiB\", config = { block = 64 } }",
+            "router = { plugin = \"prefix-affinity.wasm\", body_peek = \"64KiB\", config = { block = 64, prefix_bytes = 16384 } }",
         ),
         (
             "model-server-health + least-outstanding",
@@ -408,56 +476,77 @@ async fn run() {
             "router = { plugin = \"least-outstanding.wasm\" }",
         ),
     ];
-    let mut outcomes = Vec::new();
-    // A fresh set of servers (cold caches) for every policy.
-    for (name, pool, router) in policies {
-        let servers = start_servers(false).await;
-        outcomes.push(through_switchyard(name, pool, router, &servers, &plugins, dir.path()).await);
+    let outcomes = compare(&policies, SHARED, &plugins, dir.path()).await;
+    let documents = compare(&policies[1..3], DOCUMENTS, &plugins, dir.path()).await;
+    // One server stalls at random: prefix-affinity, unhedged and hedged.
+    // (It keeps each server's share of the traffic steady, where
+    // least-outstanding's share for the stalling server swings from run to
+    // run with how its stalls fall, and with it the tail.)
+    let pa = "plugin = \"prefix-affinity.wasm\", body_peek = \"64KiB\"";
+    let stalled: [(&str, String); 3] = [
+        (
+            "prefix-affinity",
+            format!("router = {{ {pa}, config = {{ block = 64 }} }}"),
+        ),
+        (
+            "prefix-affinity, hedge_ttfb_factor = 3",
+            format!("router = {{ {pa}, config = {{ block = 64, hedge_ttfb_factor = 3.0 }} }}"),
+        ),
+        (
+            "prefix-affinity, hedge_after = 250ms",
+            format!("router = {{ {pa}, config = {{ block = 64, hedge_after = \"250ms\" }} }}"),
+        ),
+    ];
+    let mut stalls = Vec::new();
+    for (name, router) in &stalled {
+        let servers = start_servers(true, SHARED).await;
+        stalls.push(
+            through_switchyard(name, "p", router, &servers, &plugins, dir.path(), SHARED).await,
+        );
     }
-    let servers = start_servers(false).await;
+    report(&root, &outcomes, &documents, &stalls);
+}
+
+/// Runs `workload` through each of `policies` (name, pool, router line)
+/// and through nginx's session hash, each on fresh servers (cold caches).
+async fn compare(
+    policies: &[(&str, &str, &str)],
+    workload: Workload,
+    plugins: &Path,
+    dir: &Path,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for &(name, pool, router) in policies {
+        let servers = start_servers(false, workload).await;
+        outcomes
+            .push(through_switchyard(name, pool, router, &servers, plugins, dir, workload).await);
+    }
+    let servers = start_servers(false, workload).await;
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    match nginx::Nginx::start(&addrs, dir.path(), "hash $http_x_session consistent;") {
+    match nginx::Nginx::start(&addrs, dir, "hash $http_x_session consistent;") {
         Some(n) => {
             eprintln!("running nginx hash consistent");
+            let url = format!("http://{}", n.addr);
             outcomes.push(
                 drive(
                     "nginx hash $http_x_session consistent",
-                    &format!("http://{}", n.addr),
+                    &url,
                     &servers,
+                    workload,
                 )
                 .await,
             );
         }
         None => eprintln!("nginx not installed; skipping it"),
     }
-    // One server stalls at random: least-outstanding, unhedged and hedged.
-    let stalled: [(&str, &str); 3] = [
-        (
-            "least-outstanding",
-            "router = { plugin = \"least-outstanding.wasm\" }",
-        ),
-        (
-            "least-outstanding, hedge_ttfb_factor = 3",
-            "router = { plugin = \"least-outstanding.wasm\", config = { hedge_ttfb_factor = 3.0 } }",
-        ),
-        (
-            "least-outstanding, hedge_after = 250ms",
-            "router = { plugin = \"least-outstanding.wasm\", config = { hedge_after = \"250ms\" } }",
-        ),
-    ];
-    let mut stalls = Vec::new();
-    for (name, router) in stalled {
-        let servers = start_servers(true).await;
-        stalls.push(through_switchyard(name, "p", router, &servers, &plugins, dir.path()).await);
-    }
-    report(&root, &outcomes, &stalls);
+    outcomes
 }
 
 /// [`SERVERS`] fresh servers, the first one stalling if `stalling`.
-async fn start_servers(stalling: bool) -> Vec<Server> {
+async fn start_servers(stalling: bool, workload: Workload) -> Vec<Server> {
     let mut servers = Vec::new();
     for i in 0..SERVERS {
-        servers.push(start_server(stalling && i == 0).await);
+        servers.push(start_server(stalling && i == 0, workload.cache_blocks).await);
     }
     servers
 }
@@ -472,6 +561,7 @@ async fn through_switchyard(
     servers: &[Server],
     plugins: &Path,
     dir: &Path,
+    workload: Workload,
 ) -> Outcome {
     let entries: Vec<String> = servers
         .iter()
@@ -497,67 +587,33 @@ async fn through_switchyard(
             .expect("proxy starts");
     tokio::time::sleep(Duration::from_millis(300)).await;
     eprintln!("running {name}");
-    let outcome = drive(name, &format!("http://{}", proxy.addr()), servers).await;
+    let outcome = drive(name, &format!("http://{}", proxy.addr()), servers, workload).await;
     proxy.shutdown();
     outcome
 }
 
-fn report(root: &Path, outcomes: &[Outcome], stalls: &[Outcome]) {
+fn report(root: &Path, outcomes: &[Outcome], documents: &[Outcome], stalls: &[Outcome]) {
     let mut t = String::new();
     let _ = writeln!(t, "# Balancing over model servers\n");
     let _ = writeln!(
         t,
         "`cargo bench -p switchyard-benches --bench model_servers`: {SERVERS} mock model servers (batch {BATCH}, KV cache of \
-         {CACHE_BLOCKS} blocks of {BLOCK} bytes, prefill {} ms per uncached block and {} ms per cached one, {} ms decode); \
+         {} blocks of {BLOCK} bytes, prefill {} ms per uncached block and {} ms per cached one, {} ms decode); \
          {CONVERSATIONS} conversations on {SYSTEM_PROMPTS} shared system prompts, {TURNS} turns each, {CLIENTS} clients at once. \
          Time to first byte in ms; cold caches for each policy.\n",
+        SHARED.cache_blocks,
         PREFILL_MS.0,
         PREFILL_MS.1,
         DECODE.as_millis()
     );
+    cache_table(&mut t, outcomes);
     let _ = writeln!(
         t,
-        "| policy | TTFB mean | p50 | p99 | prompt blocks cached | requests per server |"
+        "\n## Conversations with a private document\n\nThe same, each conversation's first turn carrying a document of its own \
+         (about 3 KB); KV caches of {} blocks.\n",
+        DOCUMENTS.cache_blocks
     );
-    let _ = writeln!(t, "|---|---:|---:|---:|---:|---|");
-    for o in outcomes {
-        let mean = o.ttfb.iter().sum::<f64>() / o.ttfb.len().max(1) as f64;
-        let spread: Vec<String> = o.per_server.iter().map(u64::to_string).collect();
-        let _ = writeln!(
-            t,
-            "| {} | {mean:.1} | {:.1} | {:.1} | {:.0} % | {} |",
-            o.name,
-            quantile(&o.ttfb, 0.5),
-            quantile(&o.ttfb, 0.99),
-            o.cache_hit_share * 100.0,
-            spread.join(" / ")
-        );
-    }
-    let mean = |name: &str| {
-        outcomes
-            .iter()
-            .find(|o| o.name == name)
-            .map(|o| o.ttfb.iter().sum::<f64>() / o.ttfb.len().max(1) as f64)
-    };
-    let p99 = |name: &str| {
-        outcomes
-            .iter()
-            .find(|o| o.name == name)
-            .map(|o| quantile(&o.ttfb, 0.99))
-    };
-    if let (Some(a), Some(b), Some(c), Some(d)) = (
-        mean("prefix-affinity"),
-        mean("least-outstanding"),
-        p99("prefix-affinity"),
-        p99("least-outstanding"),
-    ) {
-        let _ = writeln!(
-            t,
-            "\nprefix-affinity / least-outstanding: mean TTFB {:.2} (target at most 0.5), p99 {:.2} (target at most 1).",
-            a / b,
-            c / d
-        );
-    }
+    cache_table(&mut t, documents);
     let _ = writeln!(
         t,
         "\n## One server stalling\n\ngpu-0 holds {:.0} % of its requests for {} ms before prefill; the same workload. \
@@ -602,6 +658,7 @@ fn report(root: &Path, outcomes: &[Outcome], stalls: &[Outcome]) {
     let svg = chart::cdf_svg(
         &[
             ttfb_panel("time to first byte", outcomes),
+            ttfb_panel("TTFB, private documents", documents),
             ttfb_panel("TTFB, one server stalling", stalls),
         ],
         (10.0, 10_000.0),
