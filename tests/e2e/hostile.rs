@@ -6,6 +6,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use switchyard_tests::*;
 
+/// A config of one pool holding `b` and one route `r` to it.
+fn one_route(b: &MockBackend) -> String {
+    format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backend_entry(b, "")
+    )
+}
+
 /// A backend that accepts connections and never answers.
 struct Silent {
     addr: SocketAddr,
@@ -71,10 +79,7 @@ async fn reload_events(proxy: &TestProxy) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipes_devices_and_link_loops_in_the_plugin_directory_are_refused_by_name() {
     let b = mock("b");
-    let config = format!(
-        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        backend_entry(&b, "")
-    );
+    let config = one_route(&b);
     let proxy = TestProxy::start(&config);
     let dir = proxy.plugin_path("");
     let fifo = dir.join("pipe.wasm");
@@ -132,10 +137,7 @@ async fn pipes_devices_and_link_loops_in_the_plugin_directory_are_refused_by_nam
 async fn connections_that_send_nothing_or_half_a_preface_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = mock("b");
-    let config = format!(
-        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        backend_entry(&b, "")
-    );
+    let config = one_route(&b);
     let proxy = TestProxy::start_full(&config, "header_read_timeout = \"1s\"", None);
     let mut idle = Vec::new();
     for i in 0..40 {
@@ -283,10 +285,7 @@ async fn a_trickled_upload_times_out_and_frees_its_admission_slot() {
 async fn connections_past_max_connections_are_refused_with_503() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = mock("b");
-    let config = format!(
-        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        backend_entry(&b, "")
-    );
+    let config = one_route(&b);
     let proxy = TestProxy::start_full(
         &config,
         "max_connections = 4\nheader_read_timeout = \"30s\"",
@@ -368,10 +367,7 @@ async fn open_tunnel(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 async fn upgraded_connections_count_under_max_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = mock("ws");
-    let config = format!(
-        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        backend_entry(&b, "")
-    );
+    let config = one_route(&b);
     let proxy = TestProxy::start_full(&config, "max_connections = 3", None);
     let mut tunnels = Vec::new();
     for _ in 0..3 {
@@ -498,10 +494,7 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         chunk_interval: Duration::from_millis(100),
         ..MockOptions::new("b")
     });
-    let config = format!(
-        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        backend_entry(&b, "")
-    );
+    let config = one_route(&b);
     let proxy = TestProxy::start_full(&config, "idle_timeout = \"1s\"", None);
     // HTTP/2 after its preface and settings, then nothing: a GOAWAY, then closed.
     let mut h2 = tokio::net::TcpStream::connect(proxy.addr())
@@ -627,10 +620,7 @@ async fn trickle<W: tokio::io::AsyncWrite + Unpin>(
 async fn a_request_head_must_arrive_within_header_read_timeout_on_any_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = mock("b");
-    let config = format!(
-        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        backend_entry(&b, "")
-    );
+    let config = one_route(&b);
     let proxy = TestProxy::start_full(
         &config,
         "header_read_timeout = \"1s\"\nidle_timeout = \"20s\"",

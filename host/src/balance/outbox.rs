@@ -28,7 +28,6 @@ struct Outbox {
     /// Per channel (one per proxy in the process, in practice one), the
     /// outcomes not yet sent.
     pending: Vec<(Sender<OutcomeBatch>, OutcomeBatch)>,
-    count: usize,
     /// The flusher, waiting for the first outcome of a pass.
     flusher: Option<Waker>,
 }
@@ -50,10 +49,10 @@ pub fn post(tx: &Sender<OutcomeBatch>, report: OutcomeReport) {
             Some((_, batch)) => batch.push(report),
             None => outbox.pending.push((tx.clone(), vec![report])),
         }
-        outbox.count += 1;
-        if outbox.count >= MAX_PENDING {
+        let held = outbox.held();
+        if held >= MAX_PENDING {
             send_all(outbox);
-        } else if outbox.count == 1
+        } else if held == 1
             && let Some(w) = outbox.flusher.take()
         {
             w.wake();
@@ -78,7 +77,13 @@ fn send_all(outbox: &mut Outbox) {
             send(tx, std::mem::take(batch));
         }
     }
-    outbox.count = 0;
+}
+
+impl Outbox {
+    /// Outcomes not yet sent.
+    fn held(&self) -> usize {
+        self.pending.iter().map(|(_, batch)| batch.len()).sum()
+    }
 }
 
 /// Gathers this thread's outcomes for as long as it runs: waits for the
@@ -102,7 +107,7 @@ pub async fn flusher() {
         poll_fn(|cx| {
             OUTBOX.with_borrow_mut(|outbox| {
                 let outbox = outbox.as_mut().expect("installed");
-                if outbox.count > 0 {
+                if outbox.held() > 0 {
                     Poll::Ready(())
                 } else {
                     outbox.flusher = Some(cx.waker().clone());

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +28,6 @@ use tokio::sync::watch;
 /// an idle connection can be told from a busy one without asking hyper.
 #[derive(Debug)]
 pub struct Activity {
-    open: Cell<u32>,
     /// `clock::millis()` when the connection last became idle.
     idle_since: Cell<u64>,
     heads: Arc<Heads>,
@@ -43,8 +42,8 @@ struct Heads {
     /// last request started, with none in progress: a request head being
     /// read. 0 when there is none.
     since: AtomicU64,
-    /// A request is in progress (its head is in).
-    busy: AtomicBool,
+    /// Requests in progress (their heads are in).
+    open: AtomicU32,
     /// Whether heads are timed: HTTP/1 connections only (an HTTP/2 client
     /// sends pings and settings between streams).
     timed: AtomicBool,
@@ -53,11 +52,10 @@ struct Heads {
 impl Activity {
     pub fn new() -> Rc<Activity> {
         Rc::new(Activity {
-            open: Cell::new(0),
             idle_since: Cell::new(crate::clock::millis()),
             heads: Arc::new(Heads {
                 since: AtomicU64::new(0),
-                busy: AtomicBool::new(false),
+                open: AtomicU32::new(0),
                 timed: AtomicBool::new(true),
             }),
         })
@@ -66,8 +64,8 @@ impl Activity {
     /// Marks a request started (its head is in); it ends when the returned
     /// guard drops.
     pub fn start(self: &Rc<Self>, version: http::Version) -> InProgress {
-        self.open.set(self.open.get() + 1);
-        self.heads.busy.store(true, Relaxed);
+        let open = &self.heads.open;
+        open.store(open.load(Relaxed) + 1, Relaxed);
         self.heads.since.store(0, Relaxed);
         if version == http::Version::HTTP_2 {
             self.untime_heads();
@@ -81,10 +79,9 @@ impl Activity {
     }
 
     fn end(&self) {
-        let open = self.open.get().saturating_sub(1);
-        self.open.set(open);
+        let open = self.heads.open.load(Relaxed).saturating_sub(1);
+        self.heads.open.store(open, Relaxed);
         if open == 0 {
-            self.heads.busy.store(false, Relaxed);
             self.idle_since.set(crate::clock::millis());
         }
     }
@@ -102,7 +99,7 @@ impl Activity {
     /// How long the connection has had no request in progress; `None`
     /// while one is.
     fn idle_for(&self, now: u64) -> Option<Duration> {
-        (self.open.get() == 0)
+        (self.heads.open.load(Relaxed) == 0)
             .then(|| Duration::from_millis(now.saturating_sub(self.idle_since.get())))
     }
 }
@@ -110,7 +107,8 @@ impl Activity {
 impl Heads {
     /// Bytes came in: with no request in progress, a head has started.
     fn note_read(&self) {
-        if !self.busy.load(Relaxed) && self.since.load(Relaxed) == 0 && self.timed.load(Relaxed) {
+        if self.open.load(Relaxed) == 0 && self.since.load(Relaxed) == 0 && self.timed.load(Relaxed)
+        {
             self.since.store(crate::clock::millis().max(1), Relaxed);
         }
     }
