@@ -153,8 +153,14 @@ impl TestProxy {
     }
 
     fn full_config(&self, body: &str) -> String {
+        // Two workers unless the test's `[server]` lines choose.
+        let workers = if self.server_extra.contains("workers") {
+            ""
+        } else {
+            "workers = 2\n"
+        };
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\ndrain_timeout = \"2s\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n{workers}drain_timeout = \"2s\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\n\
              [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\n{body}",
             self.server_extra,
             self.admin_extra,

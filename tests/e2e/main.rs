@@ -18,3 +18,4 @@ mod routing;
 mod smuggling;
 mod streaming;
 mod tls;
+mod upstream_http1;

@@ -13,7 +13,7 @@ use super::request_body::{ClientBody, Peeked};
 use super::retry::{RetryPolicy, RetryReason};
 use super::service::{ClientConn, ResponseBody, full};
 use super::tunnel::tunnel;
-use super::upstream::{Lease, SendError};
+use super::upstream::{Answer, Lease, SendError};
 use super::usage::UsageScan;
 use super::worker::Worker;
 use crate::balance::{InFlightGuard, Outcome, QuotaReport, Timing};
@@ -22,7 +22,6 @@ use crate::route::{Deadlines, Permit, Route};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,7 +215,7 @@ impl Dispatch<'_> {
     fn answered(
         &self,
         a: Attempt<'_>,
-        mut resp: Response<Incoming>,
+        mut resp: Response<Answer>,
         lease: Lease,
         out: &mut Outgoing,
         permit: &mut Option<Permit>,

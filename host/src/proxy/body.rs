@@ -7,14 +7,13 @@
 //! an event stream first gets a final `event: error`, which SSE clients
 //! surface to the application.
 
-use super::upstream::Lease;
+use super::upstream::{Answer, Lease};
 use super::usage::UsageScan;
 use crate::balance::{InFlightGuard, Outcome, Timing};
 use crate::pool::Pool;
 use crate::route::Permit;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -149,7 +148,7 @@ fn micros(since: Instant) -> u32 {
 
 /// A proxied response body with timeouts and accounting.
 pub struct ProxiedBody {
-    inner: Incoming,
+    inner: Answer,
     exchange: Option<Exchange>,
     idle: Duration,
     deadline: Option<Instant>,
@@ -169,7 +168,7 @@ pub struct ProxiedBody {
 
 impl ProxiedBody {
     pub fn new(
-        inner: Incoming,
+        inner: Answer,
         exchange: Exchange,
         deadlines: &crate::route::Deadlines,
         sse: bool,

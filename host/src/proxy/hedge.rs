@@ -8,11 +8,10 @@
 
 use super::attempt::Dispatch;
 use super::retry::{RetryPolicy, RetryReason};
-use super::upstream::{Lease, Replay, SendError, UpstreamBody};
+use super::upstream::{Answer, Lease, Replay, SendError, UpstreamBody};
 use crate::balance::{InFlightGuard, Outcome, Timing};
 use crate::pool::{Backend, Pool};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ pub(super) struct Leg<'a> {
     pub started: Instant,
 }
 
-pub(super) type Sent = Result<(Response<Incoming>, Lease), SendError>;
+pub(super) type Sent = Result<(Response<Answer>, Lease), SendError>;
 
 /// How a hedged send ended: the leg whose result the attempt loop goes on
 /// with, that result, and the hedge's backend if one was sent.

@@ -1,14 +1,23 @@
 //! Per-thread pool of upstream connections, HTTP/1.1 and HTTP/2.
 //!
-//! Each worker thread keeps its own idle HTTP/1.1 `SendRequest` handles per
-//! endpoint, so taking and returning a connection is a `Vec` push/pop with
-//! no lock; a handle goes back to the pool when its response body has
-//! ended. An endpoint that speaks HTTP/2 (by ALPN, or `h2c`) gets one
-//! multiplexed connection per thread, whose handle every request clones.
+//! Each worker thread keeps its own idle HTTP/1.1 connections per endpoint,
+//! so taking and returning one is a `Vec` push/pop with no lock; a
+//! connection goes back to the pool when its response body has ended. A
+//! request held whole goes out on the [`lean`] client, driven by the
+//! request's own task; a streamed body or a protocol upgrade goes through
+//! hyper's client, whose connections are pooled apart. An endpoint that
+//! speaks HTTP/2 (by ALPN, or `h2c`) gets one multiplexed connection per
+//! thread, whose handle every request clones.
+
+mod lean;
+mod request;
+
+pub use request::{Replay, StreamedBody};
 
 use super::LocalExec;
-use super::request_body::{ClientBody, ClientBodyError};
-use crate::endpoint::{DialError, Endpoint};
+use super::body::BodyError;
+use super::request_body::ClientBodyError;
+use crate::endpoint::{DialError, Endpoint, Stream};
 use crate::pool::Backend;
 use crate::route::{Deadlines, bounded};
 use bytes::Bytes;
@@ -26,53 +35,6 @@ use std::time::{Duration, Instant};
 /// whole (empty, or buffered so it can be sent again).
 pub type UpstreamBody = Either<StreamedBody, Full<Bytes>>;
 
-/// A client's body streamed upstream once, after the bytes already read
-/// from it (to route on a field of it).
-#[derive(Debug)]
-pub struct StreamedBody {
-    head: Option<Bytes>,
-    rest: ClientBody,
-}
-
-impl StreamedBody {
-    /// `head` (possibly empty), then the rest of `rest`.
-    pub fn after(head: Bytes, rest: ClientBody) -> StreamedBody {
-        StreamedBody {
-            head: (!head.is_empty()).then_some(head),
-            rest,
-        }
-    }
-}
-
-impl http_body::Body for StreamedBody {
-    type Data = Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, ClientBodyError>>> {
-        if let Some(head) = self.head.take() {
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
-        }
-        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        let extra = self.head.as_ref().map_or(0, |h| h.len() as u64);
-        let rest = self.rest.size_hint();
-        let mut hint = http_body::SizeHint::new();
-        hint.set_lower(rest.lower() + extra);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + extra);
-        }
-        hint
-    }
-}
 type Sender = http1::SendRequest<UpstreamBody>;
 type H2Sender = http2::SendRequest<UpstreamBody>;
 
@@ -92,9 +54,10 @@ pub enum SendError {
     /// No response headers within the first-byte timeout.
     #[error("no response headers within the first-byte timeout")]
     Timeout,
-    /// The connection failed after the request was (partly) sent.
+    /// The connection failed after the request was (partly) sent, or the
+    /// backend's answer was not valid HTTP.
     #[error("{0}")]
-    Failed(#[source] hyper::Error),
+    Failed(#[source] BodyError),
     /// Sending failed because the client's body broke off or was
     /// malformed: the client's fault, not the backend's.
     #[error("{0}")]
@@ -108,7 +71,7 @@ impl SendError {
         if client {
             SendError::ClientBody(e)
         } else {
-            SendError::Failed(e)
+            SendError::Failed(Box::new(e))
         }
     }
 
@@ -121,15 +84,85 @@ impl SendError {
     }
 }
 
-struct IdleConnection {
-    sender: Sender,
+/// A response body from a backend: hyper's, or the lean client's.
+pub enum Answer {
+    Hyper(Incoming),
+    Lean(lean::Body),
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        let frame = match self.get_mut() {
+            Answer::Hyper(b) => std::task::ready!(std::pin::Pin::new(b).poll_frame(cx))
+                .map(|f| f.map_err(BodyError::from)),
+            Answer::Lean(b) => std::task::ready!(std::pin::Pin::new(b).poll_frame(cx))
+                .map(|f| f.map_err(BodyError::from)),
+        };
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Hyper(b) => b.is_end_stream(),
+            Answer::Lean(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Answer::Hyper(b) => b.size_hint(),
+            Answer::Lean(b) => b.size_hint(),
+        }
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// Where a lean connection goes when its response body has ended.
+pub struct Home {
+    pool: Rc<UpstreamPool>,
+    key: usize,
+}
+
+impl Home {
+    fn put(self, conn: lean::Conn) {
+        let mut idle = self.pool.lean.borrow_mut();
+        let list = idle.entry(self.key).or_default();
+        park(list, conn);
+    }
+}
+
+/// Keeps `conn` idle in `list`, closing first the ones too old to reuse
+/// (the oldest sit at the front), so a backend that stops getting requests
+/// is not left holding connections it closed long ago.
+fn park<C>(list: &mut Vec<Idle<C>>, conn: C) {
+    let now = Instant::now();
+    let expired = list
+        .iter()
+        .take_while(|c| now.duration_since(c.since) > MAX_IDLE_AGE)
+        .count();
+    list.drain(..expired);
+    if list.len() < MAX_IDLE_PER_BACKEND {
+        list.push(Idle { conn, since: now });
+    }
 }
 
 /// One thread's upstream connections, by endpoint connection key.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<usize, Vec<IdleConnection>>>,
+    /// Idle connections of hyper's client.
+    idle: RefCell<HashMap<usize, Vec<Idle<Sender>>>>,
+    /// Idle connections of the lean client.
+    lean: RefCell<HashMap<usize, Vec<Idle<lean::Conn>>>>,
     /// The HTTP/2 connection of each endpoint that speaks it.
     h2: RefCell<HashMap<usize, H2Sender>>,
 }
@@ -150,13 +183,7 @@ impl Lease {
             return;
         }
         let mut idle = self.pool.idle.borrow_mut();
-        let list = idle.entry(self.key).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(IdleConnection {
-                sender,
-                since: Instant::now(),
-            });
-        }
+        park(idle.entry(self.key).or_default(), sender);
     }
 }
 
@@ -173,7 +200,7 @@ impl UpstreamPool {
         mut req: Request<UpstreamBody>,
         replay: Option<&Replay>,
         deadlines: &Deadlines,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<Answer>, Lease), SendError> {
         let first_byte = deadlines.first_byte;
         let endpoint = &*backend.endpoint;
         let key = endpoint.connection_key;
@@ -181,15 +208,19 @@ impl UpstreamPool {
         if !upgrade && let Some(h2) = self.shared_h2(key) {
             return self.send_h2(backend, h2, req, replay, deadlines).await;
         }
+        if !upgrade && let Some(replay) = replay {
+            return self.send_lean(backend, req, replay, deadlines).await;
+        }
         while let Some(mut conn) = self.take_idle(key) {
-            if conn.since.elapsed() > MAX_IDLE_AGE || conn.sender.ready().await.is_err() {
+            if conn.since.elapsed() > MAX_IDLE_AGE || conn.conn.ready().await.is_err() {
                 continue;
             }
+            let mut sender = conn.conn;
             // An idle connection the backend has just closed fails only once
             // the request is written; a request held whole is sent again.
-            match bounded(first_byte, conn.sender.try_send_request(req)).await {
+            match bounded(first_byte, sender.try_send_request(req)).await {
                 Err(_) => return Err(SendError::Timeout),
-                Ok(Ok(resp)) => return Ok((resp, self.lease(key, Some(conn.sender)))),
+                Ok(Ok(resp)) => return Ok((hyper_answer(resp), self.lease(key, Some(sender)))),
                 Ok(Err(mut e)) => match (e.take_message(), replay) {
                     // Not written: try the next connection with it intact.
                     (Some(back), _) => req = back,
@@ -210,22 +241,89 @@ impl UpstreamPool {
         let mut sender = match conn {
             Connection::H1(sender) => sender,
             Connection::H2(h2) => {
-                // Requests that raced to connect converge on one connection;
-                // the extra ones close as their handles drop.
-                let shared = match self.shared_h2(key) {
-                    Some(open) => open,
-                    None => {
-                        self.h2.borrow_mut().insert(key, h2.clone());
-                        h2
-                    }
-                };
+                let shared = self.share_h2(key, h2);
                 return self.send_h2(backend, shared, req, replay, deadlines).await;
             }
         };
         match bounded(first_byte, sender.send_request(req)).await {
             Err(_) => Err(SendError::Timeout),
-            Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(sender)))),
+            Ok(Ok(resp)) => Ok((hyper_answer(resp), self.lease(key, Some(sender)))),
             Ok(Err(e)) => Err(SendError::failed(e)),
+        }
+    }
+
+    /// Sends a request held whole on the lean client: over an idle
+    /// connection that has stayed quiet, or a new one. A reused connection
+    /// found closed before any answer gets the request again on the next.
+    async fn send_lean(
+        self: &Rc<Self>,
+        backend: &Backend,
+        req: Request<UpstreamBody>,
+        replay: &Replay,
+        deadlines: &Deadlines,
+    ) -> Result<(Response<Answer>, Lease), SendError> {
+        let first_byte = deadlines.first_byte;
+        let endpoint = &*backend.endpoint;
+        let key = endpoint.connection_key;
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let home = || Home {
+            pool: self.clone(),
+            key,
+        };
+        while let Some(conn) = self.take_lean(key) {
+            match bounded(first_byte, conn.send(&head, &replay.body, home())).await {
+                Err(_) => return Err(SendError::Timeout),
+                Ok(Ok(resp)) => return Ok((resp.map(Answer::Lean), self.lease(key, None))),
+                Ok(Err(e)) if e.is_stale() => {
+                    tracing::debug!(address = %backend.address, "reused connection was closed; sending again");
+                }
+                Ok(Err(e)) => return Err(SendError::Failed(Box::new(e))),
+            }
+        }
+        let dialed = Box::pin(async {
+            let dialed = endpoint.dial(deadlines.connect, false).await?;
+            if dialed.h2 {
+                return handshake_h2(dialed.stream, endpoint).await.map(Err);
+            }
+            Ok(Ok(lean::Conn::new(dialed.stream)))
+        })
+        .await;
+        let conn = match dialed {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(h2)) => {
+                // The endpoint chose HTTP/2 by ALPN.
+                let shared = self.share_h2(key, h2);
+                let (parts, ()) = head.into_parts();
+                let req = Request::from_parts(parts, body);
+                return Box::pin(self.send_h2(backend, shared, req, Some(replay), deadlines)).await;
+            }
+            Err(reason) => {
+                let (parts, ()) = head.into_parts();
+                return Err(SendError::Connect(
+                    Box::new(Request::from_parts(parts, body)),
+                    reason,
+                ));
+            }
+        };
+        match bounded(first_byte, conn.send(&head, &replay.body, home())).await {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(resp)) => Ok((resp.map(Answer::Lean), self.lease(key, None))),
+            Ok(Err(e)) => Err(SendError::Failed(Box::new(e))),
+        }
+    }
+
+    /// Makes `h2` the endpoint's shared HTTP/2 connection, unless another
+    /// request's connect got there first: requests that raced to connect
+    /// converge on one connection, and the extra ones close as their
+    /// handles drop.
+    fn share_h2(&self, key: usize, h2: H2Sender) -> H2Sender {
+        match self.shared_h2(key) {
+            Some(open) => open,
+            None => {
+                self.h2.borrow_mut().insert(key, h2.clone());
+                h2
+            }
         }
     }
 
@@ -252,7 +350,7 @@ impl UpstreamPool {
         req: Request<UpstreamBody>,
         replay: Option<&Replay>,
         deadlines: &Deadlines,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<Answer>, Lease), SendError> {
         let first_byte = deadlines.first_byte;
         let endpoint = &*backend.endpoint;
         let key = endpoint.connection_key;
@@ -264,7 +362,7 @@ impl UpstreamPool {
         .await;
         match sent {
             Err(_) => Err(SendError::Timeout),
-            Ok(Ok(resp)) => Ok((resp, self.lease(key, None))),
+            Ok(Ok(resp)) => Ok((hyper_answer(resp), self.lease(key, None))),
             Ok(Err(e)) => {
                 if sender.is_closed() {
                     self.h2.borrow_mut().remove(&key);
@@ -283,14 +381,16 @@ impl UpstreamPool {
                                 .await
                                 {
                                     Err(_) => Err(SendError::Timeout),
-                                    Ok(Ok(resp)) => Ok((resp, self.lease(key, None))),
+                                    Ok(Ok(resp)) => Ok((hyper_answer(resp), self.lease(key, None))),
                                     Ok(Err(e)) => Err(SendError::failed(e)),
                                 }
                             }
                             Ok(Connection::H1(mut h1)) => {
                                 match bounded(first_byte, h1.send_request(again)).await {
                                     Err(_) => Err(SendError::Timeout),
-                                    Ok(Ok(resp)) => Ok((resp, self.lease(key, Some(h1)))),
+                                    Ok(Ok(resp)) => {
+                                        Ok((hyper_answer(resp), self.lease(key, Some(h1))))
+                                    }
                                     Ok(Err(e)) => Err(SendError::failed(e)),
                                 }
                             }
@@ -303,8 +403,21 @@ impl UpstreamPool {
         }
     }
 
-    fn take_idle(&self, key: usize) -> Option<IdleConnection> {
+    fn take_idle(&self, key: usize) -> Option<Idle<Sender>> {
         self.idle.borrow_mut().get_mut(&key)?.pop()
+    }
+
+    /// The most recently parked lean connection that is young enough and
+    /// has stayed quiet; the others are closed.
+    fn take_lean(&self, key: usize) -> Option<lean::Conn> {
+        let mut idle = self.lean.borrow_mut();
+        let list = idle.get_mut(&key)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() <= MAX_IDLE_AGE && idle.conn.is_quiet() {
+                return Some(idle.conn);
+            }
+        }
+        None
     }
 
     fn lease(self: &Rc<Self>, key: usize, sender: Option<Sender>) -> Lease {
@@ -313,39 +426,6 @@ impl UpstreamPool {
             key,
             sender,
         }
-    }
-}
-
-/// A request held whole (head and a buffered or empty body), so it can be
-/// sent more than once: to the next candidate, or again over a fresh
-/// connection.
-pub struct Replay {
-    pub method: http::Method,
-    pub uri: http::Uri,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-    /// Send the client's `host` rather than the backend's address.
-    pub preserve_host: bool,
-}
-
-impl Replay {
-    /// A copy of the request for `backend`, with its header rules applied.
-    pub fn build(&self, backend: &Backend) -> Request<UpstreamBody> {
-        let mut req = self.copy();
-        if !self.preserve_host {
-            req.headers_mut()
-                .insert(http::header::HOST, backend.host_header.clone());
-        }
-        backend.rules.apply(req.headers_mut());
-        req
-    }
-
-    fn copy(&self) -> Request<UpstreamBody> {
-        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
     }
 }
 
@@ -390,13 +470,42 @@ fn is_stale(e: &hyper::Error) -> bool {
     }
 }
 
-/// A new upstream connection, its driver running on this thread.
+/// hyper's response, as an [`Answer`].
+fn hyper_answer(resp: Response<Incoming>) -> Response<Answer> {
+    resp.map(Answer::Hyper)
+}
+
+/// A new connection of hyper's client, its driver running on this thread.
 enum Connection {
     H1(Sender),
     H2(H2Sender),
 }
 
-/// Opens a connection to `endpoint` and starts its driver: HTTP/2 when the
+fn handshake_failed(endpoint: &Endpoint, e: hyper::Error) -> DialError {
+    DialError::Connect {
+        authority: endpoint.authority.clone(),
+        source: std::io::Error::other(format!("HTTP handshake: {e}")),
+    }
+}
+
+/// Starts HTTP/2 on a new connection, its driver running on this thread.
+async fn handshake_h2(stream: Stream, endpoint: &Endpoint) -> Result<H2Sender, DialError> {
+    let (sender, conn) = http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| handshake_failed(endpoint, e))?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens a connection of hyper's client to `endpoint`: HTTP/2 when the
 /// endpoint speaks it (and `upgrade` does not ask for HTTP/1.1).
 async fn connect(
     endpoint: &Endpoint,
@@ -404,31 +513,15 @@ async fn connect(
     upgrade: bool,
 ) -> Result<Connection, DialError> {
     let dialed = endpoint.dial(limit, upgrade).await?;
-    let io = TokioIo::new(dialed.stream);
-    let handshake_failed = |e: hyper::Error| DialError::Connect {
-        authority: endpoint.authority.clone(),
-        source: std::io::Error::other(format!("HTTP handshake: {e}")),
-    };
     if dialed.h2 {
-        let (sender, conn) = http2::Builder::new(LocalExec)
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(io)
-            .await
-            .map_err(handshake_failed)?;
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("upstream HTTP/2 connection ended: {e}");
-            }
-        });
-        return Ok(Connection::H2(sender));
+        return Ok(Connection::H2(handshake_h2(dialed.stream, endpoint).await?));
     }
+    let io = TokioIo::new(dialed.stream);
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(io)
         .await
-        .map_err(handshake_failed)?;
+        .map_err(|e| handshake_failed(endpoint, e))?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
