@@ -450,3 +450,24 @@ pub async fn scrape(proxy: &TestProxy) -> String {
     let admin = proxy.proxy().admin_addr.expect("tests enable admin");
     get(&format!("http://{admin}/metrics"), &[]).await.text()
 }
+
+/// Sends raw `bytes` on one connection and returns everything the proxy
+/// answered until it closed the connection or went quiet for 1.5 s.
+pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(std::time::Duration::from_millis(1500), s.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}

@@ -170,27 +170,6 @@ fn parse_request(buf: &[u8]) -> Option<Result<(Seen, usize), String>> {
     Some(Ok((Seen { head, body }, at)))
 }
 
-/// Sends `bytes` on one connection and returns everything the proxy
-/// answered until it closed the connection or went quiet.
-async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(Ok(n)) =
-        tokio::time::timeout(Duration::from_millis(1500), s.read(&mut chunk)).await
-    {
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 /// Classic desync payloads: each hides `GET /smuggled` where a parser that
 /// frames the request differently would see a second request.
 fn desyncs() -> Vec<(&'static str, String)> {

@@ -215,26 +215,6 @@ fn proxy_for(backend: &ScriptedBackend) -> TestProxy {
     TestProxy::start_full(&config, "workers = 1", None)
 }
 
-/// Sends raw `bytes` and returns all the proxy answered until it closed the
-/// connection or went quiet.
-async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(800), s.read(&mut chunk)).await
-    {
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 /// `answer` is no complete response: nothing at all (the proxy closed
 /// before its buffered head went out), or a `200` whose body is cut off.
 fn assert_broken(answer: &str, path: &str) {
