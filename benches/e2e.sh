@@ -16,6 +16,11 @@
 # its least-outstanding.wasm when the interface changed since (built with
 # that version's SDK).
 #
+# AFFINITY=1 binds each proxy's worker threads to a CPU each (the proxy
+# CPUs): Switchyard `cpu_affinity = "auto"`, nginx `worker_cpu_affinity
+# auto`, HAProxy `cpu-map auto:1/1-N`. The default leaves placement to the
+# kernel, as all three do out of the box; the table file gets `-pinned`.
+#
 # BREAKER=1 (the default) gives Switchyard's pool an error-rate breaker, so
 # every outcome feeds it as in a production config; BREAKER=0 leaves it out.
 # BASELINE_BREAKER names the baseline's error-rate-breaker.wasm when needed.
@@ -38,6 +43,13 @@ ROUNDS=${ROUNDS:-3}
 PROFILE=${PROFILE:-release}
 BASE_PORT=${BASE_PORT:-18500}
 TLS=${TLS:-0}
+AFFINITY=${AFFINITY:-0}
+sw_affinity=""; nginx_affinity=""; haproxy_affinity=""
+if [ "$AFFINITY" = 1 ]; then
+  sw_affinity='cpu_affinity = "auto"'
+  nginx_affinity="worker_cpu_affinity auto;"
+  haproxy_affinity="cpu-map auto:1/1-$THREADS 0-$((THREADS - 1))"
+fi
 BREAKER=${BREAKER:-1}
 
 need=()
@@ -107,6 +119,7 @@ protocol = \"http1\""; fi
 [server]
 listen = "127.0.0.1:$port"
 workers = $THREADS
+$sw_affinity
 [plugins]
 dir = "$work/plugins"
 watch = false
@@ -133,6 +146,7 @@ if [ "$TLS" = 1 ]; then
 fi
 cat > "$work/nginx.conf" <<EOF
 worker_processes $THREADS;
+$nginx_affinity
 daemon off;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
@@ -165,6 +179,7 @@ haproxy_tls=""
 cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread $THREADS
+  $haproxy_affinity
   maxconn 4096
 defaults
   mode http
@@ -199,7 +214,9 @@ if [ -n "${BASELINE:-}" ]; then
   mkdir -p "$work/baseline-plugins"
   cp "${BASELINE_PLUGIN:-target/plugins/least-outstanding.wasm}" "$work/baseline-plugins/least-outstanding.wasm"
   cp "${BASELINE_BREAKER:-target/plugins/error-rate-breaker.wasm}" "$work/baseline-plugins/error-rate-breaker.wasm"
-  sed -e "s/127.0.0.1:$p_wasm/127.0.0.1:$p_base/" -e "s|$work/plugins|$work/baseline-plugins|" \
+  # The baseline may predate cpu_affinity: it gets the workers' binding
+  # from taskset alone.
+  sed -e "s/127.0.0.1:$p_wasm/127.0.0.1:$p_base/" -e "s|$work/plugins|$work/baseline-plugins|" -e '/^cpu_affinity/d' \
     "$work/wasm.toml" > "$work/baseline.toml"
   RUST_LOG=warn taskset -c "$proxy_cpus" "$BASELINE" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
   pids+=($!)
@@ -260,11 +277,12 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 mkdir -p benches/results
 tls_tag=""; tls_title=""; [ "$TLS" = 1 ] && { tls_tag="tls-"; tls_title=", TLS to the backends"; }
-file="benches/results/e2e-${tls_tag}${THREADS}t${BASELINE:+-vs-baseline}.md"
+pin_tag=""; [ "$AFFINITY" = 1 ] && pin_tag="-pinned"
+file="benches/results/e2e-${tls_tag}${THREADS}t${pin_tag}${BASELINE:+-vs-baseline}.md"
 {
   echo "# End-to-end$tls_title, $THREADS proxy thread(s)/worker(s)"
   echo
-  echo "\`BREAKER=$BREAKER TLS=$TLS THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
+  echo "\`AFFINITY=$AFFINITY BREAKER=$BREAKER TLS=$TLS THREADS=$THREADS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS PROFILE=$PROFILE benches/e2e.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
   echo "wrk -t1 -c$CONNS -d${DURATION}s, GET /ok, two single-threaded backends; medians of $ROUNDS alternating rounds."
   echo "CPU/req is the proxy's user+system time per request (the backend's own for \`direct\`)."
   echo

@@ -79,6 +79,12 @@ impl TestProxy {
             .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
     }
 
+    /// Like [`TestProxy::start_full`] without a resolver, returning the
+    /// start-up error.
+    pub fn try_start_server(config: &str, server: &str) -> Result<TestProxy, String> {
+        TestProxy::try_start_full(config, "", server, None)
+    }
+
     fn try_start_full(
         config: &str,
         admin: &str,

@@ -12,6 +12,7 @@ pub mod build;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod cpus;
 pub mod discovery;
 pub mod endpoint;
 pub mod jobs;

@@ -19,3 +19,4 @@ mod smuggling;
 mod streaming;
 mod tls;
 mod upstream_http1;
+mod workers;

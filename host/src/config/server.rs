@@ -15,6 +15,12 @@ pub struct ServerConfig {
     /// Worker threads, each with its own listener and runtime; 0 = one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Which CPU each worker is bound to: `"off"` (the default: the
+    /// kernel places them), `"auto"` (one CPU each when the process may
+    /// use exactly as many CPUs as there are workers, else none), or a
+    /// list of CPU numbers taken in turn. Read on start.
+    #[serde(default)]
+    pub cpu_affinity: CpuAffinity,
     /// Tag every proxied response with `x-switchyard-backend`.
     #[serde(default = "yes")]
     pub backend_header: bool,
@@ -68,6 +74,52 @@ fn default_run_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
+/// Worker threads' binding to CPUs (`server.cpu_affinity`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(try_from = "AffinityValue")]
+pub enum CpuAffinity {
+    /// One CPU per worker when the allowed CPUs and the workers are as
+    /// many; otherwise the kernel places the workers.
+    Auto,
+    /// The kernel places the workers.
+    #[default]
+    Off,
+    /// Worker `i` runs on `cpus[i % cpus.len()]`.
+    Cpus(Vec<usize>),
+}
+
+/// The written forms of [`CpuAffinity`].
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "\"auto\", \"off\" or a list of CPU numbers")]
+enum AffinityValue {
+    Word(String),
+    Cpus(Vec<usize>),
+}
+
+impl TryFrom<AffinityValue> for CpuAffinity {
+    type Error = String;
+
+    fn try_from(value: AffinityValue) -> Result<Self, String> {
+        match value {
+            AffinityValue::Word(w) if w == "auto" => Ok(CpuAffinity::Auto),
+            AffinityValue::Word(w) if w == "off" => Ok(CpuAffinity::Off),
+            AffinityValue::Word(w) => Err(format!(
+                "{w:?}: expected \"auto\", \"off\" or a list of CPU numbers"
+            )),
+            AffinityValue::Cpus(cpus) if cpus.is_empty() => {
+                Err("an empty list binds no worker: write \"off\"".into())
+            }
+            AffinityValue::Cpus(cpus) => match cpus.iter().find(|&&c| c >= MAX_CPUS) {
+                Some(c) => Err(format!("CPU {c} is above the highest, {}", MAX_CPUS - 1)),
+                None => Ok(CpuAffinity::Cpus(cpus)),
+            },
+        }
+    }
+}
+
+/// CPUs a Linux CPU set can name.
+const MAX_CPUS: usize = 1024;
+
 /// The listener's certificate; both files are re-read when they change.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +135,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             workers: 0,
+            cpu_affinity: CpuAffinity::Off,
             backend_header: true,
             header_read_timeout: default_header_read(),
             body_read_timeout: default_body_read(),

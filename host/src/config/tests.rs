@@ -131,6 +131,34 @@ fn bad_values_are_refused() {
             "above 1024",
         ),
         (
+            GOOD.replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\ncpu_affinity = \"sometimes\"",
+            ),
+            "expected \"auto\", \"off\" or a list of CPU numbers",
+        ),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\ncpu_affinity = []",
+            ),
+            "write \"off\"",
+        ),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\ncpu_affinity = [0, 4096]",
+            ),
+            "CPU 4096 is above the highest, 1023",
+        ),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\ncpu_affinity = 3",
+            ),
+            "a list of CPU numbers",
+        ),
+        (
             GOOD.replace("connect = 250", "connect = \"99999999999999999999h\""),
             "longer than ten years",
         ),

@@ -332,6 +332,8 @@ fn refill(plugin: std::sync::Weak<RouterPlugin>) {
         let spawned = std::thread::Builder::new()
             .name("switchyard-instances".into())
             .spawn(move || {
+                // Started by whichever worker asked first: not on its CPU.
+                crate::cpus::release();
                 while let Ok(plugin) = rx.recv() {
                     if let Some(plugin) = plugin.upgrade()
                         && !plugin.is_quarantined()
