@@ -16,6 +16,9 @@ mod request;
 use hyper_client::{Connection, connect, for_h2, handshake_h2, hyper_answer, is_stale};
 pub use request::{Replay, StreamedBody};
 
+/// Header slots kept free in maps the proxy fills and then adds to.
+const SPARE_HEADERS: usize = 4;
+
 use super::body::BodyError;
 use super::request_body::ClientBodyError;
 use crate::endpoint::DialError;

@@ -83,7 +83,12 @@ impl Replay {
         let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        // Not `clone`: a clone is as full as the original, and the host
+        // header or a backend's rules would make it grow (two more
+        // allocations per attempt).
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len() + super::SPARE_HEADERS);
+        headers.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         req
     }
 }

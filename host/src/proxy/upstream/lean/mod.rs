@@ -262,7 +262,9 @@ fn parse_head_in<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Err
         *span = (name, name + nl, value, value + vl);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the headers the proxy adds (`x-switchyard-backend`), so
+    // they do not make the map grow: two allocations per response.
+    let mut headers = HeaderMap::with_capacity(count + super::SPARE_HEADERS);
     for &(n0, n1, v0, v1) in &spans[..count] {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let name =
