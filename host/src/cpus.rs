@@ -12,7 +12,7 @@
 //! cannot move away from one, and its share of connections waits.
 
 use crate::config::CpuAffinity;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The CPUs the process may use, as read before any worker was bound.
 static PROCESS: OnceLock<Vec<usize>> = OnceLock::new();
@@ -63,6 +63,42 @@ fn list(cpus: &[usize]) -> String {
         i += 1;
     }
     out.join(",")
+}
+
+/// Where each worker runs: `None` until (unless) it is bound.
+#[derive(Default)]
+pub struct Placement(Mutex<Vec<Option<usize>>>);
+
+impl Placement {
+    /// Starts the record for `plan`'s workers, all unbound so far.
+    pub fn planned(&self, plan: &[Option<usize>]) {
+        *self.lock() = vec![None; plan.len()];
+        if plan.iter().any(Option::is_some) {
+            tracing::info!(cpus = ?plan, "binding workers to CPUs (server.cpu_affinity)");
+        }
+    }
+
+    /// Binds the calling thread, worker `i`, to `cpu` if it has one.
+    pub fn bind_worker(&self, i: usize, cpu: Option<usize>) {
+        let Some(cpu) = cpu else { return };
+        match bind(cpu) {
+            Ok(()) => {
+                if let Some(slot) = self.lock().get_mut(i) {
+                    *slot = Some(cpu);
+                }
+            }
+            Err(e) => tracing::warn!("worker {i}: cannot bind to CPU {cpu}: {e}"),
+        }
+    }
+
+    /// The CPU of each worker; `None`: the kernel places it.
+    pub fn cpus(&self) -> Vec<Option<usize>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<usize>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Gives the calling thread back every CPU the process may use. Threads

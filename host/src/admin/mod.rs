@@ -195,7 +195,7 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
             let mut status = status_json(&table);
             status["reloads"] = json!(reloader.history());
             status["shared_store"] = json!(reloader.shared_store());
-            let cpus = reloader.shared.worker_cpus();
+            let cpus = reloader.shared.placement.cpus();
             status["workers"] = json!(cpus.iter().map(|c| json!({ "cpu": c })).collect::<Vec<_>>());
             respond(StatusCode::OK, "application/json", status.to_string())
         }

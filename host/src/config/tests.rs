@@ -105,6 +105,12 @@ fn the_second_of_two_equal_values_is_reported_at_its_own_line() {
 
 #[test]
 fn bad_values_are_refused() {
+    let server = |line: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:0\"\n{line}"),
+        )
+    };
     for (bad, needle) in [
         (GOOD.replace("127.0.0.1:9002", "nowhere"), "not host:port"),
         (
@@ -131,33 +137,15 @@ fn bad_values_are_refused() {
             "above 1024",
         ),
         (
-            GOOD.replace(
-                "listen = \"127.0.0.1:0\"",
-                "listen = \"127.0.0.1:0\"\ncpu_affinity = \"sometimes\"",
-            ),
+            server("cpu_affinity = \"sometimes\""),
             "expected \"auto\", \"off\" or a list of CPU numbers",
         ),
+        (server("cpu_affinity = []"), "write \"off\""),
         (
-            GOOD.replace(
-                "listen = \"127.0.0.1:0\"",
-                "listen = \"127.0.0.1:0\"\ncpu_affinity = []",
-            ),
-            "write \"off\"",
-        ),
-        (
-            GOOD.replace(
-                "listen = \"127.0.0.1:0\"",
-                "listen = \"127.0.0.1:0\"\ncpu_affinity = [0, 4096]",
-            ),
+            server("cpu_affinity = [0, 4096]"),
             "CPU 4096 is above the highest, 1023",
         ),
-        (
-            GOOD.replace(
-                "listen = \"127.0.0.1:0\"",
-                "listen = \"127.0.0.1:0\"\ncpu_affinity = 3",
-            ),
-            "a list of CPU numbers",
-        ),
+        (server("cpu_affinity = 3"), "a list of CPU numbers"),
         (
             GOOD.replace("connect = 250", "connect = \"99999999999999999999h\""),
             "longer than ten years",

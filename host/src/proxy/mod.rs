@@ -47,8 +47,8 @@ pub struct Shared {
     connections: std::sync::atomic::AtomicUsize,
     /// Most client connections served at once.
     max_connections: usize,
-    /// The CPU each worker is bound to; `None`: unbound.
-    worker_cpus: std::sync::Mutex<Vec<Option<usize>>>,
+    /// The CPU each worker is bound to, for `/status`.
+    pub placement: crate::cpus::Placement,
 }
 
 impl Shared {
@@ -62,25 +62,8 @@ impl Shared {
             server,
             connections: std::sync::atomic::AtomicUsize::new(0),
             max_connections,
-            worker_cpus: std::sync::Mutex::default(),
+            placement: crate::cpus::Placement::default(),
         })
-    }
-
-    /// The CPU each worker is bound to (`None`: the kernel places it), for
-    /// `/status`.
-    pub fn worker_cpus(&self) -> Vec<Option<usize>> {
-        self.worker_cpus
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_worker_cpu(&self, worker: usize, cpu: Option<usize>) {
-        let mut cpus = self.worker_cpus.lock().unwrap_or_else(|e| e.into_inner());
-        if cpus.len() <= worker {
-            cpus.resize(worker + 1, None);
-        }
-        cpus[worker] = cpu;
     }
 
     /// Takes a connection slot, or `None` at `max_connections`.
@@ -197,12 +180,7 @@ pub fn start(
     let listeners = bind(listen, workers.max(1))?;
     let cpus = crate::cpus::plan(&shared.server.cpu_affinity, listeners.len())
         .map_err(ListenError::Affinity)?;
-    for i in 0..cpus.len() {
-        shared.set_worker_cpu(i, None);
-    }
-    if cpus.iter().any(Option::is_some) {
-        tracing::info!(cpus = ?cpus, "binding workers to CPUs (server.cpu_affinity)");
-    }
+    shared.placement.planned(&cpus);
     let addr = listeners[0].local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut threads = Vec::new();
@@ -213,12 +191,7 @@ pub fn start(
         let thread = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
             .spawn(move || {
-                if let Some(cpu) = cpu {
-                    match crate::cpus::bind(cpu) {
-                        Ok(()) => shared.set_worker_cpu(i, Some(cpu)),
-                        Err(e) => tracing::warn!("worker {i}: cannot bind to CPU {cpu}: {e}"),
-                    }
-                }
+                shared.placement.bind_worker(i, cpu);
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     // Blocking-pool threads (name lookups) would inherit

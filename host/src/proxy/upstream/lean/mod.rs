@@ -30,8 +30,7 @@ use tokio::io::AsyncWriteExt;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 100;
-/// Header fields parsed on the first try; a head with more is parsed again
-/// with room for [`MAX_HEADERS`]. Small, as every field slot is zeroed.
+/// Fields parsed on the first try (each slot is zeroed); more: parsed again.
 const FEW_HEADERS: usize = 24;
 /// Longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -262,8 +261,7 @@ fn parse_head_in<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Err
         *span = (name, name + nl, value, value + vl);
     }
     let head = buf.split_to(len).freeze();
-    // Room for the headers the proxy adds (`x-switchyard-backend`), so
-    // they do not make the map grow: two allocations per response.
+    // Room for the headers the proxy adds: growing costs two allocations.
     let mut headers = HeaderMap::with_capacity(count + super::SPARE_HEADERS);
     for &(n0, n1, v0, v1) in &spans[..count] {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
