@@ -233,7 +233,15 @@ fn without_redis_the_budget_falls_back_to_local_counts() {
     );
     redis.kill();
     align_to_window(Duration::from_secs(10), Duration::from_millis(200));
-    let statuses: Vec<u16> = (0..20).map(|_| chat(replica.addr).0).collect();
+    // Paced as model answers are: the budget is a breaker fed by outcomes
+    // on the control thread, which on a saturated machine may lag a burst
+    // of instant answers by several; this test is about what it counts.
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            chat(replica.addr).0
+        })
+        .collect();
     // 180 tokens are 10 answers, counted by this replica alone
     // (`on_unavailable = "local"`); one more may pass while the tenth is
     // being counted. Then the route's fallback answers.
