@@ -115,8 +115,15 @@ impl Reloader {
         let previous_store = store.config();
         let mut good = None;
         let result = loaded.and_then(|config| {
-            if config.server.listen != self.shared.server.listen {
-                tracing::warn!("server.listen changed; it takes effect on restart");
+            let (now, was) = (&config.server, &self.shared.server);
+            for (key, changed) in [
+                ("listen", now.listen != was.listen),
+                ("workers", now.workers != was.workers),
+                ("cpu_affinity", now.cpu_affinity != was.cpu_affinity),
+            ] {
+                if changed {
+                    tracing::warn!("server.{key} changed; it takes effect on restart");
+                }
             }
             store
                 .configure(&config.shared)
