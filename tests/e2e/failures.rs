@@ -125,12 +125,28 @@ async fn a_router_looping_on_the_shared_store_is_stopped_and_quarantined() {
         "{:?}",
         started.elapsed()
     );
-    let status = proxy.status().await;
-    let route = status["routes"]
-        .as_array()
-        .and_then(|routes| routes.iter().find(|r| r["name"] == "store-loop-fail-open"))
-        .unwrap_or_else(|| panic!("route missing: {status}"));
-    assert_eq!(route["router"]["quarantined"], true, "{route}");
+    // Six calls that ran out of time quarantine it. A request that found
+    // no spare instance ready (the background refill lags on a busy
+    // machine) was answered by the built-in router without a call, so a
+    // few more may be needed; each is served meanwhile.
+    let quarantined = || async {
+        let status = proxy.status().await;
+        let route = status["routes"]
+            .as_array()
+            .and_then(|routes| routes.iter().find(|r| r["name"] == "store-loop-fail-open"))
+            .cloned()
+            .unwrap_or_else(|| panic!("route missing: {status}"));
+        (route["router"]["quarantined"] == true, route)
+    };
+    for _ in 0..10 {
+        if quarantined().await.0 {
+            break;
+        }
+        let r = get(&proxy.url("/store-loop/fail-open/x"), &[]).await;
+        assert_eq!(r.status, 200, "fail-open serves: {}", r.text());
+    }
+    let (done, route) = quarantined().await;
+    assert!(done, "not quarantined: {route}");
 }
 
 /// The same loop in `init` fails the load with a deadline, naming the
