@@ -17,11 +17,14 @@ fn slow(name: &str, latency: Duration) -> MockBackend {
 /// A pool of `backends` in id order behind fixture-pick, which sends every
 /// request to backend 0 first (or `x-pick`), the others after it, hedged
 /// after `after`; `extra` goes into the route.
+/// The router's call deadline is generous: these tests are about hedging,
+/// and a call cut short on a busy test machine makes the built-in router
+/// decide, which hedges nothing.
 fn config(route: &str, backends: &[&MockBackend], after: &str, extra: &str) -> String {
     let entries: Vec<String> = backends.iter().map(|b| backend_entry(b, "")).collect();
     format!(
         "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"{route}\"\npool = \"p\"\n{extra}\n\
-         router = {{ plugin = \"fixture-pick.wasm\", config = {{ fallbacks = true, hedge_after = \"{after}\" }} }}\n",
+         router = {{ plugin = \"fixture-pick.wasm\", deadline = \"250ms\", config = {{ fallbacks = true, hedge_after = \"{after}\" }} }}\n",
         entries.join(", ")
     )
 }
