@@ -19,31 +19,21 @@ static PROCESS: OnceLock<Vec<usize>> = OnceLock::new();
 
 /// The CPU each of `workers` threads is bound to, `None` for none.
 pub fn plan(setting: &CpuAffinity, workers: usize) -> Result<Vec<Option<usize>>, String> {
-    if !matches!(setting, CpuAffinity::Off)
-        && let Ok(cpus) = allowed()
-    {
-        let _ = PROCESS.set(cpus);
-    }
+    let allowed = match setting {
+        CpuAffinity::Off => return Ok(vec![None; workers]),
+        _ => allowed()?,
+    };
+    let _ = PROCESS.set(allowed.clone());
     match setting {
-        CpuAffinity::Off => Ok(vec![None; workers]),
-        CpuAffinity::Auto => {
-            let allowed = allowed()?;
-            if allowed.len() == workers {
-                Ok(allowed.into_iter().map(Some).collect())
-            } else {
-                Ok(vec![None; workers])
-            }
-        }
-        CpuAffinity::Cpus(cpus) => {
-            let allowed = allowed()?;
-            if let Some(cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
-                return Err(format!(
-                    "server.cpu_affinity: CPU {cpu} is not one this process may run on ({})",
-                    list(&allowed)
-                ));
-            }
-            Ok((0..workers).map(|i| Some(cpus[i % cpus.len()])).collect())
-        }
+        CpuAffinity::Cpus(cpus) => match cpus.iter().find(|c| !allowed.contains(c)) {
+            Some(cpu) => Err(format!(
+                "server.cpu_affinity: CPU {cpu} is not one this process may run on ({})",
+                list(&allowed)
+            )),
+            None => Ok((0..workers).map(|i| Some(cpus[i % cpus.len()])).collect()),
+        },
+        _ if allowed.len() == workers => Ok(allowed.into_iter().map(Some).collect()),
+        _ => Ok(vec![None; workers]),
     }
 }
 
