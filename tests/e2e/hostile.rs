@@ -243,9 +243,10 @@ async fn a_trickled_upload_times_out_and_frees_its_admission_slot() {
         backend_entry(&b, "")
     );
     let proxy = TestProxy::start_full(&config, "body_read_timeout = \"1s\"", None);
-    // One upload small enough to be held whole, one large enough to stream.
+    // One upload small enough for the lean server to read whole before it
+    // is admitted (it holds no slot meanwhile), two large enough to stream.
     let mut slow = Vec::new();
-    for length in [65_536, 4 << 20] {
+    for length in [65_536, 4 << 20, 4 << 20] {
         let mut s = tokio::net::TcpStream::connect(proxy.addr())
             .await
             .expect("connect");
@@ -258,7 +259,7 @@ async fn a_trickled_upload_times_out_and_frees_its_admission_slot() {
         slow.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Both slots are taken by the trickling clients now.
+    // Both slots are taken by the streaming uploads now.
     assert_eq!(get(&proxy.url("/ok"), &[]).await.status, 503);
     let started = Instant::now();
     for mut s in slow {

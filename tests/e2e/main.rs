@@ -15,6 +15,7 @@ mod reload;
 mod resilience;
 mod rollout;
 mod routing;
+mod server_http1;
 mod smuggling;
 mod streaming;
 mod tls;

@@ -24,7 +24,7 @@ pub use route::{
     AuthConfig, ClientKeyConfig, FallbackConfig, LimitsConfig, MatchConfig, RetryConfig,
     RouteConfig, TimeoutConfig,
 };
-pub use server::{AdminConfig, CpuAffinity, ListenerTls, ServerConfig};
+pub use server::{AdminConfig, CpuAffinity, Http1Server, ListenerTls, ServerConfig};
 pub use shared::SharedConfig;
 pub use upstream::{
     CLIENT_AUTH_HEADERS, DiscoverConfig, HeaderSource, Protocol, TlsOption, TlsSettings,

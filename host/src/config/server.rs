@@ -21,6 +21,12 @@ pub struct ServerConfig {
     /// list of CPU numbers taken in turn. Read on start.
     #[serde(default)]
     pub cpu_affinity: CpuAffinity,
+    /// Who serves HTTP/1.1 client connections: `"lean"` (the default: the
+    /// proxy's own keep-alive fast path, which hands a connection to hyper
+    /// at its first request that is not a plain one) or `"hyper"` (hyper
+    /// throughout). Read on start.
+    #[serde(default)]
+    pub http1: Http1Server,
     /// Tag every proxied response with `x-switchyard-backend`.
     #[serde(default = "yes")]
     pub backend_header: bool,
@@ -88,6 +94,18 @@ pub enum CpuAffinity {
     Cpus(Vec<usize>),
 }
 
+/// Who serves HTTP/1.1 client connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Server {
+    /// Plain keep-alive requests with small bodies on the proxy's own
+    /// server; hyper from the first request that is not one.
+    #[default]
+    Lean,
+    /// hyper for every request.
+    Hyper,
+}
+
 /// The written forms of [`CpuAffinity`].
 #[derive(Deserialize)]
 #[serde(untagged, expecting = "\"auto\", \"off\" or a list of CPU numbers")]
@@ -136,6 +154,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             workers: 0,
             cpu_affinity: CpuAffinity::Off,
+            http1: Http1Server::Lean,
             backend_header: true,
             header_read_timeout: default_header_read(),
             body_read_timeout: default_body_read(),

@@ -147,6 +147,10 @@ fn bad_values_are_refused() {
         ),
         (server("cpu_affinity = 3"), "a list of CPU numbers"),
         (
+            server("http1 = \"nginx\""),
+            "test.toml:4: unknown variant `nginx`, expected `lean` or `hyper`",
+        ),
+        (
             GOOD.replace("connect = 250", "connect = \"99999999999999999999h\""),
             "longer than ten years",
         ),

@@ -3,10 +3,12 @@
 
 mod attempt;
 mod body;
+mod client;
 mod connection;
 mod fallback;
 mod headers;
 mod hedge;
+mod http1;
 mod job;
 mod json_field;
 mod outgoing;
@@ -28,8 +30,7 @@ pub use worker::attribute as request_attribute;
 use crate::config::ServerConfig;
 use crate::route::RouteTable;
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use service::ClientConn;
 use std::net::SocketAddr;
@@ -278,6 +279,10 @@ async fn serve(
         idle: shared.server.idle_timeout,
         head: start_timeout,
     };
+    let lean = (shared.server.http1 == crate::config::Http1Server::Lean).then_some(http1::Limits {
+        idle: shared.server.idle_timeout,
+        head: start_timeout,
+    });
     let builder = Rc::new(builder);
     let worker = Rc::new(Worker::new(shared.clone()));
     // Each connection task holds a sender; the drain waits until all are gone.
@@ -303,25 +308,16 @@ async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let client = Rc::new(ClientConn::new(peer));
-                let worker = worker.clone();
-                let activity = connection::Activity::new();
-                let requests = activity.clone();
-                let upgrade_slot = slot.clone();
-                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    if req.headers().contains_key(http::header::UPGRADE) {
-                        req.extensions_mut().insert(upgrade_slot.clone());
-                    }
-                    let request = requests.start(req.version());
-                    // Boxed: hyper moves the service future into place per request,
-                    // and the whole forwarding future is kilobytes.
-                    let served = Box::pin(service::serve(worker.clone(), client.clone(), req));
-                    async move {
-                        let resp = served.await?;
-                        Ok::<_, std::convert::Infallible>(resp.map(|b| connection::Tracked::new(b, request)))
-                    }
-                });
-                let (acceptor, builder, stopped, alive) = (acceptor.clone(), builder.clone(), stopped.clone(), alive.clone());
+                let ctx = client::Context {
+                    worker: worker.clone(),
+                    client: Rc::new(ClientConn::new(peer)),
+                    slot: slot.clone(),
+                    builder: builder.clone(),
+                    limits,
+                    lean,
+                    stopped: stopped.clone(),
+                };
+                let (acceptor, alive) = (acceptor.clone(), alive.clone());
                 tokio::task::spawn_local(async move {
                     let _slot = slot;
                     let _alive = alive;
@@ -334,16 +330,8 @@ async fn serve(
                             .increment(1);
                         return;
                     }
-                    if start == connection::Start::Http2 {
-                        activity.untime_heads();
-                    }
                     let Some(acceptor) = acceptor else {
-                        let io = TokioIo::new(connection::Watched::new(stream, &activity));
-                        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-                        if let Err(e) = connection::drive(conn, activity, limits, stopped).await {
-                            tracing::debug!("client connection ended: {e}");
-                        }
-                        return;
+                        return client::serve(stream, start == connection::Start::Http2, ctx).await;
                     };
                     let stream = match tokio::time::timeout(start_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
@@ -356,14 +344,8 @@ async fn serve(
                             return tracing::debug!("TLS handshake timed out");
                         }
                     };
-                    if stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]) {
-                        activity.untime_heads();
-                    }
-                    let io = TokioIo::new(connection::Watched::new(stream, &activity));
-                    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-                    if let Err(e) = connection::drive(conn, activity, limits, stopped).await {
-                        tracing::debug!("client connection ended: {e}");
-                    }
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                    client::serve(stream, h2, ctx).await;
                 });
             }
             _ = stopped.changed() => break,

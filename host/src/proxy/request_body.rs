@@ -25,11 +25,23 @@ pub enum ClientBodyError {
     Timeout(Duration),
 }
 
+/// Where a client's request body comes from: hyper's connection, or the
+/// lean HTTP/1.1 server, which reads small bodies whole with their head.
+#[derive(Debug)]
+pub enum Source {
+    Hyper(Incoming),
+    /// The whole body.
+    Whole(Bytes),
+}
+
 /// A client's request body with a read deadline between frames.
 #[derive(Debug)]
 pub struct ClientBody {
     /// `None` for a body the proxy already holds whole (a job's request).
     inner: Option<Incoming>,
+    /// A body read whole before the request was served; taken by the
+    /// first read.
+    whole: Option<Bytes>,
     /// Longest wait for the next frame; zero: no limit.
     gap: Duration,
     /// Made on the first wait, so bodies that arrive at once never touch a
@@ -39,9 +51,14 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, gap: Duration) -> ClientBody {
+    pub fn new(source: Source, gap: Duration) -> ClientBody {
+        let (inner, whole) = match source {
+            Source::Hyper(body) => (Some(body), None),
+            Source::Whole(bytes) => (None, Some(bytes).filter(|b| !b.is_empty())),
+        };
         ClientBody {
-            inner: Some(inner),
+            inner,
+            whole,
             gap,
             timer: None,
             armed: false,
@@ -52,6 +69,7 @@ impl ClientBody {
     pub fn empty() -> ClientBody {
         ClientBody {
             inner: None,
+            whole: None,
             gap: Duration::ZERO,
             timer: None,
             armed: false,
@@ -68,6 +86,9 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
+        if let Some(whole) = this.whole.take() {
+            return Poll::Ready(Some(Ok(Frame::data(whole))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -87,23 +108,33 @@ impl Body for ClientBody {
                     this.armed = true;
                 }
                 ready!(timer.as_mut().poll(cx));
-                metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_body")
-                    .increment(1);
-                Poll::Ready(Some(Err(ClientBodyError::Timeout(this.gap))))
+                Poll::Ready(Some(Err(ClientBodyError::timed_out(this.gap))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.whole.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match (&self.whole, &self.inner) {
+            (Some(whole), _) => SizeHint::with_exact(whole.len() as u64),
+            (None, Some(inner)) => inner.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }
+
+impl ClientBodyError {
+    /// The client's body stalled for `gap`: counted, and said so.
+    pub fn timed_out(gap: Duration) -> ClientBodyError {
+        metrics::counter!("switchyard_timeouts_total", "route" => "", "kind" => "client_body")
+            .increment(1);
+        ClientBodyError::Timeout(gap)
+    }
+}
+
 /// Why a request could not be held whole.
 pub enum Held {
     /// Its body is too large or of unknown length: it streams, once.
@@ -146,6 +177,12 @@ pub async fn hold(
     }
     if body.is_end_stream() {
         return Ok(held(parts, Bytes::new()));
+    }
+    let mut body = body;
+    if body.inner.is_none()
+        && let Some(whole) = body.whole.take_if(|w| w.len() as u64 <= limit)
+    {
+        return Ok(held(parts, whole));
     }
     match body.size_hint().exact() {
         Some(n) if n <= limit => match Box::pin(body.collect()).await {

@@ -10,14 +10,13 @@ use super::job::EventBody;
 use super::outgoing::with_path;
 use super::path;
 use super::reply::{body_failed, decision_details, reply, unauthorized};
-use super::request_body::{ClientBody, Peeked, is_json, peek};
+use super::request_body::{ClientBody, Peeked, Source, is_json, peek};
 use super::worker::Worker;
 use crate::plugin::Choice;
 use crate::route::auth;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -54,7 +53,7 @@ impl ClientConn {
 pub async fn serve(
     worker: Rc<Worker>,
     client: Rc<ClientConn>,
-    req: Request<Incoming>,
+    req: Request<Source>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let table = worker.table();
     let mut req = req.map(|body| ClientBody::new(body, table.body_read_timeout));

@@ -120,6 +120,7 @@ impl Reloader {
                 ("listen", now.listen != was.listen),
                 ("workers", now.workers != was.workers),
                 ("cpu_affinity", now.cpu_affinity != was.cpu_affinity),
+                ("http1", now.http1 != was.http1),
             ] {
                 if changed {
                     tracing::warn!("server.{key} changed; it takes effect on restart");
