@@ -40,8 +40,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-/// Bytes asked of each read.
+/// Room made for reads when little is left.
 const READ_SIZE: usize = 16 * 1024;
+/// Least room a read gets.
+const MIN_READ: usize = 4 * 1024;
 /// Most bytes read ahead while a request is served (pipelined requests).
 const READ_AHEAD: usize = head::MAX_HEAD + head::MAX_BODY;
 /// Response bytes gathered before they must be written.
@@ -396,7 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// closed with nothing buffered (an error: the response is dropped).
     fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         while !self.eof && self.buf.len() < READ_AHEAD {
-            self.buf.reserve(READ_SIZE);
+            make_room(&mut self.buf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
@@ -424,8 +426,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
+/// Grows `buf` only when little room is left: the heads split off it may
+/// still be shared when the next read comes, and growing then allocates.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_SIZE);
+    }
+}
+
 /// Reads once into `buf`, making room first.
 async fn fill<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
-    buf.reserve(READ_SIZE);
+    make_room(buf);
     poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
 }
