@@ -273,3 +273,55 @@ async fn many_keep_alive_requests_on_one_connection_stay_in_step() {
         assert!(answer.contains(&format!("\"body_len\":{len}")), "{answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_connections_and_ends_busy_ones_after_their_answer() {
+    let mut options = MockOptions::new("slow");
+    options.latency = Duration::from_millis(800);
+    let b = mock_with(options);
+    for server in ["", "http1 = \"hyper\""] {
+        let mut proxy = TestProxy::start_full(&config(&b), server, None);
+        let before = b.requests();
+        // One connection kept alive and idle, one with a request in flight.
+        let mut idle = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        idle.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut chunk = [0u8; 4096];
+        let n = idle.read(&mut chunk).await.expect("answer");
+        assert!(chunk[..n].starts_with(b"HTTP/1.1 200"), "{server}");
+        let mut busy = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        eventually(
+            Duration::from_secs(5),
+            "the slow request to arrive",
+            || async { b.requests() >= before + 2 },
+        )
+        .await;
+        let running = proxy.proxy.take().expect("running");
+        let stopping = tokio::task::spawn_blocking(move || running.shutdown());
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "{server}: idle connection: {closed:?}"
+        );
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut answer))
+            .await
+            .expect("the busy connection to close")
+            .expect("read");
+        let got = responses(&answer);
+        assert_eq!(got.len(), 1, "{server}: {got:?}");
+        assert!(got[0].starts_with("HTTP/1.1 200"), "{server}: {}", got[0]);
+        assert!(got[0].contains("connection: close"), "{server}: {}", got[0]);
+        stopping.await.expect("shutdown");
+    }
+}
