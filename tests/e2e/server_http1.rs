@@ -166,6 +166,11 @@ fn sequences() -> Vec<(&'static str, Vec<Vec<u8>>, usize)> {
             2,
         ),
         (
+            "expect: 100-continue hands over",
+            vec![b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /e HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc".to_vec()],
+            3, // 100 Continue, then the answer
+        ),
+        (
             "no route",
             vec![b"GET /../../etc HTTP/1.1\r\nhost: x\r\n\r\nDELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()],
             2,
