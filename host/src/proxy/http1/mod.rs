@@ -134,8 +134,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let body = Source::Whole(conn.buf.split_to(head.body_len).freeze());
             let (parts, ()) = head.request.into_parts();
             let req = Request::from_parts(parts, body);
-            let served = service::serve(worker.clone(), client.clone(), req);
-            let mut served = std::pin::pin!(served);
+            // Made in place: the future is kilobytes, and moving it into
+            // a pinned slot would copy all of it for every request.
+            let mut served = std::pin::pin!(service::serve(worker.clone(), client.clone(), req));
             let resp = loop {
                 tokio::select! {
                     biased;
