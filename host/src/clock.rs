@@ -13,6 +13,11 @@ pub fn millis() -> u64 {
     start().elapsed().as_millis() as u64
 }
 
+/// [`millis`] at `now`, for a caller that has read the clock already.
+pub fn millis_at(now: Instant) -> u64 {
+    now.saturating_duration_since(start()).as_millis() as u64
+}
+
 /// Nanoseconds since the process clock started.
 pub fn nanos() -> u64 {
     start().elapsed().as_nanos() as u64

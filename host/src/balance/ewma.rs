@@ -22,7 +22,12 @@ pub fn decayed(cell: &AtomicU32, at: &AtomicU64, now_ms: u64) -> u32 {
 /// Moving average with weight 1/5 for the new sample, over the old average
 /// as decayed to now.
 pub fn update_ewma(cell: &AtomicU32, at: &AtomicU64, sample: u32) {
-    let now = clock::millis();
+    update_ewma_at(cell, at, sample, clock::millis());
+}
+
+/// [`update_ewma`] at `now` (`clock::millis()`), for a caller that has
+/// read the clock already.
+pub fn update_ewma_at(cell: &AtomicU32, at: &AtomicU64, sample: u32, now: u64) {
     let old = decayed(cell, at, now);
     let new = if old == 0 {
         sample.max(1)

@@ -5,7 +5,7 @@
 //! load/store; a lost update under a race shifts an average by one sample.
 
 use super::QuotaReport;
-use super::ewma::{decayed, update_ewma};
+use super::ewma::{decayed, update_ewma, update_ewma_at};
 use super::window::RollingWindow;
 use crate::clock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -293,16 +293,23 @@ impl BackendState {
         update_ewma(&self.ewma_ttfb_us, &self.ttfb_at_ms, micros);
     }
 
+    /// [`BackendState::record_ttfb`] at `now_ms` (`clock::millis()`).
+    pub fn record_ttfb_at(&self, micros: u32, now_ms: u64) {
+        update_ewma_at(&self.ewma_ttfb_us, &self.ttfb_at_ms, micros, now_ms);
+    }
+
     /// Records how a request ended and how long it took in all.
     pub fn record_outcome(&self, outcome: Outcome, micros: u32) {
-        update_ewma(&self.ewma_latency_us, &self.latency_at_ms, micros);
+        // One clock read for the average and the window.
+        let now = clock::millis();
+        update_ewma_at(&self.ewma_latency_us, &self.latency_at_ms, micros, now);
         self.record_passive(outcome);
         let failed = match outcome {
             Outcome::Response(status) => status >= 500,
             Outcome::ConnectError | Outcome::Timeout | Outcome::Reset => true,
         };
-        self.window.add(1, u32::from(failed));
-        let (total, errors) = self.window.sums();
+        self.window.add_at(1, u32::from(failed), now);
+        let (total, errors) = self.window.sums_at(now);
         let rate = (errors * 1000).checked_div(total).unwrap_or(0);
         self.error_rate.store(rate.min(1000) as u16, Relaxed);
     }

@@ -26,7 +26,12 @@ pub struct RollingWindow {
 impl RollingWindow {
     /// Counts one event, `marked` or not.
     pub fn add(&self, total: u32, marked: u32) {
-        let now = clock::millis() / 1000;
+        self.add_at(total, marked, clock::millis());
+    }
+
+    /// [`RollingWindow::add`] at `now_ms` (`clock::millis()`).
+    pub fn add_at(&self, total: u32, marked: u32, now_ms: u64) {
+        let now = now_ms / 1000;
         let bucket = &self.buckets[(now % WINDOW_SECS) as usize];
         let seen = bucket.second.load(Relaxed);
         if seen != now
@@ -48,7 +53,12 @@ impl RollingWindow {
 
     /// `(total, marked)` over the window.
     pub fn sums(&self) -> (u64, u64) {
-        let now = clock::millis() / 1000;
+        self.sums_at(clock::millis())
+    }
+
+    /// [`RollingWindow::sums`] at `now_ms` (`clock::millis()`).
+    pub fn sums_at(&self, now_ms: u64) -> (u64, u64) {
+        let now = now_ms / 1000;
         let (mut total, mut marked) = (0u64, 0u64);
         for b in &self.buckets {
             if now.saturating_sub(b.second.load(Relaxed)) < WINDOW_SECS {

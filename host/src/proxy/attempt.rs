@@ -225,8 +225,12 @@ impl Dispatch<'_> {
     ) -> AttemptOutcome {
         let route = self.route;
         let status = resp.status().as_u16();
-        let ttfb_us = micros(a.started);
-        a.backend.state.record_ttfb(ttfb_us);
+        // One clock read for the figure and the average.
+        let now = Instant::now();
+        let ttfb_us = micros_between(a.started, now);
+        a.backend
+            .state
+            .record_ttfb_at(ttfb_us, crate::clock::millis_at(now));
         let quota = QuotaReport::from_headers(resp.headers());
         if let Some(quota) = &quota {
             a.backend.state.record_quota(quota);
@@ -415,5 +419,11 @@ impl Dispatch<'_> {
 }
 
 fn micros(since: Instant) -> u32 {
-    since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+    micros_between(since, Instant::now())
+}
+
+fn micros_between(since: Instant, now: Instant) -> u32 {
+    now.saturating_duration_since(since)
+        .as_micros()
+        .min(u128::from(u32::MAX)) as u32
 }
