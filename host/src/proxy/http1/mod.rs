@@ -78,11 +78,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut draining = *stopped.borrow();
     loop {
         // 1. A head, within the idle deadline, then the head deadline.
+        // Bytes already parsed as an incomplete head: a head can only
+        // complete with a new line, so a head trickled in small reads is
+        // parsed again only when one arrives.
+        let mut scanned = 0;
         let head = loop {
-            match head::parse(&mut conn.buf) {
-                Parsed::Head(head) => break head,
-                Parsed::Hyper => return Ended::Hyper(conn.into_prefixed()),
-                Parsed::More => {}
+            if conn.buf[scanned..].contains(&b'\n') || conn.buf.len() > head::MAX_HEAD {
+                match head::parse(&mut conn.buf) {
+                    Parsed::Head(head) => break head,
+                    Parsed::Hyper => return Ended::Hyper(conn.into_prefixed()),
+                    Parsed::More => scanned = conn.buf.len(),
+                }
             }
             if conn.eof || (draining && conn.buf.is_empty()) {
                 return conn.close().await;
