@@ -3,7 +3,7 @@
 //! the rest of a connection the lean server hands over (or throughout,
 //! with `server.http1 = "hyper"`).
 
-use super::http1::{self, Prefixed};
+use super::http1;
 use super::service::{self, ClientConn};
 use super::worker::Worker;
 use super::{HeldSlot, LocalExec, connection};
@@ -32,15 +32,15 @@ pub async fn serve<S>(io: S, h2: bool, mut ctx: Context)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = match ctx.lean {
+    let (io, read) = match ctx.lean {
         Some(limits) if !h2 => {
             let served = http1::serve(io, &ctx.worker, &ctx.client, limits, &mut ctx.stopped);
             match served.await {
                 http1::Ended::Closed => return,
-                http1::Ended::Hyper(io) => io,
+                http1::Ended::Hyper(io, read) => (io, read),
             }
         }
-        _ => Prefixed::new(io),
+        _ => (io, bytes::Bytes::new()),
     };
     let activity = connection::Activity::new();
     if h2 {
@@ -61,7 +61,7 @@ where
             Ok::<_, std::convert::Infallible>(resp.map(|b| connection::Tracked::new(b, request)))
         }
     });
-    let io = TokioIo::new(connection::Watched::new(io, &activity));
+    let io = TokioIo::new(connection::Watched::new(io, read, &activity));
     let conn = ctx
         .builder
         .serve_connection_with_upgrades(io, service)

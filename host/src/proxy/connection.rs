@@ -115,17 +115,20 @@ impl Heads {
 }
 
 /// A client connection's stream, noting when a request head starts to
-/// arrive.
+/// arrive; it reads `prefix` first (what the lean HTTP/1.1 server had read
+/// when it handed the connection over).
 pub struct Watched<S> {
     inner: S,
     heads: Arc<Heads>,
+    prefix: bytes::Bytes,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, activity: &Activity) -> Self {
+    pub fn new(inner: S, prefix: bytes::Bytes, activity: &Activity) -> Self {
         Watched {
             inner,
             heads: activity.heads.clone(),
+            prefix,
         }
     }
 }
@@ -137,6 +140,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            this.heads.note_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

@@ -18,10 +18,7 @@
 //! connection, re-armed only when it fires, keeps all three deadlines.
 
 mod head;
-mod prefixed;
 mod response;
-
-pub use prefixed::Prefixed;
 
 use super::reply::body_failed;
 use super::request_body::{ClientBodyError, Source};
@@ -62,8 +59,8 @@ pub struct Limits {
 pub enum Ended<S> {
     /// Closed (or to be dropped).
     Closed,
-    /// hyper serves it from here.
-    Hyper(Prefixed<S>),
+    /// hyper serves it from here, reading these bytes first.
+    Hyper(S, Bytes),
 }
 
 /// Serves `io` until it closes or needs hyper.
@@ -86,7 +83,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             if conn.buf[scanned..].contains(&b'\n') || conn.buf.len() > head::MAX_HEAD {
                 match head::parse(&mut conn.buf) {
                     Parsed::Head(head) => break head,
-                    Parsed::Hyper => return Ended::Hyper(conn.into_prefixed()),
+                    Parsed::Hyper => return Ended::Hyper(conn.io, conn.buf.freeze()),
                     Parsed::More => scanned = conn.buf.len(),
                 }
             }
@@ -426,10 +423,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn close(mut self) -> Ended<S> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         Ended::Closed
-    }
-
-    fn into_prefixed(self) -> Prefixed<S> {
-        Prefixed::after(self.buf.freeze(), self.io)
     }
 }
 
