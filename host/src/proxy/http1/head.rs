@@ -77,7 +77,7 @@ pub fn parse(buf: &mut BytesMut) -> Parsed {
     }
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
-        buf.unsplit_front(head);
+        restore(buf, &head);
         return Parsed::Hyper;
     };
     let mut headers = HeaderMap::with_capacity(count + SPARE);
@@ -88,7 +88,7 @@ pub fn parse(buf: &mut BytesMut) -> Parsed {
             HeaderName::from_bytes(&head[n0..n1]),
             HeaderValue::from_maybe_shared(head.slice(v0..v1)),
         ) else {
-            buf.unsplit_front(head);
+            restore(buf, &head);
             return Parsed::Hyper;
         };
         let plain = if name == header::CONTENT_LENGTH {
@@ -107,7 +107,7 @@ pub fn parse(buf: &mut BytesMut) -> Parsed {
                 && name != header::TE
         };
         if !plain {
-            buf.unsplit_front(head);
+            restore(buf, &head);
             return Parsed::Hyper;
         }
         headers.append(name, value);
@@ -147,18 +147,13 @@ fn connection_tokens(value: &[u8]) -> (bool, bool) {
     )
 }
 
-/// Puts a split-off head back in front of what follows it.
-trait UnsplitFront {
-    fn unsplit_front(&mut self, head: bytes::Bytes);
-}
-
-impl UnsplitFront for BytesMut {
-    fn unsplit_front(&mut self, head: bytes::Bytes) {
-        let mut whole = BytesMut::with_capacity(head.len() + self.len());
-        whole.extend_from_slice(&head);
-        whole.extend_from_slice(self);
-        *self = whole;
-    }
+/// Puts a split-off head back in front of what follows it (only for a
+/// head hyper is to read after all).
+fn restore(buf: &mut BytesMut, head: &[u8]) {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
 }
 
 #[cfg(test)]

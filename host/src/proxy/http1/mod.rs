@@ -140,22 +140,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // Made in place: the future is kilobytes, and moving it into
             // a pinned slot would copy all of it for every request.
             let mut served = std::pin::pin!(service::serve(worker.clone(), client.clone(), req));
-            let resp = loop {
-                tokio::select! {
-                    biased;
-                    resp = &mut served => break resp,
-                    gone = conn.read_ahead() => if gone {
-                        // Cancels the request, as hyper does.
-                        return Ended::Closed;
-                    },
+            tokio::select! {
+                biased;
+                Ok(resp) = &mut served => resp,
+                () = conn.read_ahead() => {
+                    // Cancels the request, as hyper does.
+                    return Ended::Closed;
                 }
-            };
-            let Ok(resp) = resp;
-            resp
+            }
         };
         // 4. The response, then the next request or the end.
         let (mut parts, body) = resp.into_parts();
-        let close = head.close || stalled.is_some() || draining || stopped_now(stopped);
+        let close = head.close || stalled.is_some() || draining || *stopped.borrow();
         let (framing, close) =
             response::encode_head(&mut parts, body.size_hint(), close, &mut conn.out);
         drop(parts);
@@ -167,10 +163,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         conn.since = crate::clock::millis();
     }
-}
-
-fn stopped_now(stopped: &watch::Receiver<bool>) -> bool {
-    stopped.has_changed().unwrap_or(true) && *stopped.borrow()
 }
 
 /// `since` plus `limit` in clock milliseconds; 0 for no deadline.
@@ -290,24 +282,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads ahead while a request is served; resolves `true` when the
-    /// client closed with nothing left to serve, and never otherwise.
-    async fn read_ahead(&mut self) -> bool {
-        loop {
-            if self.eof || self.buf.len() >= READ_AHEAD {
-                return std::future::pending().await;
-            }
-            match fill(&mut self.io, &mut self.buf).await {
-                Ok(0) => {
-                    self.eof = true;
-                    if self.buf.is_empty() {
-                        return true;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return true,
-            }
-        }
+    /// Reads ahead while a request is served; resolves when the client
+    /// closed with nothing left to serve, and never otherwise.
+    async fn read_ahead(&mut self) {
+        let _gone = poll_fn(|cx| self.poll_watch(cx)).await;
     }
 
     /// Writes the encoded head in `out` and the body after it, framed as
@@ -367,7 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         Poll::Pending => waiting = true,
                     }
                 }
-                ready!(self.poll_write_out(cx))?;
+                self.write_out(cx)?;
                 if self.written < self.out.len() {
                     return self.poll_watch(cx);
                 }
@@ -383,23 +361,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         .await
     }
 
-    /// Writes as much of `out` as the stream takes; ready when nothing is
-    /// left to write or the stream would block (check `written`).
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    /// Writes as much of `out` as the stream takes now; what is left
+    /// starts at `written`.
+    fn write_out(&mut self, cx: &mut Context<'_>) -> Result<(), ()> {
         while self.written < self.out.len() {
             match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
                 Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Pending => return Poll::Ready(Ok(())),
+                Poll::Pending => return Ok(()),
             }
         }
         self.out.clear();
         self.written = 0;
-        Poll::Ready(Ok(()))
+        Ok(())
     }
 
-    /// Reads ahead while a response is written: pending, unless the client
-    /// closed with nothing buffered (an error: the response is dropped).
+    /// Reads ahead while a request is served or its response written:
+    /// pending, unless the client closed with nothing buffered (an error:
+    /// the request is dropped).
     fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         while !self.eof && self.buf.len() < READ_AHEAD {
             make_room(&mut self.buf);
