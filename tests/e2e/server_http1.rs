@@ -330,3 +330,59 @@ async fn draining_closes_idle_connections_and_ends_busy_ones_after_their_answer(
         stopping.await.expect("shutdown");
     }
 }
+
+/// A request's admission slot is free by the time its client has read the
+/// answer: a client that sends its next request at once, on another
+/// connection, to a route that serves one at a time and queues none, is
+/// never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_request_has_freed_its_slot_before_the_next_arrives() {
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n\
+         limits = {{ max_in_flight = 1, queue = 0 }}\n",
+        backend_entry(&b, "")
+    );
+    for server in ["", "http1 = \"hyper\""] {
+        let proxy = TestProxy::start_full(&config, server, None);
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let s = tokio::net::TcpStream::connect(proxy.addr())
+                .await
+                .expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            conns.push(s);
+        }
+        for i in 0..400 {
+            let s = &mut conns[i % 2];
+            let len = [0usize, 10, 3000][i % 3];
+            let mut request =
+                format!("POST /n{i} HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n")
+                    .into_bytes();
+            request.resize(request.len() + len, b'z');
+            s.write_all(&request).await.expect("write");
+            let mut raw = Vec::new();
+            let mut chunk = [0u8; 16384];
+            let answer = loop {
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                    .await
+                    .expect("answer in time")
+                    .expect("read");
+                assert!(n > 0, "{server}: closed after {i}");
+                raw.extend_from_slice(&chunk[..n]);
+                let got = responses(&raw);
+                if got.len() == 1 && (got[0].ends_with("}\n") || !got[0].contains(" 200 ")) {
+                    break got[0].clone();
+                }
+            };
+            assert!(
+                answer.starts_with("HTTP/1.1 200 OK"),
+                "{server}, #{i}: {answer}"
+            );
+            if i % 40 == 0 {
+                let status = proxy.status().await;
+                assert_eq!(status["routes"][0]["limits"]["in_flight"], 0, "{server}");
+            }
+        }
+    }
+}

@@ -163,7 +163,7 @@ pub struct ProxiedBody {
     /// the connection has had a chance to flush that event.
     failed: Option<(BodyError, bool)>,
     /// The route's admission slot, held until the body ends.
-    _permit: Option<Permit>,
+    permit: Option<Permit>,
 }
 
 impl ProxiedBody {
@@ -183,7 +183,7 @@ impl ProxiedBody {
             armed: false,
             sse,
             failed: None,
-            _permit: permit,
+            permit,
         }
     }
 
@@ -201,7 +201,11 @@ impl ProxiedBody {
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
     }
 
+    /// Settles the exchange and frees the admission slot, once: the slot
+    /// is free before the connection writes the last bytes out, so a client
+    /// that sends its next request on seeing the answer finds it free.
     fn finish(&mut self, outcome: Option<Outcome>) {
+        self.permit = None;
         if let Some(exchange) = self.exchange.take() {
             exchange.settle(outcome);
         }

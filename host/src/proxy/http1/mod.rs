@@ -296,53 +296,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     where
         B: Body<Data = Bytes> + Unpin,
     {
-        let mut body = body;
         let mut left = match framing {
             Framing::Length(n) => n,
             _ => 0,
         };
-        let mut done = framing == Framing::Empty;
+        // Dropped as soon as it ends, before the last write: the request's
+        // admission slot and backend state are free by the time the client
+        // reads its answer and sends the next request.
+        let mut body = (framing != Framing::Empty).then_some(body);
         poll_fn(|cx| {
             loop {
                 // Gather what the body has ready, then write it with the
                 // head in one go.
                 let mut waiting = false;
-                if !done && self.out.len() < COALESCE {
-                    match Pin::new(&mut body).poll_frame(cx) {
+                if let Some(b) = body.as_mut().filter(|_| self.out.len() < COALESCE) {
+                    let ended = match Pin::new(&mut *b).poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
-                            let Ok(data) = frame.into_data() else {
-                                continue; // trailers are not sent
-                            };
-                            match framing {
-                                _ if data.is_empty() => {}
-                                Framing::Length(_) => {
-                                    let n = data.len() as u64;
-                                    if n > left {
-                                        return Poll::Ready(Err(()));
+                            // Trailers are not sent.
+                            if let Ok(data) = frame.into_data() {
+                                match framing {
+                                    _ if data.is_empty() => {}
+                                    Framing::Length(_) => {
+                                        let n = data.len() as u64;
+                                        if n > left {
+                                            return Poll::Ready(Err(()));
+                                        }
+                                        left -= n;
+                                        self.out.extend_from_slice(&data);
                                     }
-                                    left -= n;
-                                    self.out.extend_from_slice(&data);
+                                    Framing::Chunked => {
+                                        response::chunk_line(data.len(), &mut self.out);
+                                        self.out.extend_from_slice(&data);
+                                        self.out.extend_from_slice(b"\r\n");
+                                    }
+                                    Framing::Empty => {}
                                 }
-                                Framing::Chunked => {
-                                    response::chunk_line(data.len(), &mut self.out);
-                                    self.out.extend_from_slice(&data);
-                                    self.out.extend_from_slice(b"\r\n");
-                                }
-                                Framing::Empty => {}
                             }
-                            continue;
+                            b.is_end_stream()
                         }
                         Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
-                        Poll::Ready(None) => {
-                            if left != 0 {
-                                return Poll::Ready(Err(()));
-                            }
-                            if framing == Framing::Chunked {
-                                self.out.extend_from_slice(response::LAST_CHUNK);
-                            }
-                            done = true;
+                        Poll::Ready(None) => true,
+                        Poll::Pending => {
+                            waiting = true;
+                            false
                         }
-                        Poll::Pending => waiting = true,
+                    };
+                    if ended {
+                        if left != 0 {
+                            return Poll::Ready(Err(()));
+                        }
+                        if framing == Framing::Chunked {
+                            self.out.extend_from_slice(response::LAST_CHUNK);
+                        }
+                        body = None;
+                    } else if !waiting {
+                        continue;
                     }
                 }
                 self.write_out(cx)?;
@@ -350,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return self.poll_watch(cx);
                 }
                 ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(drop)?;
-                if done {
+                if body.is_none() {
                     return Poll::Ready(Ok(()));
                 }
                 if waiting {
