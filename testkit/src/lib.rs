@@ -333,6 +333,14 @@ async fn handle(
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
     }
+    // A delay of the request's choosing, on top.
+    if let Some(ms) = req
+        .headers()
+        .get("x-mock-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(key) = &options.require_key {
         let presented = req
             .headers()

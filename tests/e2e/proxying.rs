@@ -262,3 +262,57 @@ async fn unreachable_backend_is_ejected_then_retried() {
     })
     .await;
 }
+
+/// One upstream connection carries requests of routes with different
+/// first-byte limits: each request times out at its own limit, counted
+/// from its own start, whatever an earlier request on the connection set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_reused_connection_keeps_its_own_first_byte_limit() {
+    let b = mock("b");
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n\
+         [[routes]]\nname = \"short\"\npool = \"p\"\nmatch = {{ path_prefix = \"/short\" }}\n\
+         timeouts = {{ first_byte = \"300ms\" }}\n\
+         [[routes]]\nname = \"long\"\npool = \"p\"\nmatch = {{ path_prefix = \"/long\" }}\n\
+         timeouts = {{ first_byte = \"5s\" }}\n",
+        backend_entry(&b, "")
+    );
+    // One worker: every request shares its upstream connections.
+    let proxy = TestProxy::start_full(&config, "workers = 1", None);
+    let timed = |path: &'static str, delay: u64| {
+        let url = proxy.url(path);
+        async move {
+            let started = std::time::Instant::now();
+            let delay = delay.to_string();
+            let r = get(&url, &[("x-mock-delay-ms", &delay)]).await;
+            (r.status.as_u16(), started.elapsed())
+        }
+    };
+    // (path, backend delay, expected status); a 504 must come at ~300 ms.
+    let steps: [(&str, u64, u16); 7] = [
+        ("/long", 0, 200),
+        ("/short", 2000, 504),
+        ("/long", 0, 200),
+        ("/short", 100, 200),
+        // Longer than the short limit an earlier request set.
+        ("/long", 700, 200),
+        ("/short", 0, 200),
+        ("/short", 2000, 504),
+    ];
+    for (i, (path, delay, expected)) in steps.into_iter().enumerate() {
+        if i == 5 {
+            // Past the last short deadline while the connection is idle.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let (status, took) = timed(path, delay).await;
+        assert_eq!(status, expected, "step {i}: {path} after {took:?}");
+        if expected == 504 {
+            assert!(
+                took >= Duration::from_millis(280) && took < Duration::from_millis(1500),
+                "step {i}: timed out after {took:?}"
+            );
+        }
+    }
+    // The answered requests shared connections (a timed-out one closes its own).
+    assert!(b.connections() <= 3, "{} connections", b.connections());
+}

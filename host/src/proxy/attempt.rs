@@ -170,7 +170,7 @@ impl Dispatch<'_> {
                     let sent = self
                         .worker
                         .upstream
-                        .send(backend, req, out.replay.as_ref(), deadlines)
+                        .send(backend, req, out.replay.as_ref(), deadlines, leg.started)
                         .await;
                     (leg, sent)
                 }

@@ -56,7 +56,8 @@ impl Dispatch<'_> {
     ) -> Raced<'p> {
         let deadlines = &self.route.deadlines;
         let upstream = &self.worker.upstream;
-        let mut primary = pin!(upstream.send(first.backend, req, Some(replay), deadlines));
+        let mut primary =
+            pin!(upstream.send(first.backend, req, Some(replay), deadlines, first.started));
         tokio::select! {
             biased;
             sent = &mut primary => return Raced { leg: first, sent, hedged: None },
@@ -98,8 +99,13 @@ impl Dispatch<'_> {
             guard,
             started: Instant::now(),
         };
-        let mut hedge =
-            pin!(upstream.send(backend, replay.build(backend), Some(replay), deadlines));
+        let mut hedge = pin!(upstream.send(
+            backend,
+            replay.build(backend),
+            Some(replay),
+            deadlines,
+            second.started
+        ));
         let (mut first, mut second) = (Some(first), Some(second));
         loop {
             let (leg, sent, other) = tokio::select! {

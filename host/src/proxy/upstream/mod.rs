@@ -9,10 +9,12 @@
 //! speaks HTTP/2 (by ALPN, or `h2c`) gets one multiplexed connection per
 //! thread, whose handle every request clones.
 
+mod error;
 mod hyper_client;
 mod lean;
 mod request;
 
+pub use error::SendError;
 use hyper_client::{Connection, connect, for_h2, handshake_h2, hyper_answer, is_stale};
 pub use request::{Replay, StreamedBody};
 
@@ -20,8 +22,6 @@ pub use request::{Replay, StreamedBody};
 const SPARE_HEADERS: usize = 4;
 
 use super::body::BodyError;
-use super::request_body::ClientBodyError;
-use crate::endpoint::DialError;
 use crate::pool::Backend;
 use crate::route::{Deadlines, bounded};
 use bytes::Bytes;
@@ -46,46 +46,6 @@ const MAX_IDLE_PER_BACKEND: usize = 128;
 /// Idle connections older than this are closed rather than reused; upstream
 /// servers commonly drop idle keep-alive connections after 60 s or more.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
-
-/// Why a request could not be sent or answered.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be made; the request was not sent and is returned
-    /// so the next candidate can take it.
-    #[error("{1}")]
-    Connect(Box<Request<UpstreamBody>>, #[source] DialError),
-    /// No response headers within the first-byte timeout.
-    #[error("no response headers within the first-byte timeout")]
-    Timeout,
-    /// The connection failed after the request was (partly) sent, or the
-    /// backend's answer was not valid HTTP.
-    #[error("{0}")]
-    Failed(#[source] BodyError),
-    /// Sending failed because the client's body broke off or was
-    /// malformed: the client's fault, not the backend's.
-    #[error("{0}")]
-    ClientBody(#[source] hyper::Error),
-}
-
-impl SendError {
-    /// A failed send, blamed on the client when its body is what broke.
-    fn failed(e: hyper::Error) -> SendError {
-        let client = std::error::Error::source(&e).is_some_and(|s| s.is::<ClientBodyError>());
-        if client {
-            SendError::ClientBody(e)
-        } else {
-            SendError::Failed(Box::new(e))
-        }
-    }
-
-    /// The client-body error behind a [`SendError::ClientBody`].
-    pub fn client_body(&self) -> Option<&ClientBodyError> {
-        match self {
-            SendError::ClientBody(e) => std::error::Error::source(e)?.downcast_ref(),
-            _ => None,
-        }
-    }
-}
 
 /// A response body from a backend: hyper's, or the lean client's.
 pub enum Answer {
@@ -194,15 +154,17 @@ impl Lease {
 
 impl UpstreamPool {
     /// Sends `req` to `backend` over an idle connection, or a new one, and
-    /// waits for the response headers up to `first_byte`. `replay` is a
-    /// copy of a request held whole, used if a reused connection turns out
-    /// to be closed.
+    /// waits for the response headers up to `first_byte` (counted from
+    /// `since`, when the attempt started, on the lean client). `replay` is
+    /// a copy of a request held whole, used if a reused connection turns
+    /// out to be closed.
     pub async fn send(
         self: &Rc<Self>,
         backend: &Backend,
         mut req: Request<UpstreamBody>,
         replay: Option<&Replay>,
         deadlines: &Deadlines,
+        since: Instant,
     ) -> Result<(Response<Answer>, Lease), SendError> {
         let first_byte = deadlines.first_byte;
         let endpoint = &*backend.endpoint;
@@ -212,7 +174,7 @@ impl UpstreamPool {
             return self.send_h2(backend, h2, req, replay, deadlines).await;
         }
         if !upgrade && let Some(replay) = replay {
-            return self.send_lean(backend, req, replay, deadlines).await;
+            return self.send_lean(backend, req, replay, deadlines, since).await;
         }
         while let Some(mut conn) = self.take_idle(key) {
             if conn.since.elapsed() > MAX_IDLE_AGE || conn.conn.ready().await.is_err() {
@@ -264,6 +226,7 @@ impl UpstreamPool {
         req: Request<UpstreamBody>,
         replay: &Replay,
         deadlines: &Deadlines,
+        since: Instant,
     ) -> Result<(Response<Answer>, Lease), SendError> {
         // Lets the other requests that became ready in this turn of the
         // event loop reach this point too, so a backend is woken once for
@@ -282,13 +245,15 @@ impl UpstreamPool {
             key,
         };
         while let Some(conn) = self.take_lean(key) {
-            match bounded(first_byte, conn.send(&head, &replay.body, home())).await {
-                Err(_) => return Err(SendError::Timeout),
-                Ok(Ok(resp)) => return Ok((resp.map(Answer::Lean), self.lease(key, None))),
-                Ok(Err(e)) if e.is_stale() => {
+            match conn
+                .send(&head, &replay.body, home(), first_byte, since)
+                .await
+            {
+                Ok(resp) => return Ok((resp.map(Answer::Lean), self.lease(key, None))),
+                Err(e) if e.is_stale() => {
                     tracing::debug!(address = %backend.address, "reused connection was closed; sending again");
                 }
-                Ok(Err(e)) => return Err(SendError::Failed(Box::new(e))),
+                Err(e) => return Err(e.into()),
             }
         }
         let dialed = Box::pin(async {
@@ -316,10 +281,12 @@ impl UpstreamPool {
                 ));
             }
         };
-        match bounded(first_byte, conn.send(&head, &replay.body, home())).await {
-            Err(_) => Err(SendError::Timeout),
-            Ok(Ok(resp)) => Ok((resp.map(Answer::Lean), self.lease(key, None))),
-            Ok(Err(e)) => Err(SendError::Failed(Box::new(e))),
+        match conn
+            .send(&head, &replay.body, home(), first_byte, since)
+            .await
+        {
+            Ok(resp) => Ok((resp.map(Answer::Lean), self.lease(key, None))),
+            Err(e) => Err(e.into()),
         }
     }
 

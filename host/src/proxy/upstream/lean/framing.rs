@@ -1,7 +1,7 @@
 //! How a response body is delimited (RFC 9112 §6.3), and the chunked
 //! decoder.
 
-use super::{Error, Head, MAX_HEADERS};
+use super::{Error, MAX_HEADERS, head::Head};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 

@@ -14,17 +14,20 @@
 //! did not ask to close.
 
 mod framing;
+mod head;
 
 use super::Home;
 use crate::endpoint::Stream;
 use bytes::{Bytes, BytesMut};
 use framing::{Chunk, Decoded, Framing, decode, framing};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use head::{Head, encode_head, parse_head};
+use http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
-use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
+use tokio::time::Sleep;
 
 /// Largest response head (and trailer section) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -38,6 +41,8 @@ const MAX_CHUNK_LINE: usize = 4096;
 const READ_SIZE: usize = 16 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
+/// A write buffer grown past this is not kept for the next request.
+const KEEP_OUT: usize = 64 * 1024;
 
 /// Why an exchange on a lean connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("invalid response from the backend: {0}")]
     Invalid(&'static str),
+    /// No response head within the first-byte limit.
+    #[error("no response head in time")]
+    TimedOut,
 }
 
 impl Error {
@@ -75,6 +83,12 @@ impl Error {
 pub struct Conn {
     io: Stream,
     buf: BytesMut,
+    /// Where each request is encoded; kept for the next one.
+    out: Vec<u8>,
+    /// The first-byte timer, made with the connection's first request and
+    /// moved only when it fires before the current request's deadline (see
+    /// [`poll_deadline`]): a request costs no timer registration of its own.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -82,6 +96,8 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            out: Vec::new(),
+            timer: None,
         }
     }
 
@@ -109,173 +125,149 @@ impl Conn {
     }
 
     /// Writes `req` with `body` and reads the response head (skipping
-    /// interim 1xx answers). The body comes back with the connection in it;
-    /// `home` takes the connection back once the body has ended cleanly.
+    /// interim 1xx answers), all within `first_byte` of `since` (zero: no
+    /// limit). The body comes back with the connection in it; `home` takes
+    /// the connection back once the body has ended cleanly.
     pub async fn send(
         mut self,
         req: &Request<()>,
         body: &Bytes,
         home: Home,
+        first_byte: Duration,
+        since: Instant,
     ) -> Result<Response<Body>, Error> {
-        let mut head = Vec::with_capacity(256 + body.len().min(COALESCE));
-        encode_head(req, body.len(), &mut head);
-        if body.len() <= COALESCE {
-            head.extend_from_slice(body);
-            self.io.write_all(&head).await?;
-        } else {
-            self.io.write_all(&head).await?;
-            self.io.write_all(body).await?;
+        let deadline = (!first_byte.is_zero()).then(|| since + first_byte);
+        let head = {
+            let Conn {
+                io,
+                buf,
+                out,
+                timer,
+            } = &mut self;
+            let mut exchange = std::pin::pin!(exchange(io, buf, out, req, body));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                    return Poll::Ready(done);
+                }
+                let Some(deadline) = deadline else {
+                    return Poll::Pending;
+                };
+                poll_deadline(timer, deadline.into(), cx).map(|()| Err(Error::TimedOut))
+            })
+            .await?
+        };
+        if self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
         }
-        self.io.flush().await?;
-        loop {
-            let parsed = match self.buf.is_empty() {
-                true => None,
-                false => parse_head(&mut self.buf)?,
-            };
-            let Some(parts) = parsed else {
-                if self.buf.len() >= MAX_HEAD {
-                    return Err(Error::Invalid("response head larger than 64 KiB"));
-                }
-                let n = std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
-                if n == 0 {
-                    return Err(if self.buf.is_empty() {
-                        Error::Closed
-                    } else {
-                        Error::Incomplete
-                    });
-                }
-                continue;
-            };
-            let status = parts.status;
-            if status.is_informational() {
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(Error::Invalid("101 to a request that asked no upgrade"));
-                }
-                continue;
-            }
-            let (framing, keep_alive) = framing(req.method(), &parts)?;
-            let mut parts = parts;
-            if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
-                // The transfer coding frames the body, never a length
-                // sent with it, which the client must not see either.
-                parts.headers.remove(http::header::CONTENT_LENGTH);
-            }
-            let mut body = Body {
-                conn: Some(self),
-                framing,
-                keep_alive,
-                home: Some(home),
-                ended: false,
-            };
-            if let Framing::Length(0) = body.framing {
-                body.end();
-            }
-            let mut resp = Response::new(body);
-            *resp.status_mut() = status;
-            *resp.version_mut() = parts.version;
-            *resp.headers_mut() = parts.headers;
-            return Ok(resp);
+        let (parts, framing, keep_alive) = head;
+        let mut body = Body {
+            conn: Some(self),
+            framing,
+            keep_alive,
+            home: Some(home),
+            ended: false,
+        };
+        if let Framing::Length(0) = body.framing {
+            body.end();
         }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = parts.status;
+        *resp.version_mut() = parts.version;
+        *resp.headers_mut() = parts.headers;
+        Ok(resp)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        poll_fill(&mut self.io, &mut self.buf, cx)
     }
 }
 
-/// The request line and headers, framed by `content-length` (whatever
-/// framing headers the request came with).
-fn encode_head(req: &Request<()>, body_len: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+fn poll_fill(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Writes `req` with `body` on `io` and reads the final response head into
+/// `buf`, skipping interim 1xx answers.
+async fn exchange(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    req: &Request<()>,
+    body: &Bytes,
+) -> Result<(Head, Framing, bool), Error> {
+    out.clear();
+    encode_head(req, body.len(), out);
+    if body.len() <= COALESCE {
+        out.extend_from_slice(body);
+        io.write_all(out).await?;
+    } else {
+        io.write_all(out).await?;
+        io.write_all(body).await?;
+    }
+    io.flush().await?;
+    loop {
+        let parsed = match buf.is_empty() {
+            true => None,
+            false => parse_head(buf)?,
+        };
+        let Some(mut parts) = parsed else {
+            if buf.len() >= MAX_HEAD {
+                return Err(Error::Invalid("response head larger than 64 KiB"));
+            }
+            let n = std::future::poll_fn(|cx| poll_fill(io, buf, cx)).await?;
+            if n == 0 {
+                return Err(if buf.is_empty() {
+                    Error::Closed
+                } else {
+                    Error::Incomplete
+                });
+            }
+            continue;
+        };
+        if parts.status.is_informational() {
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Error::Invalid("101 to a request that asked no upgrade"));
+            }
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let expects_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if body_len > 0 || expects_body {
-        let _ = write!(out, "content-length: {body_len}\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A parsed response head.
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-}
-
-/// Takes a complete response head off the front of `buf`, or `None` when
-/// more bytes are needed. Header values share the head's bytes.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    match parse_head_in::<FEW_HEADERS>(buf) {
-        Err(Error::Invalid(TOO_MANY)) => parse_head_in::<MAX_HEADERS>(buf),
-        parsed => parsed,
+        let (framing, keep_alive) = framing(req.method(), &parts)?;
+        if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            // The transfer coding frames the body, never a length sent with
+            // it, which the client must not see either.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        return Ok((parts, framing, keep_alive));
     }
 }
 
-const TOO_MANY: &str = "more than 100 header fields";
-
-/// [`parse_head`] with room for `N` header fields.
-fn parse_head_in<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; N];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid(TOO_MANY)),
-        Err(_) => return Err(Error::Invalid("malformed response head")),
-    };
-    if len > MAX_HEAD {
-        return Err(Error::Invalid("response head larger than 64 KiB"));
+/// Ready once `deadline` has passed. `timer` is the connection's: set at
+/// an earlier request's deadline, it is left alone while that is sooner
+/// than this one (the usual case, with one first-byte limit per route), and
+/// re-armed at this deadline when it fires. So a request moves it at most
+/// once, and most requests not at all.
+fn poll_deadline(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: tokio::time::Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
     }
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Error::Invalid("bad status code"))?;
-    let version = match resp.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    // Where each field sits in `buf`, so the values can share its bytes.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
-    let count = resp.headers.len();
-    for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
-        // Offsets within a head of at most 64 KiB plus one read.
-        let name = (field.name.as_ptr() as usize - base) as u32;
-        let value = (field.value.as_ptr() as usize - base) as u32;
-        let (nl, vl) = (field.name.len() as u32, field.value.len() as u32);
-        *span = (name, name + nl, value, value + vl);
+    loop {
+        ready!(timer.as_mut().poll(cx));
+        if timer.deadline() >= deadline {
+            return Poll::Ready(());
+        }
+        timer.as_mut().reset(deadline);
     }
-    let head = buf.split_to(len).freeze();
-    // Room for the headers the proxy adds: growing costs two allocations.
-    let mut headers = HeaderMap::with_capacity(count + super::SPARE_HEADERS);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-        let name =
-            HeaderName::from_bytes(&head[n0..n1]).map_err(|_| Error::Invalid("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-            .map_err(|_| Error::Invalid("bad header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some(Head {
-        status,
-        version,
-        headers,
-    }))
 }
 
 /// A response body read off its connection.
@@ -389,62 +381,5 @@ impl http_body::Body for Body {
             Framing::Length(left) => SizeHint::with_exact(left),
             _ => SizeHint::default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(text: &str) -> Result<Option<Head>, Error> {
-        parse_head(&mut BytesMut::from(text))
-    }
-
-    #[test]
-    fn heads_parse_only_when_complete_and_share_their_bytes() {
-        assert!(
-            head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n")
-                .unwrap()
-                .is_none()
-        );
-        let mut buf = BytesMut::from("HTTP/1.1 404 Not Found\r\nX-A: 1\r\nx-a: 2\r\n\r\nhi");
-        let h = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(h.status, 404);
-        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
-        assert_eq!(&buf[..], b"hi");
-        assert!(matches!(
-            head("HTTP/1.1 20 OK\r\n\r\n"),
-            Err(Error::Invalid(_))
-        ));
-        assert!(matches!(
-            head("HTTP/1.1 200 OK\r\nbad header\r\n\r\n"),
-            Err(Error::Invalid(_))
-        ));
-        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(101));
-        assert!(matches!(head(&many), Err(Error::Invalid(TOO_MANY))));
-        let fifty = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(50));
-        assert_eq!(head(&fifty).unwrap().unwrap().headers.len(), 50);
-    }
-
-    #[test]
-    fn requests_are_framed_by_their_held_body() {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri("/v1/chat?x=1")
-            .header("host", "b")
-            .header("content-length", "999")
-            .header("transfer-encoding", "chunked")
-            .body(())
-            .unwrap();
-        let mut out = Vec::new();
-        encode_head(&req, 0, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /v1/chat?x=1 HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\n\r\n"
-        );
-        let get = Request::builder().uri("http://h").body(()).unwrap();
-        let mut out = Vec::new();
-        encode_head(&get, 0, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), "GET / HTTP/1.1\r\n\r\n");
     }
 }
