@@ -300,8 +300,13 @@ impl BackendState {
 
     /// Records how a request ended and how long it took in all.
     pub fn record_outcome(&self, outcome: Outcome, micros: u32) {
-        // One clock read for the average and the window.
-        let now = clock::millis();
+        self.record_outcome_at(outcome, micros, clock::millis());
+    }
+
+    /// [`BackendState::record_outcome`] at `now` (clock milliseconds), for
+    /// a caller that has read the clock already: one read serves the
+    /// average and the window.
+    pub fn record_outcome_at(&self, outcome: Outcome, micros: u32, now: u64) {
         update_ewma_at(&self.ewma_latency_us, &self.latency_at_ms, micros, now);
         self.record_passive(outcome);
         let failed = match outcome {

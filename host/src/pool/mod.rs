@@ -157,10 +157,17 @@ impl Pool {
     /// Records how a request to backend `id` ended: live state and passive
     /// health here, and the breaker's feed when the pool has one.
     pub fn record(&self, id: u32, outcome: Outcome, timing: Timing) {
+        self.record_at(id, outcome, timing, crate::clock::millis());
+    }
+
+    /// [`Pool::record`] at `now` (clock milliseconds), read already.
+    pub fn record_at(&self, id: u32, outcome: Outcome, timing: Timing, now: u64) {
         let Some(backend) = self.backends.get(id as usize) else {
             return;
         };
-        backend.state.record_outcome(outcome, timing.latency_us);
+        backend
+            .state
+            .record_outcome_at(outcome, timing.latency_us, now);
         if let Some(feed) = &self.feed {
             let event = OutcomeReport {
                 pool: feed.pool.clone(),

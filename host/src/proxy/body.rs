@@ -118,14 +118,20 @@ impl Exchange {
         if let Some(outcome) = outcome {
             let usage = self.meter.as_ref().and_then(|m| m.scan.found);
             let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
+            // One clock read for the figure and the backend's state.
+            let now = Instant::now();
             let timing = Timing {
-                latency_us: self.started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
+                latency_us: now
+                    .saturating_duration_since(self.started)
+                    .as_micros()
+                    .min(u128::from(u32::MAX)) as u32,
                 ttfb_us: self.ttfb_us,
                 retry_after_ms: self.retry_after_ms,
                 prompt_tokens: usage.map_or(0, |u| clamp(u.prompt)),
                 completion_tokens: usage.map_or(0, |u| clamp(u.completion)),
             };
-            self.pool.record(self.backend, outcome, timing);
+            let at = crate::clock::millis_at(now);
+            self.pool.record_at(self.backend, outcome, timing, at);
             if let Some(h) = &self.duration {
                 h.record(f64::from(timing.latency_us) / 1e6);
             }

@@ -244,7 +244,7 @@ impl UpstreamPool {
             pool: self.clone(),
             key,
         };
-        while let Some(conn) = self.take_lean(key) {
+        while let Some(conn) = self.take_lean(key, since) {
             match conn
                 .send(&head, &replay.body, home(), first_byte, since)
                 .await
@@ -386,11 +386,13 @@ impl UpstreamPool {
 
     /// The most recently parked lean connection that is young enough and
     /// has stayed quiet; the others are closed.
-    fn take_lean(&self, key: usize) -> Option<lean::Conn> {
+    /// An idle lean connection to `key` that is young and quiet enough to
+    /// carry a request; `now` is the attempt's start (no clock read here).
+    fn take_lean(&self, key: usize, now: Instant) -> Option<lean::Conn> {
         let mut idle = self.lean.borrow_mut();
         let list = idle.get_mut(&key)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() <= MAX_IDLE_AGE && idle.conn.is_quiet() {
+            if now.saturating_duration_since(idle.since) <= MAX_IDLE_AGE && idle.conn.is_quiet() {
                 return Some(idle.conn);
             }
         }
