@@ -19,10 +19,11 @@
 use super::{Breaker, Outcome, OutcomeReport};
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
+use tokio::time::Sleep;
 
 /// What the control thread receives: outcomes in the order they happened.
 pub type OutcomeBatch = Vec<OutcomeReport>;
@@ -126,23 +127,11 @@ pub async fn flusher() {
     OUTBOX.set(Some(Outbox::default()));
     let _installed = Installed;
     loop {
-        wait_until(|outbox| outbox.held() > 0).await;
-        let mut hold = pin!(tokio::time::sleep(HOLD));
-        poll_fn(|cx| {
-            if hold.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            // Sent already when a pass posted more than a batch.
-            with_outbox(|outbox| {
-                if outbox.urgent || outbox.held() == 0 {
-                    Poll::Ready(())
-                } else {
-                    outbox.flusher = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-        })
-        .await;
+        wait_until(|outbox| outbox.held() > 0, None).await;
+        // Ends early on an urgent outcome, or when a pass that posted more
+        // than a batch has sent it already.
+        let hold = pin!(tokio::time::sleep(HOLD));
+        wait_until(|outbox| outbox.urgent || outbox.held() == 0, Some(hold)).await;
         tokio::task::yield_now().await;
         with_outbox(send_all);
     }
@@ -152,10 +141,16 @@ fn with_outbox<R>(f: impl FnOnce(&mut Outbox) -> R) -> R {
     OUTBOX.with_borrow_mut(|outbox| f(outbox.as_mut().expect("installed")))
 }
 
-/// Waits until `ready` holds of this thread's outbox; `post` wakes the
-/// flusher on the first outcome and on the first urgent one.
-async fn wait_until(ready: impl Fn(&Outbox) -> bool) {
+/// Waits until `ready` holds of this thread's outbox, or `hold` ends;
+/// `post` wakes the flusher on the first outcome and on the first urgent
+/// one.
+async fn wait_until(ready: impl Fn(&Outbox) -> bool, mut hold: Option<Pin<&mut Sleep>>) {
     poll_fn(|cx| {
+        if let Some(hold) = hold.as_mut()
+            && hold.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
         with_outbox(|outbox| {
             if ready(outbox) {
                 Poll::Ready(())

@@ -41,8 +41,10 @@ const MAX_CHUNK_LINE: usize = 4096;
 const READ_SIZE: usize = 16 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
-/// A write buffer grown past this is not kept for the next request.
-const KEEP_OUT: usize = 64 * 1024;
+/// A write buffer grown past this (a head and a coalesced body, with room
+/// for a large head) is not kept for the next request: an idle connection
+/// holds at most this much besides its read buffer.
+const KEEP_OUT: usize = COALESCE + 4 * 1024;
 
 /// Why an exchange on a lean connection failed.
 #[derive(Debug, thiserror::Error)]
