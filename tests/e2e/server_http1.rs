@@ -243,6 +243,24 @@ async fn a_client_that_closes_while_its_request_is_in_flight_cancels_it() {
     }
 }
 
+/// Reads one whole answer off `s`: a mock's JSON echo, or any refusal.
+async fn next_answer(s: &mut tokio::net::TcpStream, what: &str) -> String {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "{what}: closed");
+        raw.extend_from_slice(&chunk[..n]);
+        let got = responses(&raw);
+        if got.len() == 1 && (got[0].ends_with("}\n") || !got[0].contains(" 200 ")) {
+            return got[0].clone();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_keep_alive_requests_on_one_connection_stay_in_step() {
     let b = mock("b");
@@ -259,20 +277,7 @@ async fn many_keep_alive_requests_on_one_connection_stay_in_step() {
         let head = format!("POST /n{i} HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n");
         s.write_all(head.as_bytes()).await.expect("write");
         s.write_all(&vec![b'z'; len]).await.expect("write");
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 16384];
-        let answer = loop {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                .await
-                .expect("answer in time")
-                .expect("read");
-            assert!(n > 0, "closed after {i}");
-            raw.extend_from_slice(&chunk[..n]);
-            let got = responses(&raw);
-            if got.len() == 1 && got[0].ends_with("}\n") {
-                break got[0].clone();
-            }
-        };
+        let answer = next_answer(&mut s, &format!("#{i}")).await;
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
         assert!(answer.contains(&format!("\"path\":\"/n{i}\"")), "{answer}");
         assert!(answer.contains(&format!("\"body_len\":{len}")), "{answer}");
@@ -361,20 +366,7 @@ async fn an_answered_request_has_freed_its_slot_before_the_next_arrives() {
                     .into_bytes();
             request.resize(request.len() + len, b'z');
             s.write_all(&request).await.expect("write");
-            let mut raw = Vec::new();
-            let mut chunk = [0u8; 16384];
-            let answer = loop {
-                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                    .await
-                    .expect("answer in time")
-                    .expect("read");
-                assert!(n > 0, "{server}: closed after {i}");
-                raw.extend_from_slice(&chunk[..n]);
-                let got = responses(&raw);
-                if got.len() == 1 && (got[0].ends_with("}\n") || !got[0].contains(" 200 ")) {
-                    break got[0].clone();
-                }
-            };
+            let answer = next_answer(s, &format!("{server} #{i}")).await;
             assert!(
                 answer.starts_with("HTTP/1.1 200 OK"),
                 "{server}, #{i}: {answer}"
