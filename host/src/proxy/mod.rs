@@ -6,6 +6,7 @@ mod body;
 mod client;
 mod connection;
 mod fallback;
+mod gate;
 mod headers;
 mod hedge;
 mod http1;
@@ -206,6 +207,7 @@ pub fn start(
                 let local = tokio::task::LocalSet::new();
                 // Outcomes for the breakers leave in one batch per pass.
                 local.spawn_local(crate::balance::outbox::flusher());
+                local.spawn_local(gate::keeper());
                 local.block_on(&runtime, serve(shared, listener, acceptor, stopped));
             })?;
         threads.push(thread);

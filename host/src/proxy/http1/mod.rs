@@ -304,6 +304,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // admission slot and backend state are free by the time the client
         // reads its answer and sends the next request.
         let mut body = (framing != Framing::Empty).then_some(body);
+        // The answers that become ready in one scheduler pass go out back
+        // to back, so a client that sleeps is woken once for all of them.
+        super::gate::pass().await;
         poll_fn(|cx| {
             loop {
                 // Gather what the body has ready, then write it with the
