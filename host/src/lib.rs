@@ -15,6 +15,7 @@ pub mod control;
 pub mod cpus;
 pub mod discovery;
 pub mod endpoint;
+pub mod histogram;
 pub mod jobs;
 pub mod plugin;
 pub mod pool;

@@ -395,11 +395,16 @@ fn grafana_and_the_metrics_table_name_only_metrics_the_proxy_exports() {
             }
         }
     }
+    let compact: String = source.split_whitespace().collect();
     let exported: std::collections::BTreeSet<String> = metric_names(&source)
         .into_iter()
-        // Named in a `counter!`, `gauge!` or `histogram!` call; other
-        // strings (the trace format's `switchyard_trace` field) are not metrics.
-        .filter(|n| source.contains(&format!("!(\"{n}\"")))
+        // Named in a `counter!`, `gauge!` or `histogram!` call or made as a
+        // per-thread `Histogram::new`; other strings (the trace format's
+        // `switchyard_trace` field) are not metrics.
+        .filter(|n| {
+            compact.contains(&format!("!(\"{n}\""))
+                || compact.contains(&format!("Histogram::new(\"{n}\""))
+        })
         .collect();
     assert!(grafana.len() >= 15, "{grafana:?}");
     for name in &grafana {

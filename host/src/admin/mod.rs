@@ -158,7 +158,7 @@ fn handle(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>>
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                prometheus().render(),
+                prometheus().render() + &crate::histogram::render(),
             )
         }
         "/plugins" => {

@@ -237,7 +237,7 @@ impl Dispatch<'_> {
         }
         route.metrics.count(a.pool, a.own, a.backend.id, status);
         if a.own {
-            route.metrics.ttfb(a.id, f64::from(ttfb_us) / 1e6);
+            route.metrics.ttfb(a.id, ttfb_us);
         }
         let retry_after_ms = quota.and_then(|q| q.retry_after_ms);
         if let Some(reason) = policy.answer(status)

@@ -35,7 +35,7 @@ pub struct Exchange {
     pub ttfb_us: u32,
     pub retry_after_ms: Option<u64>,
     /// `switchyard_request_duration_seconds` of the route and backend.
-    pub duration: Option<metrics::Histogram>,
+    pub duration: Option<crate::histogram::Histogram>,
     /// Token accounting, for JSON and event-stream answers.
     pub meter: Option<Box<UsageMeter>>,
     /// The request's canary or record, told how it ended.
@@ -133,7 +133,7 @@ impl Exchange {
             let at = crate::clock::millis_at(now);
             self.pool.record_at(self.backend, outcome, timing, at);
             if let Some(h) = &self.duration {
-                h.record(f64::from(timing.latency_us) / 1e6);
+                h.record_us(u64::from(timing.latency_us));
             }
             if let (Outcome::Response(_), Some(meter)) = (outcome, &self.meter) {
                 meter.record();

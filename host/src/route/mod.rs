@@ -13,6 +13,7 @@ pub use deadlines::{Deadlines, bounded};
 pub use limits::{Admission, Fallback, Permit, Refusal, RetryBudget};
 
 use crate::config::{JobsConfig, RetryConfig, RouteConfig};
+use crate::histogram::Histogram;
 use crate::jobs::{JobStore, RouteJobs};
 use crate::plugin::RouterPlugin;
 use crate::rollout::{Canary, Recorder, Shadow, Watch};
@@ -99,9 +100,9 @@ pub struct RouteMetrics {
     /// `[backend][class]`, class 0 = 1xx ... 4 = 5xx.
     by_backend: Vec<[metrics::Counter; 5]>,
     /// Time to the response headers, by backend.
-    ttfb: Vec<metrics::Histogram>,
+    ttfb: Vec<Histogram>,
     /// Whole exchange, headers and body, by backend.
-    duration: Vec<metrics::Histogram>,
+    duration: Vec<Histogram>,
     /// Requests answered without a backend (no candidate, reject, errors).
     pub local_replies: metrics::Counter,
 }
@@ -124,16 +125,20 @@ impl RouteMetrics {
                 .backends
                 .iter()
                 .map(|b| {
-                    metrics::histogram!("switchyard_ttfb_seconds",
-                        "route" => route.to_string(), "backend" => b.name.clone())
+                    Histogram::new(
+                        "switchyard_ttfb_seconds",
+                        &[("route", route), ("backend", &b.name)],
+                    )
                 })
                 .collect(),
             duration: pool
                 .backends
                 .iter()
                 .map(|b| {
-                    metrics::histogram!("switchyard_request_duration_seconds",
-                        "route" => route.to_string(), "backend" => b.name.clone())
+                    Histogram::new(
+                        "switchyard_request_duration_seconds",
+                        &[("route", route), ("backend", &b.name)],
+                    )
                 })
                 .collect(),
             local_replies: metrics::counter!("switchyard_local_replies_total", "route" => route.to_string()),
@@ -159,14 +164,14 @@ impl RouteMetrics {
     }
 
     /// Records the time to first byte of a response from the route's pool.
-    pub fn ttfb(&self, backend: u32, seconds: f64) {
+    pub fn ttfb(&self, backend: u32, us: u32) {
         if let Some(h) = self.ttfb.get(backend as usize) {
-            h.record(seconds);
+            h.record_us(u64::from(us));
         }
     }
 
     /// The duration histogram of `backend` of the route's pool.
-    pub fn duration(&self, backend: u32) -> Option<metrics::Histogram> {
+    pub fn duration(&self, backend: u32) -> Option<Histogram> {
         self.duration.get(backend as usize).cloned()
     }
 }
