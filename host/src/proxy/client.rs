@@ -25,16 +25,18 @@ pub struct Context {
     /// The lean server's limits; `None`: hyper serves HTTP/1.1 too.
     pub lean: Option<http1::Limits>,
     pub stopped: watch::Receiver<bool>,
+    /// The worker's drain signal, which lean connections wait on.
+    pub drain: Rc<http1::Drain>,
 }
 
 /// Serves a client connection to its end; `h2`: it speaks HTTP/2.
-pub async fn serve<S>(io: S, h2: bool, mut ctx: Context)
+pub async fn serve<S>(io: S, h2: bool, ctx: Context)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, read) = match ctx.lean {
         Some(limits) if !h2 => {
-            let served = http1::serve(io, &ctx.worker, &ctx.client, limits, &mut ctx.stopped);
+            let served = http1::serve(io, &ctx.worker, &ctx.client, limits, &ctx.drain);
             match served.await {
                 http1::Ended::Closed => return,
                 http1::Ended::Hyper(io, read) => (io, read),

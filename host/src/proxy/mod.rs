@@ -287,6 +287,7 @@ async fn serve(
     });
     let builder = Rc::new(builder);
     let worker = Rc::new(Worker::new(shared.clone()));
+    let lean_drain = Rc::new(http1::Drain::default());
     // Each connection task holds a sender; the drain waits until all are gone.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut accept_errors = AcceptErrors::default();
@@ -318,6 +319,7 @@ async fn serve(
                     limits,
                     lean,
                     stopped: stopped.clone(),
+                    drain: lean_drain.clone(),
                 };
                 let (acceptor, alive) = (acceptor.clone(), alive.clone());
                 tokio::task::spawn_local(async move {
@@ -353,6 +355,7 @@ async fn serve(
             _ = stopped.changed() => break,
         }
     }
+    lean_drain.start();
     drop(listener);
     drop(alive);
     if tokio::time::timeout(drain, all_closed.recv())

@@ -17,8 +17,11 @@
 //! connections and ends busy ones after their response. One timer per
 //! connection, re-armed only when it fires, keeps all three deadlines.
 
+mod drain;
 mod head;
 mod response;
+
+pub use drain::Drain;
 
 use super::reply::body_failed;
 use super::request_body::{ClientBodyError, Source};
@@ -35,7 +38,6 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 /// Room made for reads when little is left.
 const READ_SIZE: usize = 16 * 1024;
@@ -69,10 +71,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     worker: &Rc<Worker>,
     client: &Rc<ClientConn>,
     limits: Limits,
-    stopped: &mut watch::Receiver<bool>,
+    drain: &Rc<Drain>,
 ) -> Ended<S> {
     let mut conn = Conn::new(io, limits);
-    let mut draining = *stopped.borrow();
+    let stopped = drain.watch();
+    let mut draining = stopped.started();
     loop {
         // 1. A head, within the idle deadline, then the head deadline.
         // Bytes already parsed as an incomplete head: a head can only
@@ -96,7 +99,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 after(conn.since, limits.head)
             };
-            match conn.read(deadline, idle.then_some(&mut *stopped)).await {
+            match conn.read(deadline, idle.then_some(&stopped)).await {
                 Read::Data if idle => conn.since = crate::clock::millis(),
                 Read::Data => {}
                 Read::Stopped => draining = true,
@@ -151,7 +154,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         // 4. The response, then the next request or the end.
         let (mut parts, body) = resp.into_parts();
-        let close = head.close || stalled.is_some() || draining || *stopped.borrow();
+        let close = head.close || stalled.is_some() || draining || stopped.started();
         let (framing, close) =
             response::encode_head(&mut parts, body.size_hint(), close, &mut conn.out);
         drop(parts);
@@ -235,11 +238,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Reads more into `buf`, up to `deadline` (clock milliseconds, 0 for
-    /// none); with `stopped`, also ends when the proxy drains.
+    /// none); with `stopped`, also ends when the worker drains.
     async fn read(
         &mut self,
         deadline: u64,
-        mut stopped: Option<&mut watch::Receiver<bool>>,
+        stopped: Option<&drain::Watcher>,
     ) -> Read {
         let Conn {
             io,
@@ -250,7 +253,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ..
         } = self;
         loop {
-            let watching = stopped.is_some();
             tokio::select! {
                 biased;
                 read = fill(io, buf) => return match read {
@@ -273,10 +275,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     };
                     timer.as_mut().reset(tokio::time::Instant::now() + left);
                 }
-                changed = async { stopped.as_mut().expect("guarded").changed().await }, if watching => {
-                    if changed.is_err() || *stopped.as_ref().expect("guarded").borrow() {
-                        return Read::Stopped;
-                    }
+                () = poll_fn(|cx| stopped.map_or(Poll::Pending, |s| s.poll_started(cx))) => {
+                    return Read::Stopped;
                 }
             }
         }
