@@ -96,7 +96,8 @@ impl Dispatch<'_> {
             .await
         {
             Ok(resp) => resp,
-            Err(exhausted) => self.fall_back(exhausted, &mut out, &mut permit).await,
+            // Boxed: the rare path's state stays out of every request's future.
+            Err(exhausted) => Box::pin(self.fall_back(exhausted, &mut out, &mut permit)).await,
         }
     }
 

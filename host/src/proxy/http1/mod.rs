@@ -239,11 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Reads more into `buf`, up to `deadline` (clock milliseconds, 0 for
     /// none); with `stopped`, also ends when the worker drains.
-    async fn read(
-        &mut self,
-        deadline: u64,
-        stopped: Option<&drain::Watcher>,
-    ) -> Read {
+    async fn read(&mut self, deadline: u64, stopped: Option<&drain::Watcher>) -> Read {
         let Conn {
             io,
             buf,

@@ -161,20 +161,41 @@ impl UpstreamPool {
     pub async fn send(
         self: &Rc<Self>,
         backend: &Backend,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
         replay: Option<&Replay>,
         deadlines: &Deadlines,
         since: Instant,
     ) -> Result<(Response<Answer>, Lease), SendError> {
+        let key = backend.endpoint.connection_key;
+        let upgrade = req.extensions().get::<WantsUpgrade>().is_some();
+        let h2 = if upgrade { None } else { self.shared_h2(key) };
+        if h2.is_none()
+            && !upgrade
+            && let Some(replay) = replay
+        {
+            return self.send_lean(backend, req, replay, deadlines, since).await;
+        }
+        // Boxed: only the lean client's state is in every request's
+        // future, which each `.await` up the chain copies whole.
+        Box::pin(self.send_hyper(backend, h2, req, replay, deadlines, upgrade)).await
+    }
+
+    /// [`send`](Self::send) over hyper's client: HTTP/2 (`h2`: the shared
+    /// connection, if one is open), upgrades, and bodies not held whole.
+    async fn send_hyper(
+        self: &Rc<Self>,
+        backend: &Backend,
+        h2: Option<H2Sender>,
+        mut req: Request<UpstreamBody>,
+        replay: Option<&Replay>,
+        deadlines: &Deadlines,
+        upgrade: bool,
+    ) -> Result<(Response<Answer>, Lease), SendError> {
         let first_byte = deadlines.first_byte;
         let endpoint = &*backend.endpoint;
         let key = endpoint.connection_key;
-        let upgrade = req.extensions().get::<WantsUpgrade>().is_some();
-        if !upgrade && let Some(h2) = self.shared_h2(key) {
+        if let Some(h2) = h2 {
             return self.send_h2(backend, h2, req, replay, deadlines).await;
-        }
-        if !upgrade && let Some(replay) = replay {
-            return self.send_lean(backend, req, replay, deadlines, since).await;
         }
         while let Some(mut conn) = self.take_idle(key) {
             if conn.since.elapsed() > MAX_IDLE_AGE || conn.conn.ready().await.is_err() {
