@@ -209,11 +209,13 @@ fn facts<B>(req: &Request<B>, client: IpAddr) -> wit::Request {
     }
 }
 
-/// Replaces `loads` with the pool's live load words.
+/// Replaces `loads` with the pool's live load words. Their time-based
+/// words (decayed averages, quota reset) are as of the clock's last tick,
+/// which is precise enough for them and cheaper to read per request.
 fn fill_loads(loads: &mut Vec<u32>, pool: &Pool) {
     loads.clear();
     loads.reserve(pool.backends.len() * LOAD_WORDS);
-    let now = crate::clock::millis();
+    let now = crate::clock::coarse_millis();
     for b in &pool.backends {
         push_load_words(loads, b.id, &b.state.snapshot_at(now));
     }

@@ -100,7 +100,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 after(conn.since, limits.head)
             };
             match conn.read(deadline, idle.then_some(&stopped)).await {
-                Read::Data if idle => conn.since = crate::clock::millis(),
+                Read::Data if idle => conn.since = crate::clock::coarse_millis(),
                 Read::Data => {}
                 Read::Stopped => draining = true,
                 Read::TimedOut => {
@@ -164,7 +164,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if close {
             return conn.close().await;
         }
-        conn.since = crate::clock::millis();
+        conn.since = crate::clock::coarse_millis();
     }
 }
 
@@ -199,7 +199,8 @@ struct Conn<S> {
     /// The client sent its last byte.
     eof: bool,
     /// `clock::millis()` when the connection last became idle, or when the
-    /// head being read began.
+    /// head being read began; read from `clock::coarse_millis()` on the
+    /// per-request path, so its deadlines may pass up to a tick early.
     since: u64,
     /// The one timer; it fires no later than the shortest limit after it
     /// was last armed, so every deadline is seen in time.
